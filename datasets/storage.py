@@ -1,0 +1,379 @@
+"""One store root, a local folder by default or ``s3://bucket/prefix``; the same calls for both.
+
+``FORESIGHT_STORE`` picks the root (default ``./.foresight``). For S3 the endpoint comes from
+``FORESIGHT_S3_ENDPOINT`` (e.g. ``http://127.0.0.1:8333``) and the credentials from
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (``AWS_REGION`` optional). Any S3 server
+works: MinIO in production, SeaweedFS in tests.
+
+Paths are URIs throughout: a local path, or ``s3://bucket/key``. Delta Lake tables and polars
+get :meth:`Store.storage_options`; plain objects (landing files, registry JSON, spec files)
+go through the functions here, which use the minio SDK on S3.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+DEFAULT_STORE = "./.foresight"
+
+
+class StorageError(RuntimeError):
+    """The store (or a source) cannot be reached, read or written."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', for local paths and S3 alike."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where the S3 server is and how to sign requests to it."""
+
+    endpoint: str
+    """Full URL, e.g. ``http://127.0.0.1:8333``."""
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls) -> S3Config:
+        endpoint = os.environ.get("FORESIGHT_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        if not endpoint:
+            raise StorageError(
+                "an s3:// location needs FORESIGHT_S3_ENDPOINT (e.g. http://127.0.0.1:8333); "
+                "`foresight storage up` starts a local S3 server and prints what to export"
+            )
+        if "://" not in endpoint:
+            endpoint = "http://" + endpoint
+        access = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not access or not secret:
+            raise StorageError(
+                f"S3 endpoint {endpoint} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to be set"
+            )
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(
+            endpoint=endpoint.rstrip("/"), access_key=access, secret_key=secret, region=region
+        )
+
+    @property
+    def secure(self) -> bool:
+        return self.endpoint.startswith("https://")
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.endpoint).netloc
+
+    def storage_options(self) -> dict[str, str]:
+        """Options for deltalake (object_store) and polars; etag conditional puts for commits."""
+        opts = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "conditional_put": "etag",
+        }
+        if not self.secure:
+            opts["AWS_ALLOW_HTTP"] = "true"
+        return opts
+
+    def client(self):
+        """A minio client with short connect timeouts, so a dead endpoint fails fast."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=3.0, read=120.0),
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+            maxsize=16,
+        )
+        return Minio(
+            endpoint=self.host,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=self.secure,
+            region=self.region,
+            http_client=http,
+        )
+
+
+def _s3_error(config: S3Config, uri: str, exc: Exception) -> StorageError:
+    """Turn a minio/urllib3 failure into an error that names the endpoint and what to do."""
+    from minio.error import S3Error
+
+    if isinstance(exc, S3Error):
+        if exc.code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
+            return StorageError(
+                f"S3 endpoint {config.endpoint} refused the credentials ({exc.code}) for {uri}; "
+                "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        return StorageError(f"S3 endpoint {config.endpoint}: {exc.code} for {uri}: {exc.message}")
+    return StorageError(
+        f"cannot reach S3 endpoint {config.endpoint} for {uri}: {type(exc).__name__}: {exc}; "
+        "is the server running (`foresight storage up`) and FORESIGHT_S3_ENDPOINT right?"
+    )
+
+
+class FileSystem:
+    """Reads, writes and lists local paths and ``s3://`` URIs with one set of calls."""
+
+    def __init__(self, s3: S3Config | None = None) -> None:
+        self._s3 = s3
+
+    @property
+    def s3(self) -> S3Config:
+        if self._s3 is None:
+            self._s3 = S3Config.from_env()
+        return self._s3
+
+    @cached_property
+    def _client(self):
+        return self.s3.client()
+
+    def _call(self, uri: str, fn, *args, **kwargs):
+        from minio.error import S3Error
+
+        try:
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchBucket"}:
+                raise FileNotFoundError(uri) from exc
+            raise _s3_error(self.s3, uri, exc) from exc
+        except (OSError, Exception) as exc:  # urllib3 errors are not OSError subclasses
+            if isinstance(exc, FileNotFoundError | StorageError):
+                raise
+            if type(exc).__module__.startswith(("urllib3", "minio")) or isinstance(exc, OSError):
+                raise _s3_error(self.s3, uri, exc) from exc
+            raise
+
+    # -- reading -------------------------------------------------------------------------
+    def open_read(self, uri: str) -> BinaryIO:
+        """A readable binary stream (streamed from S3, not loaded whole)."""
+        if not is_s3(uri):
+            return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+        bucket, key = split_s3(uri)
+        response = self._call(uri, self._client.get_object, bucket_name=bucket, object_name=key)
+        return _S3Stream(response)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.open_read(uri) as fh:
+            return fh.read()
+
+    def exists(self, uri: str) -> bool:
+        if not is_s3(uri):
+            return os.path.exists(uri)
+        bucket, key = split_s3(uri)
+        try:
+            self._call(uri, self._client.stat_object, bucket_name=bucket, object_name=key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, uri: str) -> int:
+        if not is_s3(uri):
+            return os.path.getsize(uri)
+        bucket, key = split_s3(uri)
+        stat = self._call(uri, self._client.stat_object, bucket_name=bucket, object_name=key)
+        return int(stat.size)
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Every file under ``prefix`` (recursively), sorted; empty when there is none."""
+        if not is_s3(prefix):
+            root = Path(prefix)
+            if root.is_file():
+                return [str(root)]
+            if not root.is_dir():
+                return []
+            return sorted(str(p) for p in root.rglob("*") if p.is_file())
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/")
+        objects = self._call(
+            prefix,
+            lambda: list(
+                self._client.list_objects(
+                    bucket_name=bucket, prefix=key + "/" if key else None, recursive=True
+                )
+            ),
+        )
+        files = [f"s3://{bucket}/{o.object_name}" for o in objects if not o.is_dir]
+        if not files and key and self.exists(prefix):
+            return [prefix]
+        return sorted(files)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching a shell glob (``*``, ``?``, ``[...]``; ``**`` for any depth)."""
+        if not is_s3(pattern):
+            import glob as _glob
+
+            return sorted(p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        first = min((pattern.find(c) for c in "*?[" if c in pattern), default=len(pattern))
+        base = pattern[:first].rsplit("/", 1)[0]
+        return [u for u in self.list_files(base) if fnmatch.fnmatch(u, pattern)]
+
+    # -- writing -------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole object atomically: readers see the old or the new bytes, never half."""
+        if not is_s3(uri):
+            path = Path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        bucket, key = split_s3(uri)
+        self._call(
+            uri,
+            self._client.put_object,
+            bucket_name=bucket,
+            object_name=key,
+            data=io.BytesIO(data),
+            length=len(data),
+        )
+
+    def upload(self, local_path: str, uri: str) -> None:
+        if not is_s3(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_path, uri)
+            return
+        bucket, key = split_s3(uri)
+        self._call(
+            uri, self._client.fput_object, bucket_name=bucket, object_name=key, file_path=local_path
+        )
+
+    def delete_tree(self, prefix: str) -> None:
+        """Remove everything under ``prefix``; a missing prefix is not an error."""
+        if not is_s3(prefix):
+            if os.path.isdir(prefix):
+                shutil.rmtree(prefix)
+            elif os.path.exists(prefix):
+                os.remove(prefix)
+            return
+        bucket, _ = split_s3(prefix)
+        for uri in self.list_files(prefix):
+            _, key = split_s3(uri)
+            self._call(uri, self._client.remove_object, bucket_name=bucket, object_name=key)
+
+    def ensure_bucket(self, uri: str) -> None:
+        """Create the bucket of an ``s3://`` URI if it does not exist yet."""
+        if not is_s3(uri):
+            Path(uri).mkdir(parents=True, exist_ok=True)
+            return
+        bucket, _ = split_s3(uri)
+        if not self._call(uri, self._client.bucket_exists, bucket_name=bucket):
+            self._call(uri, self._client.make_bucket, bucket_name=bucket)
+
+
+class _S3Stream(io.RawIOBase):
+    """A file-like view of a minio response that releases the connection on close."""
+
+    def __init__(self, response) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._response.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self._response.read()
+        return self._response.read(size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._response.release_conn()
+        super().close()
+
+
+class Store:
+    """The store root and the layout under it (see the architecture doc)."""
+
+    def __init__(self, root: str | None = None, s3: S3Config | None = None) -> None:
+        root = root or os.environ.get("FORESIGHT_STORE") or DEFAULT_STORE
+        if not is_s3(root):
+            root = str(Path(root).expanduser().resolve())
+        self.root = root.rstrip("/")
+        self.fs = FileSystem(s3)
+
+    @classmethod
+    def from_env(cls) -> Store:
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    @property
+    def is_s3(self) -> bool:
+        return is_s3(self.root)
+
+    def uri(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def storage_options(self) -> dict[str, str] | None:
+        return self.fs.s3.storage_options() if self.is_s3 else None
+
+    def ensure(self) -> None:
+        """Make sure the root exists (folder or bucket)."""
+        self.fs.ensure_bucket(self.root)
+
+    def table_uri(self, name: str) -> str:
+        return self.uri("lake", name)
+
+    def landing_uri(self, *parts: str) -> str:
+        return self.uri("landing", *parts)
+
+    def local_scratch(self) -> tempfile.TemporaryDirectory:
+        """A scratch folder on the local disk for staging (removed on exit)."""
+        return tempfile.TemporaryDirectory(prefix="foresight-")
+
+    def read_json(self, rel: str) -> dict | None:
+        import json
+
+        uri = self.uri(rel)
+        try:
+            return json.loads(self.fs.read_bytes(uri))
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, rel: str, data: dict) -> None:
+        import json
+
+        self.fs.write_bytes(self.uri(rel), json.dumps(data, indent=2, sort_keys=True).encode())
+
+    def iter_files(self, rel: str) -> Iterator[str]:
+        yield from self.fs.list_files(self.uri(rel))
