@@ -231,6 +231,23 @@ class FileSystem:
             return [prefix]
         return sorted(files)
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The immediate sub-folders of ``prefix`` (S3: common prefixes), sorted."""
+        if not is_s3(prefix):
+            root = Path(prefix)
+            return sorted(str(p) for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/")
+        objects = self._call(
+            prefix,
+            lambda: list(
+                self._client.list_objects(
+                    bucket_name=bucket, prefix=key + "/" if key else None, recursive=False
+                )
+            ),
+        )
+        return sorted(f"s3://{bucket}/{o.object_name.rstrip('/')}" for o in objects if o.is_dir)
+
     def glob(self, pattern: str) -> list[str]:
         """Files matching a shell glob (``*``, ``?``, ``[...]``; ``**`` for any depth)."""
         if not is_s3(pattern):
