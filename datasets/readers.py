@@ -400,17 +400,21 @@ def _cast(col: pl.Series, dtype: pl.DataType) -> pl.Series:
 
 
 def iter_parquet(stream: BinaryIO, spec: DatasetSpec) -> Iterator[Chunk]:
-    """Batches of a Parquet file (the file is read through a seekable buffer)."""
-    data = stream.read() if not hasattr(stream, "seek") else None
-    source = pa.BufferReader(data) if data is not None else stream
-    parquet = pq.ParquetFile(source)
-    first = 1
-    for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH):
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        frame = _fold_obs_columns(frame)
-        yield _typed_from_table(frame, first, spec)
-        first += batch.num_rows
+    """Batches of a Parquet file; the stream is spooled to a local temp file (seekable)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="foresight-pq-") as spool:
+        shutil.copyfileobj(stream, spool, length=8 << 20)
+        spool.seek(0)
+        parquet = pq.ParquetFile(spool)
+        first = 1
+        for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            frame = _fold_obs_columns(frame)
+            yield _typed_from_table(frame, first, spec)
+            first += batch.num_rows
 
 
 def _fold_obs_columns(frame: pl.DataFrame) -> pl.DataFrame:

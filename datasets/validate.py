@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from datasets.schema import DatasetSpec
+from datasets.schema import REQUIRED_COLUMNS, DatasetSpec
 
 INT32_MAX = 2**31 - 1
 
@@ -25,7 +25,13 @@ def row_reasons(spec: DatasetSpec) -> pl.Expr:
     """One expression: the first problem of each row, or null for a valid row."""
     agents = ", ".join(sorted(spec.agents))
     obs_size = pl.col("agent_id").replace_strict(spec.agents, default=None, return_dtype=pl.Int64)
+    missing = pl.concat_str(
+        [pl.when(pl.col(c).is_null()).then(pl.lit(c)) for c in REQUIRED_COLUMNS],
+        separator=", ",
+        ignore_nulls=True,
+    )
     checks: list[tuple[pl.Expr, pl.Expr]] = [
+        (missing != "", pl.format("missing field(s): {}", missing)),
         (pl.col("step") < 0, pl.format("step {} is negative", pl.col("step"))),
         (pl.col("step") > INT32_MAX, pl.format("step {} is too large", pl.col("step"))),
         (pl.col("episode_id") == "", pl.lit("empty episode_id")),

@@ -1,0 +1,326 @@
+"""The ``foresight`` command line: thin wrappers that call the library and print what it did.
+
+Every command takes ``--json`` for machine-readable output; errors go to stderr as one line
+naming the input and what to do, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _store(args: argparse.Namespace):
+    from datasets.storage import Store
+
+    return Store(getattr(args, "store", None))
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(human(data))
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from datasets.sources.generate import generate_episodes
+
+    result = generate_episodes(
+        env=args.env,
+        episodes=args.episodes,
+        policy=args.policy,
+        out=args.out,
+        seed=args.seed,
+        episodes_per_file=args.episodes_per_file,
+        max_cycles=args.max_cycles,
+        record_state=args.state,
+        gzip=args.gzip,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    data = {
+        "files": result.files,
+        "spec": result.spec_uri,
+        "episodes": result.episodes,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 2),
+    }
+    _emit(
+        args,
+        data,
+        lambda d: (
+            f"wrote {d['episodes']} episodes ({d['rows']} rows) in {len(d['files'])} file(s) "
+            f"to {args.out} in {d['seconds']}s; spec: {d['spec']}"
+        ),
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from datasets.ingest import describe_result, ingest_logs
+
+    result = ingest_logs(
+        args.sources,
+        args.dataset,
+        store=_store(args),
+        spec=args.spec,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    _emit(args, result.to_dict(), lambda _: describe_result(result))
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from datasets import catalog
+
+    store = _store(args)
+    if args.verb == "list":
+        rows = []
+        for name in catalog.list_datasets(store):
+            table = catalog.DatasetTable(store, name)
+            versions = catalog.dataset_versions(name, store)
+            rows.append(
+                {
+                    "dataset": name,
+                    "latest": table.latest_version(),
+                    "versions": len(versions),
+                    "rows": versions[-1]["rows"] if versions else 0,
+                    "tags": sorted(table.tags()),
+                }
+            )
+        _emit(args, rows, lambda r: _table(r, ["dataset", "latest", "versions", "rows", "tags"]))
+    elif args.verb == "versions":
+        rows = catalog.dataset_versions(args.name, store)
+        _emit(
+            args,
+            rows,
+            lambda r: _table(
+                r,
+                [
+                    "version",
+                    "rows_added",
+                    "rows",
+                    "read",
+                    "quarantined",
+                    "files",
+                    "ingest_id",
+                    "tags",
+                ],
+            ),
+        )
+    elif args.verb == "show":
+        _emit(args, catalog.dataset_stats(args.ref, store), _show_text)
+    elif args.verb == "diff":
+        _emit(
+            args,
+            catalog.dataset_diff(args.ref_a, args.ref_b, store),
+            lambda d: (
+                f"{d['from']} -> {d['to']}: episodes {d['episodes_from']} -> {d['episodes_to']} "
+                f"(+{d['episodes_added']} -{d['episodes_removed']}), rows {d['rows_from']} -> "
+                f"{d['rows_to']} (+{d['rows_added']} -{d['rows_removed']})"
+            ),
+        )
+    elif args.verb == "tag":
+        _emit(
+            args,
+            catalog.tag_dataset(args.ref, args.tag, store),
+            lambda d: f"tagged {d['dataset']}@{d['version']} as {d['dataset']}@{d['tag']}",
+        )
+    elif args.verb == "export":
+        _emit(
+            args,
+            catalog.export_dataset(args.ref, args.dest, store),
+            lambda d: (
+                f"exported {d['dataset']}@{d['version']} ({d['rows']} rows) to "
+                f"{len(d['files'])} Parquet file(s) under {d['dest']}"
+            ),
+        )
+
+
+def _show_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"{d['dataset']}@{d['version']}"
+        + (f"  (tags: {', '.join(d['tags'])})" if d["tags"] else ""),
+        f"  episodes {d['episodes']}, steps {d['steps']}, rows {d['rows']}, "
+        f"mean episode length {d['mean_episode_length']:.1f}, quarantined {d['quarantined']}",
+    ]
+    spec = d.get("spec") or {}
+    if spec:
+        action = spec["action"]
+        kind = (
+            f"discrete({action['n']})"
+            if action["kind"] == "discrete"
+            else f"continuous({action['dim']})"
+        )
+        lines.append(f"  env {spec['env']}, actions {kind}, state_dim {spec.get('state_dim')}")
+    agent_rows = [{"agent": a, **s} for a, s in d["agents"].items()]
+    lines.append("  return per agent:")
+    lines += [
+        "    " + line
+        for line in _table(
+            agent_rows, ["agent", "episodes", "mean", "std", "min", "max"]
+        ).splitlines()
+    ]
+    lines.append(f"  lineage ({len(d['lineage'])} source file(s)):")
+    for f in d["lineage"][:10]:
+        lines.append(
+            f"    v{f['version']}  {f['uri']}  sha256:{f['sha256'][:12]}  rows {f['accepted']}/{f['read']}"
+        )
+    if len(d["lineage"]) > 10:
+        lines.append(f"    ... {len(d['lineage']) - 10} more")
+    return "\n".join(lines)
+
+
+def cmd_storage(args: argparse.Namespace) -> None:
+    import signal
+    import time
+
+    from datasets.s3server import S3Server
+
+    data_dir = args.dir or os.path.join(os.getcwd(), ".foresight-s3")
+    server = S3Server(data_dir=data_dir).start()
+    env = server.env()
+    print("S3 server (SeaweedFS weed mini) running; data in", data_dir)
+    print("In another shell:")
+    for key, value in env.items():
+        print(f"  export {key}={value}")
+    print(f"  export FORESIGHT_STORE=s3://{args.bucket}/foresight")
+    print("Ctrl-C stops it.", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"] and server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="foresight",
+        description="Learn world and behavior models from multi-agent logs; serve them to agents.",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="store root: a folder or s3://bucket/prefix (default: $FORESIGHT_STORE or ./.foresight)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(fn=fn)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        return p
+
+    p = add("generate", cmd_generate, "record mpe2 episodes with scripted policies as JSONL logs")
+    p.add_argument("--env", required=True, help="simple_spread, simple_reference or simple_tag")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--policy", default="mixed", help="random, greedy, noisy or mixed")
+    p.add_argument("--out", required=True, help="folder or s3://bucket/prefix")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes-per-file", type=int, default=250)
+    p.add_argument("--max-cycles", type=int, default=25, help="steps per episode")
+    p.add_argument("--state", action="store_true", help="also log the global state")
+    p.add_argument("--gzip", action="store_true", help="write .jsonl.gz")
+
+    p = add("ingest", cmd_ingest, "ingest log files into a dataset (one new version)")
+    p.add_argument("sources", nargs="+", help="files, folders, globs or s3:// prefixes")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--spec", default=None, help="dataset spec JSON (for a new dataset)")
+
+    p = sub.add_parser("datasets", help="list, inspect, compare, tag and export dataset versions")
+    dsub = p.add_subparsers(dest="verb", required=True)
+
+    def dverb(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = dsub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(fn=cmd_datasets)
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+        return q
+
+    dverb("list", "datasets in the store")
+    dverb("versions", "versions of a dataset").add_argument("name")
+    dverb("show", "stats and lineage of a version").add_argument(
+        "ref", help="name, name@N or name@tag"
+    )
+    q = dverb("diff", "episodes added and removed between two versions")
+    q.add_argument("ref_a")
+    q.add_argument("ref_b")
+    q = dverb("tag", "tag a version")
+    q.add_argument("ref")
+    q.add_argument("tag")
+    q = dverb("export", "write a version as plain Parquet files")
+    q.add_argument("ref")
+    q.add_argument("dest", help="folder or s3://bucket/prefix")
+
+    p = sub.add_parser("storage", help="local S3 server for development")
+    ssub = p.add_subparsers(dest="verb", required=True)
+    q = ssub.add_parser(
+        "up", help="start a SeaweedFS S3 server on loopback and print what to export"
+    )
+    q.set_defaults(fn=cmd_storage)
+    q.add_argument("--dir", default=None, help="data folder (default ./.foresight-s3)")
+    q.add_argument(
+        "--bucket", default="foresight", help="bucket name for the printed FORESIGHT_STORE"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from datasets.catalog import DatasetError
+    from datasets.ingest import IngestError
+    from datasets.schema import SpecError
+    from datasets.storage import StorageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (
+        DatasetError,
+        IngestError,
+        SpecError,
+        StorageError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
+        print(f"foresight {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

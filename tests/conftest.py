@@ -1,0 +1,50 @@
+"""Shared fixtures: a store on a local folder and on a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from datasets.s3server import S3Server
+from datasets.storage import Store
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One `weed mini` for the whole session, on free loopback ports; stopped after."""
+    server = S3Server(data_dir=str(tmp_path_factory.mktemp("weed"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+def _s3_store(server: S3Server) -> Store:
+    store = Store(f"s3://t{uuid.uuid4().hex[:12]}/foresight", server.config())
+    store.ensure()
+    return store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path, monkeypatch) -> Store:
+    """The same test on a local folder and on S3; FORESIGHT_STORE points at it for the CLI."""
+    if request.param == "local":
+        store = Store(str(tmp_path / "store"))
+    else:
+        server = request.getfixturevalue("s3_env")
+        store = _s3_store(server)
+    monkeypatch.setenv("FORESIGHT_STORE", store.root)
+    return store
+
+
+@pytest.fixture
+def s3_store(s3_env, monkeypatch) -> Store:
+    store = _s3_store(s3_env)
+    monkeypatch.setenv("FORESIGHT_STORE", store.root)
+    return store
