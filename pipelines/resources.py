@@ -1,0 +1,26 @@
+"""Dagster resources: the store (local folder or S3), configured from the environment."""
+
+import dagster as dg
+
+from datasets.storage import S3Config, Store
+
+
+class ForesightStore(dg.ConfigurableResource):
+    """The store root and, for ``s3://`` roots, the S3 endpoint and credentials.
+
+    Values come through ``dg.EnvVar`` in :mod:`pipelines.definitions`; nothing secret is
+    written in code. An empty ``s3_endpoint`` means a local folder.
+    """
+
+    root: str = ".foresight"
+    s3_endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+
+    def store(self) -> Store:
+        s3 = None
+        if self.root.startswith("s3://") and self.s3_endpoint:
+            s3 = S3Config(
+                endpoint=self.s3_endpoint, access_key=self.access_key, secret_key=self.secret_key
+            )
+        return Store(self.root, s3)
