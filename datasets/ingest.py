@@ -127,7 +127,11 @@ def expand_sources(sources: Sequence[str], fs: FileSystem) -> list[str]:
                     f"{source}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
                 )
         files.extend(
-            f for f in found if source_format(f) is not None and not f.endswith(SPEC_FILENAME)
+            f
+            for f in found
+            if source_format(f) is not None
+            and not f.endswith(SPEC_FILENAME)
+            and not f.rsplit("/", 1)[-1].startswith(".")  # temp files of a writer in progress
         )
     unique = list(dict.fromkeys(files))
     if not unique:
