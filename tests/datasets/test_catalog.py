@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from datasets import DatasetError, DatasetRef, dataset_stats, ingest_logs, open_dataset
-from datasets.storage import S3Config, Store, StorageError
+from datasets.storage import S3Config, StorageError, Store
 from pipelines.cli import main
 from tests.datasets.helpers import episode_rows, episodes, write_jsonl
 
