@@ -73,7 +73,10 @@ def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0
     job = defs.resolve_job_def("ingest_job")
     for request in requests:
         start = time.perf_counter()
-        run_config = {**request.run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        run_config = {
+            **request.run_config,
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        }
         result = job.execute_in_process(run_config=run_config, instance=instance, tags=request.tags)
         meta = result.asset_materializations_for_node("trajectory_dataset")[0].metadata
         print(
@@ -87,14 +90,20 @@ def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0
 
     _banner(f"3. dataset {dataset}: versions and stats")
     versions = catalog.dataset_versions(dataset, store)
-    print(_table(versions, ["version", "rows_added", "rows", "read", "quarantined", "files", "ingest_id"]))
+    print(
+        _table(
+            versions, ["version", "rows_added", "rows", "read", "quarantined", "files", "ingest_id"]
+        )
+    )
     stats = catalog.dataset_stats(dataset, store)
     print(_show_text(stats))
     return {"dataset": dataset, "stats": stats}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES)
     parser.add_argument("--dataset", default="spread")
     parser.add_argument("--seed", type=int, default=0)
