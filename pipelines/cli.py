@@ -198,6 +198,61 @@ def _show_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(_store(args))
+    if args.verb == "list":
+        rows = []
+        for name in registry.names():
+            aliases = registry.aliases(name)
+            for mv in registry.versions(name):
+                rows.append(
+                    {
+                        "model": name,
+                        "version": mv.version,
+                        "kind": mv.card.get("kind"),
+                        "dataset": (mv.card.get("dataset") or {}).get("resolved"),
+                        "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
+                        "created_at": mv.card.get("created_at"),
+                        "git_sha": (mv.card.get("git_sha") or "")[:12],
+                    }
+                )
+        _emit(
+            args,
+            rows,
+            lambda r: _table(r, ["model", "version", "kind", "dataset", "aliases", "git_sha"]),
+        )
+    elif args.verb == "show":
+        mv = registry.resolve(args.ref)
+        data = {
+            "ref": args.ref,
+            "resolved": mv.ref,
+            "aliases": sorted(a for a, v in registry.aliases(mv.name).items() if v == mv.version),
+            "card": mv.card,
+        }
+        _emit(
+            args,
+            data,
+            lambda d: (
+                f"{d['resolved']} (aliases: {', '.join(d['aliases']) or '-'})\n"
+                + json.dumps(d["card"], indent=2, default=str)
+            ),
+        )
+    elif args.verb == "promote":
+        entry = registry.promote(args.ref, args.alias)
+        _emit(args, entry, lambda e: f"{e['model']}@{e['alias']}: {e['from']} -> {e['to']}")
+    elif args.verb == "rollback":
+        entry = registry.rollback(args.name, args.alias)
+        _emit(
+            args,
+            entry,
+            lambda e: f"{e['model']}@{e['alias']} rolled back: {e['from']} -> {e['to']}",
+        )
+    elif args.verb == "delete":
+        _emit(args, registry.delete(args.ref), lambda d: f"deleted {d['model']}@{d['version']}")
+
+
 def cmd_storage(args: argparse.Namespace) -> None:
     import signal
     import time
@@ -284,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
     q = dverb("export", "write a version as plain Parquet files")
     q.add_argument("ref")
     q.add_argument("dest", help="folder or s3://bucket/prefix")
+
+    p = sub.add_parser("models", help="list, inspect, promote, roll back and delete model versions")
+    msub = p.add_subparsers(dest="verb", required=True)
+
+    def mverb(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = msub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(fn=cmd_models)
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+        return q
+
+    mverb("list", "every model version with its aliases")
+    mverb("show", "a version's card (lineage, config, metrics)").add_argument(
+        "ref", help="name, name@N or name@alias"
+    )
+    q = mverb("promote", "point an alias at a version")
+    q.add_argument("ref")
+    q.add_argument("--alias", required=True, help="e.g. staging, production")
+    q = mverb("rollback", "move an alias back to where it pointed before")
+    q.add_argument("name")
+    q.add_argument("--alias", required=True)
+    mverb("delete", "delete one version (not while an alias points at it)").add_argument(
+        "ref", help="name@N"
+    )
 
     p = sub.add_parser("storage", help="local S3 server for development")
     ssub = p.add_subparsers(dest="verb", required=True)
