@@ -189,8 +189,13 @@ class ModelRegistry:
         tensors: dict[str, Any],
         card: dict[str, Any],
         parent: int | None = None,
+        extra_files: dict[str, bytes] | None = None,
     ) -> ModelVersion:
-        """Store a new version: weights first, the card last (the card makes it visible)."""
+        """Store a new version: weights (and extra files) first, the card last.
+
+        The card makes the version visible, so a registration that dies half-way leaves
+        nothing behind that lists or loads.
+        """
         from safetensors.torch import save
 
         if not NAME_RE.match(name):
@@ -209,6 +214,9 @@ class ModelRegistry:
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         weights = save(tensors, metadata={"name": name, "version": str(version)})
         self.store.fs.write_bytes(self._version_uri(name, version, WEIGHTS), weights)
+        for filename, data in (extra_files or {}).items():
+            assert filename not in (WEIGHTS, CARD), filename
+            self.store.fs.write_bytes(self._version_uri(name, version, filename), data)
         self.store.fs.write_bytes(
             self._version_uri(name, version, CARD),
             json.dumps(full_card, indent=2, sort_keys=True).encode(),

@@ -1,0 +1,273 @@
+"""From a dataset reference to a registered, evaluated model version, and back.
+
+What ``foresight train`` / ``foresight evaluate`` and the Dagster assets call: resolve the
+dataset version, train, evaluate on the held-out episodes next to the baselines, write the
+report, and register the model with a card whose lineage names the exact dataset version
+and code. Nothing reaches the registry unless training and evaluation both finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from datasets.catalog import DatasetTable, resolve_ref
+from datasets.schema import DatasetSpec
+from datasets.storage import Store
+from training.registry import ModelRegistry, ModelVersion, RegistryError
+from training.train import TrainConfig, config_dict, load_model, model_state, train
+
+ModelKind = Literal["world", "behavior"]
+
+SPLIT_FILE = "split.json"
+
+
+def runs_root() -> Path:
+    """Local folder for checkpoints (``FORESIGHT_RUNS``, default ``./.foresight/runs``)."""
+    return Path(os.environ.get("FORESIGHT_RUNS", ".foresight/runs"))
+
+
+def run_dir(kind: str, dataset: str, version: int, config: TrainConfig, model_config: Any) -> Path:
+    """One folder per (kind, dataset version, configs): ``--resume`` finds it again."""
+    key = json.dumps(
+        {"train": config_dict(config), "model": model_config and config_dict(model_config)},
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return runs_root() / f"{kind}-{dataset}@{version}-{digest}"
+
+
+def load_frame(ref: str, store: Store) -> tuple[DatasetTable, int, pl.DataFrame, DatasetSpec]:
+    """The rows and spec of a dataset version; clear errors for unknown or empty datasets."""
+    table, version = resolve_ref(ref, store)
+    spec = table.spec(version)
+    if spec is None:
+        raise ValueError(f"dataset {table.name}@{version} has no spec in its metadata")
+    frame = table.scan(version).collect()
+    if frame.is_empty():
+        raise ValueError(f"dataset {table.name}@{version} is empty: nothing to train on")
+    return table, version, frame, spec
+
+
+def quality_gate(kind: ModelKind, result: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Does the model beat every baseline on the headline metrics? (passed, failures)."""
+    model, baselines = result["model"], result["baselines"]
+    metrics = ["mse", "rollout_mse_10"] if kind == "world" else ["nll"]
+    failures = []
+    for metric in metrics:
+        for name, values in baselines.items():
+            if metric in values and not model[metric] < values[metric]:
+                failures.append(
+                    f"{metric}: model {model[metric]:.4g} does not beat {name} {values[metric]:.4g}"
+                )
+    return not failures, failures
+
+
+def _behavior_for(store: Store, dataset: str, version: int, ref: str | None) -> Any:
+    """The behavior model that drives the other agents when evaluating a world model."""
+    registry = ModelRegistry(store)
+    candidates = [ref] if ref else ["behavior@staging", "behavior@production", "behavior"]
+    for candidate in candidates:
+        try:
+            mv = registry.resolve(candidate)
+        except RegistryError:
+            if ref:
+                raise
+            continue
+        if mv.card.get("dataset", {}).get("name") == dataset:
+            model, _ = load_registered(candidate, store)
+            return model, mv.ref
+    return None, None
+
+
+def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
+    """A registered model, rebuilt from its card's config, with its weights, in eval mode."""
+    registry = ModelRegistry(store or Store.from_env())
+    tensors, mv = registry.load(ref)
+    return load_model(mv.card["kind"], mv.card["model_config"], tensors), mv
+
+
+def train_and_register(
+    kind: ModelKind,
+    dataset_ref: str,
+    store: Store | None = None,
+    config: TrainConfig | None = None,
+    model_config: Any = None,
+    name: str | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    behavior_ref: str | None = None,
+    context1_baseline: bool = True,
+) -> dict[str, Any]:
+    """Train ``kind`` on a dataset version, evaluate it, write its report, register it."""
+    from training.evaluate import evaluate, write_report
+
+    store = store or Store.from_env()
+    config = config or TrainConfig()
+    table, version, frame, spec = load_frame(dataset_ref, store)
+    workdir = run_dir(kind, table.name, version, config, model_config)
+    started = time.time()
+    result = train(
+        kind, frame, spec, config, model_config, workdir, resume=resume, progress=progress
+    )
+
+    extra: dict[str, Any] = {}
+    behavior_used = None
+    behavior = None
+    if kind == "behavior" and context1_baseline and result.model_config.context > 1:
+        # "The same model with a context of 1 step": trained the same way, only the context differs.
+        one_step = train(
+            kind,
+            frame,
+            spec,
+            replace(config, context=1),
+            replace(result.model_config, context=1),
+            workdir / "context1",
+            resume=resume,
+            progress=progress,
+        )
+        extra["context1"] = one_step.model
+    if kind == "world":
+        behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
+    evaluation = evaluate(
+        kind,
+        result.model,
+        frame,
+        spec,
+        result.val_episode_ids,
+        behavior=behavior,
+        extra_baselines=extra,
+        train_episode_ids=result.train_episode_ids,
+        seed=config.seed,
+        device=config.device,
+    )
+    passed, failures = quality_gate(kind, evaluation)
+    model_name = name or kind
+    card = {
+        "kind": kind,
+        "dataset": {
+            "ref": dataset_ref,
+            "name": table.name,
+            "version": version,
+            "resolved": f"{table.name}@{version}",
+        },
+        "spec": spec.to_dict(),
+        "train_config": config_dict(config),
+        "model_config": asdict(result.model_config),
+        "metrics": evaluation["model"],
+        "baselines": evaluation["baselines"],
+        "evaluation": evaluation["meta"],
+        "quality_gate": {"passed": passed, "failures": failures},
+        "training": {
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "seconds": round(time.time() - started, 1),
+            "final": result.history[-1] if result.history else {},
+            "n_train_episodes": len(result.train_episode_ids),
+            "n_val_episodes": len(result.val_episode_ids),
+            "history": result.history,
+        },
+        "behavior_model_for_imagination": behavior_used,
+    }
+    registry = ModelRegistry(store)
+    split = {"train": result.train_episode_ids, "val": result.val_episode_ids}
+    mv = registry.register(
+        model_name,
+        model_state(result.model),
+        card,
+        extra_files={SPLIT_FILE: json.dumps(split).encode()},
+    )
+    report = _write_report(store, mv, evaluation, result.history, write_report)
+    return {
+        "model": mv.ref,
+        "version": mv.version,
+        "dataset": card["dataset"]["resolved"],
+        "metrics": evaluation["model"],
+        "baselines": evaluation["baselines"],
+        "quality_gate": card["quality_gate"],
+        "training": card["training"],
+        "report": report,
+    }
+
+
+def _write_report(store: Store, mv: ModelVersion, evaluation, history, writer) -> dict:
+    """Report JSON + PNGs under ``<store>/reports/<name>@<version>/``."""
+    rel = f"reports/{mv.name}@{mv.version}"
+    if not store.is_s3:
+        return writer(evaluation, history, store.uri(rel))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = writer(evaluation, history, tmp)
+        out = {}
+        for key, path in local.items():
+            target = store.uri(rel, Path(path).name)
+            store.fs.upload(path, target)
+            out[key] = target
+        return out
+
+
+def evaluate_registered(
+    model_ref: str,
+    dataset_ref: str | None = None,
+    store: Store | None = None,
+    behavior_ref: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a registered model on held-out episodes (of its own or another dataset).
+
+    On its own dataset version the held-out episodes are the validation split recorded at
+    training time; on another version they are every episode the model never trained on.
+    """
+    from training.evaluate import evaluate, write_report
+
+    store = store or Store.from_env()
+    model, mv = load_registered(model_ref, store)
+    card = mv.card
+    ref = dataset_ref or card["dataset"]["resolved"]
+    table, version, frame, spec = load_frame(ref, store)
+    split = json.loads(
+        store.fs.read_bytes(store.uri("models", mv.name, str(mv.version), SPLIT_FILE))
+    )
+    trained_on = set(split["train"])
+    held_out = sorted(set(frame["episode_id"].unique().to_list()) - trained_on)
+    if not held_out:
+        raise ValueError(
+            f"{table.name}@{version} holds no episode that {mv.ref} was not trained on; "
+            "evaluate on a dataset version with new episodes"
+        )
+    behavior = None
+    behavior_used = None
+    if card["kind"] == "world":
+        behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
+    evaluation = evaluate(
+        card["kind"],
+        model,
+        frame,
+        spec,
+        held_out,
+        behavior=behavior,
+        train_episode_ids=sorted(trained_on & set(frame["episode_id"].unique().to_list())) or None,
+        device=device,
+    )
+    passed, failures = quality_gate(card["kind"], evaluation)
+    history = card.get("training", {}).get("history", [])
+    report = _write_report(store, mv, evaluation, history, write_report)
+    return {
+        "model": mv.ref,
+        "dataset": f"{table.name}@{version}",
+        "metrics": evaluation["model"],
+        "baselines": evaluation["baselines"],
+        "meta": evaluation["meta"],
+        "quality_gate": {"passed": passed, "failures": failures},
+        "behavior_model_for_imagination": behavior_used,
+        "report": report,
+    }
