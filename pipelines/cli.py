@@ -198,6 +198,79 @@ def _show_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
+    """Metrics as rows; the model and each baseline as columns (same metric names)."""
+    names = ["model", *baselines]
+    rows = []
+    for metric in model:
+        row = {"metric": metric, "model": model[metric]}
+        for name, values in baselines.items():
+            row[name] = values.get(metric)
+        rows.append(row)
+    return _table(rows, ["metric", *names])
+
+
+def _train_text(d: dict[str, Any]) -> str:
+    gate = d["quality_gate"]
+    lines = [
+        f"registered {d['model']} (trained on {d['dataset']}, best epoch "
+        f"{d['training']['best_epoch']}/{d['training']['epochs_run']}, {d['training']['seconds']}s)",
+        metrics_table(d["metrics"], d["baselines"]),
+        "quality gate: "
+        + (
+            "passed (beats every baseline)"
+            if gate["passed"]
+            else "FAILED: " + "; ".join(gate["failures"])
+        ),
+    ]
+    if d.get("report"):
+        lines.append("report: " + ", ".join(sorted(d["report"].values())))
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.train import TrainConfig
+    from training.workflow import train_and_register
+
+    config = TrainConfig(seed=args.seed, device=args.device)
+    for key in ("epochs", "batch_size", "lr", "context"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(config, key, value)
+    result = train_and_register(
+        args.kind,
+        args.dataset,
+        store=_store(args),
+        config=config,
+        name=args.name,
+        resume=args.resume,
+        progress=None if not args.json else False,
+    )
+    _emit(args, result, _train_text)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.workflow import evaluate_registered
+
+    result = evaluate_registered(args.model, args.dataset, store=_store(args), device=args.device)
+    _emit(
+        args,
+        result,
+        lambda d: (
+            f"{d['model']} on held-out episodes of {d['dataset']} "
+            f"({d['meta'].get('n_eval_episodes')} episodes)\n"
+            + metrics_table(d["metrics"], d["baselines"])
+            + "\nquality gate: "
+            + (
+                "passed"
+                if d["quality_gate"]["passed"]
+                else "FAILED: " + "; ".join(d["quality_gate"]["failures"])
+            )
+            + ("\nreport: " + ", ".join(sorted(d["report"].values())) if d.get("report") else "")
+        ),
+    )
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from training.registry import ModelRegistry
 
@@ -339,6 +412,29 @@ def build_parser() -> argparse.ArgumentParser:
     q = dverb("export", "write a version as plain Parquet files")
     q.add_argument("ref")
     q.add_argument("dest", help="folder or s3://bucket/prefix")
+
+    p = add(
+        "train", cmd_train, "train a world or behavior model on a dataset version and register it"
+    )
+    p.add_argument("kind", choices=["world", "behavior"])
+    p.add_argument("--dataset", required=True, help="name, name@N or name@tag")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--context", type=int, default=None, help="history length in steps")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--name", default=None, help="registry name (default: the kind)")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "evaluate a registered model on held-out episodes, next to baselines",
+    )
+    p.add_argument("model", help="model reference: name, name@N or name@alias")
+    p.add_argument("--dataset", default=None, help="dataset reference (default: the model's own)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("models", help="list, inspect, promote, roll back and delete model versions")
     msub = p.add_subparsers(dest="verb", required=True)
