@@ -6,6 +6,7 @@ annotations of assets and configs at definition time.)
 
 import dagster as dg
 
+from datasets.catalog import DatasetTable
 from datasets.ingest import describe_result, ingest_logs
 from pipelines.resources import ForesightStore
 
@@ -30,10 +31,12 @@ def trajectory_dataset(
     sources = config.files or [store.landing_uri(config.dataset)]
     result = ingest_logs(sources, config.dataset, store=store)
     context.log.info(describe_result(result))
+    current = DatasetTable(store, config.dataset).latest_version()
     return dg.MaterializeResult(
         metadata={
             "dataset": config.dataset,
-            "version": result.version if result.version is not None else -1,
+            "version": current if current is not None else -1,
+            "new_version": result.version is not None,
             "rows_read": result.read,
             "rows_accepted": result.accepted,
             "rows_quarantined": result.quarantined,

@@ -70,6 +70,8 @@ def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0
     )
     evaluation = landing_sensor(context)
     requests = getattr(evaluation, "run_requests", None) or []
+    if not requests:
+        print("no new landing files: every file is already in the dataset")
     job = defs.resolve_job_def("ingest_job")
     for request in requests:
         start = time.perf_counter()
@@ -83,8 +85,8 @@ def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0
             f"run {result.run_id[:8]}: {request.tags.get('foresight/files')} file(s), "
             f"read {meta['rows_read'].value}, accepted {meta['rows_accepted'].value}, "
             f"quarantined {meta['rows_quarantined'].value}, already ingested "
-            f"{meta['already_ingested'].value} file(s), version "
-            f"{meta['version'].value if meta['version'].value >= 0 else 'unchanged'} "
+            f"{meta['already_ingested'].value} file(s), version {meta['version'].value}"
+            f"{' (new)' if meta['new_version'].value else ' (unchanged)'} "
             f"({time.perf_counter() - start:.1f}s)"
         )
 

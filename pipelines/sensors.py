@@ -10,6 +10,7 @@ import json
 
 import dagster as dg
 
+from datasets.catalog import NAME_RE, DatasetTable
 from datasets.readers import source_format
 from datasets.schema import SPEC_FILENAME
 from pipelines.assets import ingest_job
@@ -17,11 +18,18 @@ from pipelines.resources import ForesightStore
 
 
 def new_landing_files(store, seen: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Log files per dataset folder under landing/ that are not in ``seen`` yet."""
+    """Log files per dataset folder under landing/ not in ``seen`` and not ingested yet.
+
+    Files that an earlier ingest (by this sensor or any other way) already recorded in the
+    dataset's lineage are not requested again, so a fresh cursor does not re-request them.
+    """
     fresh: dict[str, list[str]] = {}
     for folder in store.fs.list_dirs(store.landing_uri()):
         dataset = folder.rstrip("/").rsplit("/", 1)[-1]
         known = set(seen.get(dataset, []))
+        if NAME_RE.match(dataset):
+            for ingest in DatasetTable(store, dataset).completed_ingests():
+                known.update(f["uri"] for f in ingest.get("files", []))
         files = [
             f
             for f in store.fs.list_files(folder)

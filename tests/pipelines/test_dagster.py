@@ -76,3 +76,14 @@ def test_asset_ingests_landing_files_and_reports_metadata(store, tmp_path):
     assert meta["version"].value == 0
     assert meta["rows_accepted"].value == 45 and meta["rows_quarantined"].value == 0
     assert open_dataset("toy", store).collect().height == 45
+
+
+def test_sensor_with_a_fresh_cursor_skips_files_already_ingested(store, tmp_path):
+    uri = land(store, tmp_path, "a.jsonl", episodes(2))
+    resources = {"foresight_store": resource_for(store)}
+    dg.materialize(
+        [trajectory_dataset],
+        resources=resources,
+        run_config={"ops": {"trajectory_dataset": {"config": {"dataset": "toy", "files": [uri]}}}},
+    )
+    assert isinstance(landing_sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
