@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from pipelines.assets import ingest_job, trajectory_dataset
+from pipelines.model_assets import (
+    behavior_model,
+    retrain_schedule,
+    staging_models,
+    train_job,
+    world_model,
+)
 from pipelines.resources import ForesightStore
 from pipelines.sensors import landing_sensor
 
+
+def _env(name: str, default: str = ""):
+    """An unresolved ``dg.EnvVar`` when set (read at run time, never stored), else a default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def store_settings() -> dict:
+    return {
+        "root": _env("FORESIGHT_STORE", ".foresight"),
+        "s3_endpoint": _env("FORESIGHT_S3_ENDPOINT"),
+        "access_key": _env("AWS_ACCESS_KEY_ID"),
+        "secret_key": _env("AWS_SECRET_ACCESS_KEY"),
+    }
+
+
 defs = dg.Definitions(
-    assets=[trajectory_dataset],
-    jobs=[ingest_job],
+    assets=[trajectory_dataset, behavior_model, world_model, staging_models],
+    jobs=[ingest_job, train_job],
     sensors=[landing_sensor],
-    resources={
-        "foresight_store": ForesightStore(
-            root=dg.EnvVar("FORESIGHT_STORE").get_value(".foresight") or ".foresight",
-            s3_endpoint=dg.EnvVar("FORESIGHT_S3_ENDPOINT").get_value("") or "",
-            access_key=dg.EnvVar("AWS_ACCESS_KEY_ID").get_value("") or "",
-            secret_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY").get_value("") or "",
-        )
-    },
+    schedules=[retrain_schedule],
+    resources={"foresight_store": ForesightStore(**store_settings())},
 )
