@@ -1,0 +1,143 @@
+import pytest
+import torch
+
+from datasets.schema import ActionSpec, DatasetSpec
+from training.behavior_model import BehaviorModel, BehaviorModelConfig
+from training.data import build_tensors, compute_normalizer, gather_window, sample_rows
+from training.train import TrainConfig, train
+from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, imagine
+
+from .conftest import make_frame
+
+TINY = dict(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)
+
+
+def spec_with(agents: int, size: int = 4) -> DatasetSpec:
+    return DatasetSpec(
+        env="synthetic",
+        agents={f"agent_{i}": size for i in range(agents)},
+        action=ActionSpec("discrete", n=5),
+    )
+
+
+def test_world_model_beats_persistence_after_a_few_epochs(tmp_path):
+    frame, spec = make_frame(episodes=60, steps=15, seed=1)
+    result = train(
+        "world",
+        frame,
+        spec,
+        TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0),
+        WorldModelConfig(**TINY),
+        workdir=tmp_path,
+        progress=False,
+    )
+    data = build_tensors(frame, spec)
+    rows = sample_rows(data, result.val_episode_ids)
+    rows = rows[rows < data.ep_end[rows]]  # steps that have a next observation
+    w = gather_window(data, rows, result.model.context)
+    truth = data.obs[rows + 1]
+    model_mse = ((result.model.predict(w).obs.mean() - truth) ** 2).mean()
+    persistence_mse = ((w.obs[:, -1] - truth) ** 2).mean()
+    assert model_mse < 0.5 * persistence_mse, (float(model_mse), float(persistence_mse))
+
+
+def test_runs_on_more_agents_and_is_permutation_equivariant():
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(spec=spec_with(3).to_dict(), **TINY)).eval()
+    frame, spec4 = make_frame(episodes=2, agents=4, steps=6)
+    data = build_tensors(frame, spec4)
+    w = gather_window(data, torch.tensor([3, 9]), model.context)
+    pred = model.predict(w)
+    assert pred.obs.mean().shape == (2, 4, 4) and pred.reward.shape == (2, 4)
+    perm = torch.tensor([2, 0, 3, 1])
+    wp = gather_window(data, torch.tensor([3, 9]), model.context)
+    for name in ("obs", "present", "action", "prev_action", "prev_valid", "prev_reward"):
+        setattr(wp, name, getattr(wp, name)[:, :, perm])
+    wp.feat_mask = wp.feat_mask[perm]
+    pp = model.predict(wp)
+    assert torch.allclose(pp.obs.mean(), pred.obs.mean()[:, perm], atol=1e-5)
+    assert torch.allclose(pp.reward, pred.reward[:, perm], atol=1e-5)
+    # and the prediction of an agent depends on the others (attention across agents)
+    w.obs[:, :, 1] += 1.0
+    moved = model.predict(w).obs.mean()
+    assert not torch.allclose(moved[:, 0], pred.obs.mean()[:, 0], atol=1e-4)
+
+
+def _models(spec):
+    torch.manual_seed(0)
+    world = WorldModel(WorldModelConfig(spec=spec.to_dict(), **TINY)).eval()
+    behavior = BehaviorModel(BehaviorModelConfig(spec=spec.to_dict(), context=4, d_model=16)).eval()
+    return world, behavior
+
+
+def test_imagine_shapes_and_fixed_actions(tiny):
+    frame, spec = tiny
+    world, behavior = _models(spec)
+    data = build_tensors(frame, spec)
+    start = gather_window(data, torch.tensor([2, 30, 50]), 4)
+    plan = torch.tensor([1, 2, 3, 4, 0])
+    im = imagine(
+        world,
+        start,
+        horizon=5,
+        n_samples=7,
+        actions={"agent_1": plan},
+        policy=behavior,
+        agent_ids=data.agent_ids,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert im.obs.shape == (3, 7, 5, 3, 4)
+    assert im.action.shape == im.reward.shape == im.terminated.shape == (3, 7, 5, 3)
+    assert im.obs_dist.loc.shape == (3, 7, 5, 3, 4, 1)
+    assert (im.action[:, :, :, 1] == plan).all(), "the fixed agent follows its plan"
+    others = im.action[:, :, :, [0, 2]]
+    assert others.unique().numel() > 1, "the other agents' actions are sampled"
+    assert im.obs.std(dim=1).max() > 0, "samples differ"
+    # per-start plans, and an error for agents with neither a plan nor a policy
+    per_start = torch.arange(15).reshape(3, 5) % 5
+    im2 = imagine(world, start, 5, 2, actions={0: per_start, 1: plan, 2: plan})
+    assert torch.equal(im2.action[:, 0, :, 0], per_start)
+    with pytest.raises(ValueError, match="no policy"):
+        imagine(world, start, 5, 2, actions={0: plan})
+    with pytest.raises(ValueError, match="covers 5 steps"):
+        imagine(world, start, 6, 2, actions={0: plan}, policy=behavior)
+
+
+def test_imagination_is_reproducible_with_a_generator(tiny):
+    frame, spec = tiny
+    world, behavior = _models(spec)
+    data = build_tensors(frame, spec)
+    start = gather_window(data, torch.tensor([5]), 4)
+    a = imagine(world, start, 4, 3, policy=behavior, generator=torch.Generator().manual_seed(1))
+    b = imagine(world, start, 4, 3, policy=behavior, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.action, b.action)
+
+
+def test_normalizer_marks_constant_features_and_model_copies_them():
+    frame, spec = make_frame(episodes=4, obs_sizes={f"agent_{i}": 6 for i in range(3)})
+    data = build_tensors(frame, spec)
+    norm = compute_normalizer(data, sample_rows(data, data.episode_ids))
+    assert norm.dynamic.tolist() == [True] * 4 + [False] * 2
+    model = WorldModel(WorldModelConfig(spec=spec.to_dict(), **TINY)).eval()
+    model.set_normalizer(norm)
+    w = gather_window(data, torch.tensor([3]), model.context)
+    w.obs[..., 5] = 7.0
+    assert torch.allclose(model.predict(w).obs.mean()[..., 5], torch.tensor(7.0))
+
+
+def test_mixture_interval_and_log_prob():
+    loc = torch.tensor([[0.0, 0.0]])[..., None].expand(1, 2, 3)  # (1, 2 features, K=3)
+    scale = torch.ones(1, 2, 3)
+    mix = ObsDistribution(torch.zeros(1, 2, 3), loc, scale)
+    single = ObsDistribution(torch.zeros(1, 2, 1), loc[..., :1], scale[..., :1])
+    lo, hi = mix.interval(0.9)
+    lo1, hi1 = single.interval(0.9)
+    assert torch.allclose(lo, lo1, atol=1e-4) and torch.allclose(
+        hi1, torch.full_like(hi1, 1.6449), atol=1e-3
+    )
+    x = torch.tensor([[0.3, -1.0]])
+    assert torch.allclose(mix.log_prob(x), single.log_prob(x), atol=1e-5)
+    two = ObsDistribution(torch.zeros(1, 1, 2), torch.tensor([[[-5.0, 5.0]]]), torch.ones(1, 1, 2))
+    assert torch.allclose(two.mean(), torch.zeros(1, 1))
+    lo, hi = two.interval(0.5)
+    assert torch.allclose(two.cdf(hi) - two.cdf(lo), torch.tensor([[0.5]]), atol=1e-4)

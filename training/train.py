@@ -1,0 +1,399 @@
+"""Training loop for the world and behavior models (one loop, two model kinds).
+
+    result = train("world", frame, spec, TrainConfig(epochs=20), workdir="runs/world")
+
+The dataset is turned into tensors once, on the training device; a batch is a set of
+flat step indices, gathered into windows on the device. The loop is seeded and
+deterministic on CPU, checkpoints every epoch (model, optimizer, RNG state, history) to
+``workdir/checkpoint.pt`` so ``resume=True`` continues after a crash, appends one JSON
+line of metrics per epoch to ``workdir/metrics.jsonl`` and stops early when the
+validation loss stops improving. The returned model holds the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from datasets.schema import DatasetSpec
+from training.behavior_model import BehaviorModel, BehaviorModelConfig
+from training.data import (
+    TrajectoryTensors,
+    build_tensors,
+    check_model_spec,
+    compute_normalizer,
+    gather_targets,
+    gather_window,
+    sample_rows,
+    split_episodes,
+)
+from training.world_model import WorldModel, WorldModelConfig
+
+ModelKind = Literal["world", "behavior"]
+CRASH_ENV = "FORESIGHT_TRAIN_CRASH_AFTER_EPOCH"
+"""Test hook: when set to k, the process exits abruptly right after epoch k is saved."""
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    """Maximum passes over the training windows (early stopping usually ends sooner)."""
+    batch_size: int = 256
+    """Labels per optimizer step: world windows, or behavior chunks of `context` steps
+    (each step of a chunk is a label, so a behavior batch holds batch_size // context)."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW), after a short warmup, cosine-decayed to 10%."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (guards against a few huge-NLL batches)."""
+    context: int | None = None
+    """Window length in steps; None keeps the model config's own default."""
+    device: str = "auto"
+    """"auto" (CUDA with bf16 autocast if present, else CPU), "cpu" or "cuda"."""
+    seed: int = 0
+    """Seeds the split, the initialization and the batch order."""
+    patience: int = 5
+    """Stop after this many epochs without a better validation loss."""
+    min_delta: float = 1e-4
+    """Smallest decrease of the validation loss that counts as better."""
+    val_fraction: float = 0.15
+    """Share of episodes held out for validation (split by episode, never by row)."""
+    eval_batch_size: int = 4096
+    """Windows per batch when computing the validation loss."""
+    max_steps_per_epoch: int | None = None
+    """Cap on optimizer steps per epoch (None: one full pass)."""
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    """The trained model with the best epoch's weights, in eval mode."""
+    model_config: WorldModelConfig | BehaviorModelConfig
+    """Its resolved config (with the training spec): build_model(kind, asdict(config))."""
+    train_config: TrainConfig
+    history: list[dict[str, float]]
+    """One metrics dict per epoch, as written to metrics.jsonl."""
+    best_epoch: int
+    """1-based epoch whose weights were kept."""
+    metrics_path: str
+    val_episode_ids: list[str]
+    """Held-out episodes (never trained on): evaluate on these."""
+    train_episode_ids: list[str] = field(default_factory=list)
+    """Training episodes (fit baselines on these)."""
+
+
+def select_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but CUDA is not available; use 'auto'")
+    assert name in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {name!r}"
+    return torch.device(name)
+
+
+def _config_class(kind: str):
+    if kind == "world":
+        return WorldModelConfig, WorldModel
+    if kind == "behavior":
+        return BehaviorModelConfig, BehaviorModel
+    raise ValueError(f"model kind must be 'world' or 'behavior', got {kind!r}")
+
+
+def build_model(kind: ModelKind, model_config: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture saved in ``model_config`` (weights still to be loaded)."""
+    config_cls, model_cls = _config_class(kind)
+    known = {f.name for f in fields(config_cls)}
+    unknown = set(model_config) - known
+    if unknown:
+        raise ValueError(f"unknown {kind} model config fields {sorted(unknown)}")
+    return model_cls(config_cls(**model_config))
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights and normalization buffers as contiguous CPU tensors (safetensors-ready)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def load_model(
+    kind: ModelKind, model_config: dict[str, Any], state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """build_model + load the weights, in eval mode."""
+    model = build_model(kind, model_config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def check_compatible(model: nn.Module, spec: DatasetSpec) -> None:
+    """ValueError naming both specs when ``model`` cannot run on data of ``spec``."""
+    check_model_spec(type(model).__name__, model.config.spec, spec)
+
+
+def _resolve_model_config(kind, model_config, spec: DatasetSpec, config: TrainConfig):
+    config_cls, _ = _config_class(kind)
+    if model_config is None:
+        mc = config_cls()
+    elif isinstance(model_config, dict):
+        mc = config_cls(**model_config)
+    else:
+        assert isinstance(model_config, config_cls), (
+            f"{kind} model needs a {config_cls.__name__}, got {type(model_config).__name__}"
+        )
+        mc = copy.deepcopy(model_config)
+    mc.spec = spec.to_dict()
+    if config.context is not None:
+        mc.context = config.context
+    assert mc.context >= 1, f"context must be >= 1, got {mc.context}"
+    return mc
+
+
+def _use_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    data: TrajectoryTensors,
+    rows: torch.Tensor,
+    batch_size: int = 4096,
+    autocast: bool = False,
+) -> dict[str, float]:
+    """Mean loss and loss parts of ``model`` over the windows ending at ``rows``."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    for i in range(0, rows.numel(), batch_size):
+        t = rows[i : i + batch_size]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss, parts = model.loss(gather_window(data, t, model.context), gather_targets(data, t))
+        for k, v in {"loss": loss, **parts}.items():
+            totals[k] = totals.get(k, 0.0) + v.item() * t.numel()
+        n += t.numel()
+    model.train(was_training)
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+def _lr_at(step: int, total: int, config: TrainConfig) -> float:
+    warmup = max(1, min(100, total // 10))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _epoch_rows(kind: str, data: TrajectoryTensors, rows: torch.Tensor, context: int, epoch: int):
+    """Window ends trained on in one epoch. World: every step. Behavior: the model learns
+    from every step of a window, so windows tile each episode in chunks of ``context``
+    steps (their phase shifts each epoch); every action is a label about once per epoch."""
+    if kind != "behavior" or context == 1:
+        return rows
+    pos = rows - data.ep_start[rows]  # (M,) step within the episode
+    return rows[(pos % context == epoch % context) | (rows == data.ep_end[rows])]
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+def train(
+    kind: ModelKind,
+    frame: pl.DataFrame | pl.LazyFrame,
+    spec: DatasetSpec,
+    config: TrainConfig | None = None,
+    model_config: WorldModelConfig | BehaviorModelConfig | dict | None = None,
+    workdir: str | os.PathLike = "runs/train",
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train a world or behavior model on ``frame`` (contract format) and return the best.
+
+    ``resume=True`` continues from ``workdir/checkpoint.pt`` when it exists (its model
+    config and data split win over the arguments); otherwise training starts fresh.
+    """
+    config = config or TrainConfig()
+    device = select_device(config.device)
+    autocast = device.type == "cuda"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = workdir / CHECKPOINT, workdir / METRICS
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        assert ckpt["kind"] == kind, f"checkpoint in {workdir} is a {ckpt['kind']} model"
+
+    data = build_tensors(frame, spec, device=device)
+    if ckpt is not None:
+        train_ids, val_ids = ckpt["train_episode_ids"], ckpt["val_episode_ids"]
+    else:
+        train_ids, val_ids = split_episodes(data.episode_ids, config.val_fraction, config.seed)
+    train_rows, val_rows = sample_rows(data, train_ids), sample_rows(data, val_ids)
+    if train_rows.numel() == 0:
+        raise ValueError("no training windows: every training episode has no agent rows")
+
+    torch.manual_seed(config.seed)
+    config_cls, model_cls = _config_class(kind)
+    if ckpt is not None:
+        model_config = config_cls(**ckpt["model_config"])
+        check_model_spec(f"checkpointed {kind} model", model_config.spec, spec)
+    else:
+        model_config = _resolve_model_config(kind, model_config, spec, config)
+    model = model_cls(model_config).to(device)
+    model.set_normalizer(compute_normalizer(data, train_rows))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    chunked = kind == "behavior" and model.context > 1
+    batch_size = max(1, config.batch_size // model.context) if chunked else config.batch_size
+
+    def step_loss(window, targets):
+        if chunked:
+            return model.loss(window, targets, all_steps=True)
+        return model.loss(window, targets)
+
+    def epoch_steps(epoch_rows: torch.Tensor) -> int:
+        n = math.ceil(epoch_rows.numel() / batch_size)
+        return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n
+
+    total_steps = epoch_steps(_epoch_rows(kind, data, train_rows, model.context, 0)) * config.epochs
+    history: list[dict[str, float]] = []
+    start_epoch, step = 0, 0
+    best_val, best_epoch, best_state = math.inf, 0, None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
+        best_val, best_epoch, best_state = ckpt["best_val"], ckpt["best_epoch"], ckpt["best_model"]
+    # metrics.jsonl always mirrors the checkpoint's history (no duplicate lines on resume).
+    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    bar = tqdm(
+        total=total_steps,
+        leave=False,
+        initial=step,
+        disable=not _use_progress(progress),
+        desc=f"train {kind}",
+        unit="step",
+    )
+    stopped = best_epoch > 0 and start_epoch - best_epoch >= config.patience
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for epoch in range(start_epoch, 0 if stopped else config.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        rows = _epoch_rows(kind, data, train_rows, model.context, epoch)
+        order = rows[torch.randperm(rows.numel(), generator=gen).to(device)]
+        steps_per_epoch = epoch_steps(rows)
+        sums: dict[str, float] = {}
+        data_time, samples = 0.0, 0
+        t_epoch = time.perf_counter()
+        for i in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            t = order[i * batch_size : (i + 1) * batch_size]
+            window, targets = gather_window(data, t, model.context), gather_targets(data, t)
+            sync()
+            data_time += time.perf_counter() - t0
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, config)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                loss, parts = step_loss(window, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            samples += int(window.time_valid.sum()) if chunked else t.numel()  # labels
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        train_time = time.perf_counter() - t_epoch
+        record: dict[str, float] = {"epoch": epoch + 1, "step": step}
+        record.update({f"train/{k}": v / steps_per_epoch for k, v in sums.items()})
+        val = (
+            evaluate_loss(model, data, val_rows, config.eval_batch_size, autocast)
+            if val_rows.numel()
+            else {}
+        )
+        record.update({f"val/{k}": v for k, v in val.items()})
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        record["time/epoch_s"] = time.perf_counter() - t_epoch
+        record["perf/train_samples_per_s"] = samples / train_time
+        record["perf/data_fraction"] = data_time / train_time
+        history.append(record)
+
+        score = record.get("val/loss", record["train/loss"])
+        if score < best_val - config.min_delta:
+            best_val, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "kind": kind,
+                "model_config": asdict(model_config),
+                "train_config": asdict(config),
+                "model": model.state_dict(),
+                "best_model": best_state,
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "history": history,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "train_episode_ids": train_ids,
+                "val_episode_ids": val_ids,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                },
+            },
+        )
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if os.environ.get(CRASH_ENV) == str(epoch + 1):
+            os._exit(17)  # simulate a crash after this epoch's checkpoint
+        if epoch + 1 - best_epoch >= config.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        model_config=model_config,
+        train_config=config,
+        history=history,
+        best_epoch=best_epoch,
+        metrics_path=str(metrics_path),
+        val_episode_ids=list(val_ids),
+        train_episode_ids=list(train_ids),
+    )
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """asdict for a config dataclass (helper for model cards)."""
+    assert is_dataclass(config), f"expected a dataclass config, got {type(config).__name__}"
+    return asdict(config)

@@ -1,0 +1,429 @@
+"""World model: a distribution over every agent's next observation, reward and termination.
+
+Architecture (one network shared by all agents, attention between them):
+
+    per agent n:  [obs_norm, action, present] for T steps, flattened, + feature mask
+                  -> MLP encoder -> token (d_model)            # (B, N, d)
+    optional:     global state history -> MLP -> one extra token
+    tokens -> n_layers pre-LN transformer blocks over agents (no positional embedding,
+              so the model is permutation-equivariant and runs on any agent count)
+    per agent token -> heads: next-obs delta mixture (per feature), reward, termination
+
+The observation head predicts the change ``obs[t+1] - obs[t]`` in units of its training
+std, as a per-feature mixture of ``n_mixture`` Gaussians. Features that never change in
+the training data (e.g. silent communication slots) are copied forward.
+:func:`imagine` samples futures step after step, with some agents' actions fixed and the
+others drawn from a behavior model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.schema import DatasetSpec
+from training.data import Normalizer, Targets, Window
+
+
+@dataclass
+class WorldModelConfig:
+    spec: dict | None = None
+    """DatasetSpec.to_dict() of the training data; filled in by train(), fixes the sizes."""
+    context: int = 2
+    """Steps of joint history the model reads (2 suffices for MPE: obs holds velocities)."""
+    d_model: int = 128
+    """Width of each agent token."""
+    n_layers: int = 2
+    """Transformer blocks across agents (collisions need one agent to see the others)."""
+    n_heads: int = 4
+    """Attention heads per block."""
+    mlp_ratio: int = 4
+    """Hidden width of the block MLPs, as a multiple of d_model."""
+    dropout: float = 0.0
+    """Dropout in the blocks; the data sets are large relative to the model, so none."""
+    n_mixture: int = 1
+    """Gaussian components per observation feature (1 = plain Gaussian)."""
+    min_std: float = 1e-3
+    """Smallest predicted std, in units of the feature's delta std (keeps NLL finite)."""
+    nll_beta: float = 0.5
+    """beta-NLL (Seitzer et al. 2022): each feature's NLL is weighted by its detached
+    predicted variance ** beta. 0 is plain NLL, which starves the means of high-variance
+    features (velocities in collisions) of gradient; 1 fits means like MSE."""
+    reward_weight: float = 1.0
+    """Weight of the (normalized) reward MSE in the loss."""
+    term_weight: float = 0.1
+    """Weight of the termination BCE in the loss."""
+    state_dropout: float = 0.25
+    """Probability of hiding the global state while training, so imagination (which
+    cannot predict the state) still works when it is missing."""
+
+    def dataset_spec(self) -> DatasetSpec:
+        assert self.spec is not None, "WorldModelConfig.spec is unset; train() fills it"
+        return DatasetSpec.from_dict(self.spec)
+
+
+def action_features(action: torch.Tensor, discrete: bool, n_actions: int) -> torch.Tensor:
+    """(..., ) int index -> (..., n) one-hot, or (..., A) continuous -> unchanged float."""
+    if discrete:
+        return F.one_hot(action.long().clamp(0, n_actions - 1), n_actions).float()
+    return action.float()
+
+
+@dataclass
+class ObsDistribution:
+    """Independent per-feature mixture of Gaussians, in raw observation units."""
+
+    logits: torch.Tensor
+    """(..., D, K) mixture weights (unnormalized log)."""
+    loc: torch.Tensor
+    """(..., D, K) component means."""
+    scale: torch.Tensor
+    """(..., D, K) component stds (>0; tiny on features that are copied forward)."""
+
+    def mean(self) -> torch.Tensor:
+        return (self.logits.softmax(-1) * self.loc).sum(-1)  # (..., D)
+
+    def stddev(self) -> torch.Tensor:
+        w = self.logits.softmax(-1)
+        second = (w * (self.scale**2 + self.loc**2)).sum(-1)
+        return (second - self.mean() ** 2).clamp_min(0).sqrt()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) log density of each feature of ``x``."""
+        z = (x[..., None] - self.loc) / self.scale
+        comp = -0.5 * z**2 - self.scale.log() - 0.5 * math.log(2 * math.pi)
+        return torch.logsumexp(self.logits.log_softmax(-1) + comp, dim=-1)
+
+    def cdf(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x[..., None] - self.loc) / self.scale
+        return (self.logits.softmax(-1) * 0.5 * (1 + torch.erf(z / math.sqrt(2)))).sum(-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(..., D) one sample per feature."""
+        K = self.logits.shape[-1]
+        if K == 1:
+            k = torch.zeros(self.loc.shape[:-1], dtype=torch.long, device=self.loc.device)
+        else:
+            probs = self.logits.softmax(-1).reshape(-1, K)
+            k = torch.multinomial(probs, 1, generator=generator).reshape(self.loc.shape[:-1])
+        loc = self.loc.gather(-1, k[..., None]).squeeze(-1)
+        scale = self.scale.gather(-1, k[..., None]).squeeze(-1)
+        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        return loc + scale * eps
+
+    def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central ``level`` interval (lo, hi) of each feature, each (..., D)."""
+        q = (1 - level) / 2
+        if self.logits.shape[-1] == 1:
+            z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * q)).item()
+            return self.loc[..., 0] - z * self.scale[..., 0], self.loc[..., 0] + z * self.scale[
+                ..., 0
+            ]
+        lo = (self.loc - 8 * self.scale).amin(-1)
+        hi = (self.loc + 8 * self.scale).amax(-1)
+        return self._quantile(q, lo, hi), self._quantile(1 - q, lo, hi)
+
+    def _quantile(self, p: float, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        for _ in range(40):  # bisection on the mixture CDF, vectorized over all features
+            mid = (lo + hi) / 2
+            below = self.cdf(mid) < p
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
+    def index(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ObsDistribution:
+        """Apply the same indexing/reshaping to the batch dims of every parameter."""
+        return ObsDistribution(fn(self.logits), fn(self.loc), fn(self.scale))
+
+    @staticmethod
+    def stack(items: list[ObsDistribution], dim: int) -> ObsDistribution:
+        return ObsDistribution(
+            torch.stack([d.logits for d in items], dim),
+            torch.stack([d.loc for d in items], dim),
+            torch.stack([d.scale for d in items], dim),
+        )
+
+
+@dataclass
+class WorldPrediction:
+    """A world predictor's answer for the last step of a window (models and baselines)."""
+
+    obs: ObsDistribution
+    """Next observation of every agent, batch dims (B, N), features D."""
+    reward: torch.Tensor
+    """(B, N) expected reward for the action at the last step."""
+    term_prob: torch.Tensor
+    """(B, N) probability that the episode terminates after this step."""
+    dim_mask: torch.Tensor
+    """(N, D) bool: features the distribution describes (exist and change over time)."""
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block over a set of tokens (no positions: order-free)."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float):
+        super().__init__()
+        assert d_model % n_heads == 0, f"d_model {d_model} not divisible by {n_heads} heads"
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+        )
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape  # (B, N, C) tokens; key_valid (B, N) bool
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        mask = key_valid[:, None, None, :]  # (B, 1, 1, N): which tokens may be attended to
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, N, C/H)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        spec = config.dataset_spec()
+        self.config = config
+        self.discrete = spec.action.discrete
+        self.n_actions = spec.action.n if self.discrete else spec.action.dim
+        self.obs_dim = D = max(spec.agents.values())
+        self.state_dim = spec.state_dim
+        self.context = T = config.context
+        K, d = config.n_mixture, config.d_model
+        # Normalization statistics of the training split (saved with the weights).
+        self.register_buffer("obs_mean", torch.zeros(D))
+        self.register_buffer("obs_std", torch.ones(D))
+        self.register_buffer("delta_std", torch.ones(D))
+        self.register_buffer("dynamic", torch.ones(D, dtype=torch.bool))
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+        step_features = D + self.n_actions + 1  # obs, action, present flag
+        self.encoder = nn.Sequential(
+            nn.Linear(T * step_features + D, d), nn.GELU(), nn.Linear(d, d)
+        )
+        if self.state_dim:
+            self.state_encoder = nn.Sequential(
+                nn.Linear(T * (self.state_dim + 1), d), nn.GELU(), nn.Linear(d, d)
+            )
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d)
+        self.obs_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, D * K * 3))
+        self.reward_head = nn.Linear(d, 1)
+        self.term_head = nn.Linear(d, 1)
+
+    def set_normalizer(self, norm: Normalizer) -> None:
+        for name in ("obs_mean", "obs_std", "delta_std", "dynamic", "reward_mean", "reward_std"):
+            getattr(self, name).copy_(getattr(norm, name))
+
+    def forward(
+        self, w: Window
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
+        reward (B, N), termination logit (B, N)."""
+        B, T, N, D = w.obs.shape
+        assert T == self.context, f"window has {T} steps, model reads {self.context}"
+        assert D == self.obs_dim, f"window obs width {D} != model's {self.obs_dim}"
+        fmask = w.feat_mask.float()  # (N, D)
+        obs = (w.obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
+        act = action_features(w.action, self.discrete, self.n_actions)  # (B, T, N, A)
+        pres = w.present.float()[..., None]  # (B, T, N, 1)
+        act = act * pres
+        steps = torch.cat([obs * pres, act, pres], dim=-1)  # (B, T, N, F)
+        steps = steps.transpose(1, 2).reshape(B, N, -1)  # (B, N, T*F)
+        x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1))  # (B, N, d)
+        valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
+        if self.state_dim:
+            if w.state is not None:
+                sv = w.state_valid.float()[..., None]  # (B, T, 1)
+                if self.training and self.config.state_dropout > 0:
+                    keep = torch.rand(B, 1, 1, device=sv.device) >= self.config.state_dropout
+                    sv = sv * keep
+                s = torch.cat([w.state * sv, sv], dim=-1).reshape(B, -1)  # (B, T*(Ds+1))
+            else:
+                s = torch.zeros(B, T * (self.state_dim + 1), device=x.device)
+            x = torch.cat([x, self.state_encoder(s)[:, None]], dim=1)  # (B, N+1, d)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+        valid = valid | ~valid.any(dim=1, keepdim=True)  # never an all-masked row (NaN)
+        for block in self.blocks:
+            x = block(x, valid)
+        x = self.ln_f(x[:, :N])  # (B, N, d)
+        K = self.config.n_mixture
+        logits, mu, raw_std = self.obs_head(x).view(B, N, D, K, 3).float().unbind(-1)
+        std = self.config.min_std + F.softplus(raw_std)  # (B, N, D, K)
+        reward = self.reward_head(x).squeeze(-1).float()  # (B, N)
+        term_logit = self.term_head(x).squeeze(-1).float()  # (B, N)
+        return logits, mu, std, reward, term_logit
+
+    def loss(self, w: Window, tg: Targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its parts: obs NLL per feature (normalized units), reward MSE
+        (normalized), termination BCE."""
+        logits, mu, std, reward, term_logit = self(w)
+        last = w.obs[:, -1]  # (B, N, D)
+        delta = (tg.next_obs - last) / self.delta_std  # (B, N, D)
+        dist = ObsDistribution(logits, mu, std)
+        mask = (tg.next_valid[..., None] & w.feat_mask & self.dynamic).float()  # (B, N, D)
+        count = mask.sum().clamp_min(1)
+        nll_per_feature = -dist.log_prob(delta) * mask  # (B, N, D)
+        nll = nll_per_feature.sum() / count
+        weight = dist.stddev().detach() ** (2 * self.config.nll_beta)  # (B, N, D)
+        fit = (nll_per_feature * weight).sum() / count
+        valid = tg.valid.float()
+        r_err = (reward - (tg.reward - self.reward_mean) / self.reward_std) ** 2
+        r_mse = (r_err * valid).sum() / valid.sum().clamp_min(1)
+        bce = F.binary_cross_entropy_with_logits(term_logit, tg.terminated, reduction="none")
+        term = (bce * valid).sum() / valid.sum().clamp_min(1)
+        total = fit + self.config.reward_weight * r_mse + self.config.term_weight * term
+        return total, {"nll": nll, "reward_mse": r_mse, "term_bce": term}
+
+    @torch.no_grad()
+    def predict(self, w: Window) -> WorldPrediction:
+        """The distribution of the next step, in raw units."""
+        logits, mu, std, reward, term_logit = self(w.last(self.context))
+        last = w.obs[:, -1].float()[..., None]  # (B, N, D, 1)
+        dyn = (self.dynamic & w.feat_mask)[..., None]  # (N, D, 1)
+        dstd = self.delta_std[:, None]  # (D, 1)
+        loc = torch.where(dyn, last + dstd * mu, last)  # (B, N, D, K)
+        scale = torch.where(dyn, dstd * std, torch.full_like(std, 1e-6))
+        return WorldPrediction(
+            obs=ObsDistribution(logits, loc, scale),
+            reward=reward * self.reward_std + self.reward_mean,
+            term_prob=torch.sigmoid(term_logit),
+            dim_mask=self.dynamic & w.feat_mask,
+        )
+
+
+@dataclass
+class Imagination:
+    """Sampled futures: batch of starts B, samples S, horizon H, agents N."""
+
+    obs: torch.Tensor
+    """(B, S, H, N, D) sampled observations at steps t+1..t+H."""
+    action: torch.Tensor
+    """(B, S, H, N) or (B, S, H, N, A): the joint action taken at steps t..t+H-1."""
+    reward: torch.Tensor
+    """(B, S, H, N) expected reward for each of those actions."""
+    terminated: torch.Tensor
+    """(B, S, H, N) bool, sampled termination after each action."""
+    obs_dist: ObsDistribution
+    """Predicted distribution of each sampled step, batch dims (B, S, H, N)."""
+
+
+def _policy_actions(policy, w: Window, generator: torch.Generator | None) -> torch.Tensor:
+    """Joint actions (B, N[, A]) for the last step of ``w`` from a behavior model or callable."""
+    if hasattr(policy, "action_distribution"):
+        return policy.action_distribution(w.last(policy.context)).sample(generator)
+    return policy(w)
+
+
+@torch.no_grad()
+def imagine(
+    model,
+    start_history: Window,
+    horizon: int,
+    n_samples: int = 1,
+    actions: dict[int | str, torch.Tensor] | None = None,
+    policy=None,
+    agent_ids: list[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> Imagination:
+    """Roll out ``n_samples`` sampled futures of ``horizon`` steps from each start.
+
+    ``model``: a WorldModel or any world predictor with ``predict(window)`` and ``context``.
+    ``start_history``: windows (B starts) ending at the current step; the action stored at
+    their last step is ignored. ``actions``: agent (index, or id with ``agent_ids``) -> plan
+    of shape (H,) / (H, A) for every start or (B, H) / (B, H, A) per start; those agents
+    follow the plan. Every other agent's action comes from ``policy`` (a BehaviorModel or a
+    callable window -> (B, N[, A]) actions).
+    """
+    B, N = start_history.batch_size, start_history.num_agents
+    actions = dict(actions or {})
+    fixed: dict[int, torch.Tensor] = {}
+    for agent, plan in actions.items():
+        if isinstance(agent, str):
+            assert agent_ids is not None, f"agent {agent!r} given by id: pass agent_ids"
+            if agent not in agent_ids:
+                raise ValueError(f"unknown agent {agent!r}; agents are {agent_ids}")
+            agent = agent_ids.index(agent)
+        assert 0 <= agent < N, f"agent index {agent} out of range for {N} agents"
+        plan = torch.as_tensor(plan, device=start_history.obs.device)
+        discrete = not torch.is_floating_point(start_history.action)
+        per_start = plan.ndim == (2 if discrete else 3)  # (B, H[, A]) rather than (H[, A])
+        H_plan = plan.shape[1] if per_start else plan.shape[0]
+        if H_plan < horizon:
+            raise ValueError(f"plan of agent {agent} covers {H_plan} steps < horizon {horizon}")
+        fixed[agent] = plan if per_start else plan[None].expand(B, *plan.shape)
+    if policy is None and len(fixed) < N:
+        raise ValueError(f"{N - len(fixed)} agents have no fixed actions and no policy is given")
+    S = n_samples
+    policy_context = getattr(policy, "context", 1) if policy is not None else 1
+    C = max(model.context, policy_context, start_history.context)
+    w = start_history.last(C).index(
+        torch.arange(B, device=start_history.obs.device).repeat_interleave(S)
+    )  # (B*S, C, ...)
+    out_obs, out_act, out_rew, out_term, out_dist = [], [], [], [], []
+    for h in range(horizon):
+        joint = _policy_actions(policy, w, generator) if policy is not None else None
+        if joint is None:
+            joint = torch.zeros_like(w.action[:, -1])
+        joint = joint.clone()
+        for agent, plan in fixed.items():
+            joint[:, agent] = plan[:, h].repeat_interleave(S, dim=0).to(joint.dtype)
+        present = w.present[:, -1]  # (B*S, N): agents keep their presence
+        w.action[:, -1] = joint
+        pred = model.predict(w)
+        nxt = pred.obs.sample(generator) * w.feat_mask * present[..., None]  # (B*S, N, D)
+        term = torch.rand(pred.term_prob.shape, generator=generator, device=nxt.device)
+        out_obs.append(nxt)
+        out_act.append(joint)
+        out_rew.append(pred.reward)
+        out_term.append(term < pred.term_prob)
+        out_dist.append(pred.obs)
+        w = _append_step(w, nxt, joint, present, pred.reward)
+    split = lambda x: x.reshape(B, S, *x.shape[1:])  # noqa: E731  (B*S, ...) -> (B, S, ...)
+    stack = lambda xs: split(torch.stack(xs, dim=1))  # noqa: E731  (B, S, H, ...)
+    dist = ObsDistribution.stack(out_dist, dim=1).index(split)
+    return Imagination(
+        obs=stack(out_obs),
+        action=stack(out_act),
+        reward=stack(out_rew),
+        terminated=stack(out_term),
+        obs_dist=dist,
+    )
+
+
+def _append_step(
+    w: Window, obs: torch.Tensor, action: torch.Tensor, present: torch.Tensor, reward: torch.Tensor
+) -> Window:
+    """Shift the window by one step: the new last step holds ``obs``; its action is unset."""
+    one = lambda x: x[:, None]  # noqa: E731  (B, ...) -> (B, 1, ...)
+    B = w.batch_size
+    new = Window(
+        obs=torch.cat([w.obs[:, 1:], one(obs)], 1),
+        feat_mask=w.feat_mask,
+        present=torch.cat([w.present[:, 1:], one(present)], 1),
+        time_valid=torch.cat([w.time_valid[:, 1:], w.time_valid.new_ones(B, 1)], 1),
+        action=torch.cat([w.action[:, 1:], one(torch.zeros_like(action))], 1),
+        prev_action=torch.cat([w.prev_action[:, 1:], one(action)], 1),
+        prev_valid=torch.cat([w.prev_valid[:, 1:], one(present)], 1),
+        prev_reward=torch.cat([w.prev_reward[:, 1:], one(reward * present)], 1),
+    )
+    if w.state is not None:  # the state is not predicted: unknown from here on
+        new.state = torch.cat([w.state[:, 1:], torch.zeros_like(w.state[:, :1])], 1)
+        new.state_valid = torch.cat([w.state_valid[:, 1:], w.state_valid.new_zeros(B, 1)], 1)
+    return new
