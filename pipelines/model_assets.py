@@ -35,6 +35,8 @@ class TrainAssetConfig(dg.Config):
     seed: int = 0
     max_steps_per_epoch: int = 0
     """Cap on optimizer steps per epoch; 0 means a full pass."""
+    eval_max_starts: int = 2048
+    """Held-out start points for rollout and imagination metrics."""
 
 
 def _train_config(config: TrainAssetConfig) -> TrainConfig:

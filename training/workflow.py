@@ -106,8 +106,12 @@ def train_and_register(
     progress: bool | None = None,
     behavior_ref: str | None = None,
     context1_baseline: bool = True,
+    eval_max_starts: int = 2048,
 ) -> dict[str, Any]:
-    """Train ``kind`` on a dataset version, evaluate it, write its report, register it."""
+    """Train ``kind`` on a dataset version, evaluate it, write its report, register it.
+
+    ``eval_max_starts`` caps the held-out start points of rollouts and imagination.
+    """
     from training.evaluate import evaluate, write_report
 
     store = store or Store.from_env()
@@ -148,6 +152,7 @@ def train_and_register(
         train_episode_ids=result.train_episode_ids,
         seed=config.seed,
         device=config.device,
+        max_starts=eval_max_starts,
     )
     passed, failures = quality_gate(kind, evaluation)
     model_name = name or kind

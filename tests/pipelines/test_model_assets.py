@@ -13,7 +13,13 @@ from training import workflow
 from training.registry import ModelRegistry
 from training.workflow import quality_gate
 
-TINY = {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 3, "device": "cpu"}
+TINY = {
+    "epochs": 1,
+    "batch_size": 64,
+    "max_steps_per_epoch": 3,
+    "device": "cpu",
+    "eval_max_starts": 64,
+}
 
 
 @pytest.fixture
