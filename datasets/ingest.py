@@ -565,22 +565,22 @@ def _commit_rows(
     def batches() -> Iterator[pa.RecordBatch]:
         written = 0
         for b in range(staging.buckets):
-            scan = staging.scan_bucket(b)
-            if scan is None:
-                continue
-            drop = bad[b]["_ord"]
-            frame = (
-                scan.filter(~pl.col("_ord").is_in(drop.implode()))
-                .select(ALL_COLUMNS)
-                .with_columns(pl.col(c).cast(t) for c, t in casts.items())
-                .collect()
-            )
-            arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(schema)
-            for batch in arrow.to_batches(max_chunksize=131_072):
-                yield batch
-                written += batch.num_rows
-                if written:
-                    _fault("mid-write")
+            drop = bad[b]["_ord"].implode()
+            # File by file, not bucket by bucket: memory stays at one staged block.
+            for path in staging.bucket_files[b]:
+                frame = (
+                    pl.scan_ipc(path)
+                    .filter(~pl.col("_ord").is_in(drop))
+                    .select(ALL_COLUMNS)
+                    .with_columns(pl.col(c).cast(t) for c, t in casts.items())
+                    .collect()
+                )
+                arrow = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(schema)
+                for batch in arrow.to_batches(max_chunksize=131_072):
+                    yield batch
+                    written += batch.num_rows
+                    if written:
+                        _fault("mid-write")
 
     meta = _ingest_meta(table, result, result.files)
     write_deltalake(
