@@ -1,0 +1,389 @@
+"""Request and response types of the serving API, shared by the service and the client.
+
+They are the OpenAPI spec: every field says what it holds and its bounds. Histories are
+per agent, oldest step first, the last step is "now":
+
+    obs          {agent_id: [[float, ...] per step]}   T steps, each the agent's observation
+    past_actions {agent_id: [action per step]}         T-1 actions: the one taken after each
+                                                        observation but the last (optional)
+
+An action is an int index (discrete action spaces) or a list of floats (continuous).
+
+Checks that need no model (shapes agree inside a request, finite numbers, bounds) run on
+any side. Checks against the served models (known agent ids, observation sizes, action
+space) run where :func:`set_served_signature` was called, i.e. inside the service, while
+the request is parsed, so a bad request becomes a 400 naming the field before it can join
+a batch with good ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_QUERIES = 256
+"""Queries per /predict_actions or /predict_next request."""
+MAX_AGENTS = 64
+"""Agents per query."""
+MAX_HISTORY = 256
+"""Steps of history per query (the models read their last `context` steps)."""
+MAX_OBS_SIZE = 4096
+"""Features per observation vector."""
+MAX_HORIZON = 64
+"""Largest /imagine horizon H."""
+MAX_IMAGINE_SAMPLES = 64
+"""Largest number of /imagine futures K."""
+MAX_IMAGINE_STEPS = 1024
+"""Largest H * K of one /imagine request (bounds compute and response size)."""
+MAX_DIST_SAMPLES = 64
+"""Largest number of samples returned by /predict_actions and /predict_next."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_OBS_SIZE)]
+Action = Annotated[
+    int | list[FiniteFloat],
+    Field(description="discrete: action index; continuous: vector of floats"),
+]
+History = Annotated[
+    dict[str, Annotated[list[Vector], Field(min_length=1, max_length=MAX_HISTORY)]],
+    Field(
+        min_length=1,
+        max_length=MAX_AGENTS,
+        description="agent id -> observations, oldest first; every agent has the same T steps",
+    ),
+]
+PastActions = Annotated[
+    dict[str, Annotated[list[Action], Field(max_length=MAX_HISTORY)]] | None,
+    Field(
+        description="agent id -> the T-1 actions taken after each observation but the last; "
+        "agents left out have no known past actions"
+    ),
+]
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+# -- what the served models accept -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a served model accepts: agent ids with observation sizes, the action space."""
+
+    agents: dict[str, int]
+    discrete: bool
+    n_actions: int
+    """Discrete: number of actions. Continuous: length of the action vector."""
+    state_dim: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> ModelSignature:
+        action = spec["action"]
+        discrete = action["kind"] == "discrete"
+        return cls(
+            agents={str(k): int(v) for k, v in spec["agents"].items()},
+            discrete=discrete,
+            n_actions=int(action["n"] if discrete else action["dim"]),
+            state_dim=spec.get("state_dim"),
+        )
+
+    def describe_action(self) -> str:
+        if self.discrete:
+            return f"an int in 0..{self.n_actions - 1}"
+        return f"a list of {self.n_actions} floats"
+
+
+_SERVED: dict[str, ModelSignature] = {}
+
+
+def set_served_signature(kind: Literal["world", "behavior"], sig: ModelSignature | None) -> None:
+    """Make requests parsed in this process check against the served ``kind`` model."""
+    if sig is None:
+        _SERVED.pop(kind, None)
+    else:
+        _SERVED[kind] = sig
+
+
+def served_signature(kind: str) -> ModelSignature | None:
+    return _SERVED.get(kind)
+
+
+# -- shared checks ---------------------------------------------------------------------------
+
+
+def _steps(obs: dict[str, list[list[float]]]) -> int:
+    """Common history length T; ValueError naming the agent whose length differs."""
+    lengths = {agent: len(steps) for agent, steps in obs.items()}
+    T = next(iter(lengths.values()))
+    for agent, n in lengths.items():
+        if n != T:
+            raise ValueError(
+                f"obs.{agent}: has {n} steps but obs.{next(iter(lengths))} has {T}; "
+                "every agent needs the same number of history steps"
+            )
+    for agent, steps in obs.items():
+        width = len(steps[0])
+        for t, vec in enumerate(steps):
+            if len(vec) != width:
+                raise ValueError(
+                    f"obs.{agent}.{t}: observation has {len(vec)} features, step 0 has {width}"
+                )
+    return T
+
+
+def _check_action(where: str, action: Any, sig: ModelSignature | None) -> None:
+    if sig is None:
+        return
+    if sig.discrete:
+        if not isinstance(action, int) or not 0 <= action < sig.n_actions:
+            raise ValueError(f"{where}: {action!r} is not {sig.describe_action()}")
+    elif not isinstance(action, list) or len(action) != sig.n_actions:
+        raise ValueError(f"{where}: {action!r} is not {sig.describe_action()}")
+
+
+def _check_agents(
+    where: str, obs: dict[str, list[list[float]]], sigs: list[ModelSignature]
+) -> None:
+    for sig in sigs:
+        for agent, steps in obs.items():
+            if agent not in sig.agents:
+                known = ", ".join(sorted(sig.agents))
+                raise ValueError(f"{where}.{agent}: unknown agent id {agent!r}; known: {known}")
+            if len(steps[0]) != sig.agents[agent]:
+                raise ValueError(
+                    f"{where}.{agent}: observations have {len(steps[0])} features; "
+                    f"agent {agent!r} has {sig.agents[agent]}"
+                )
+
+
+def _check_past_actions(
+    past: dict[str, list[Any]] | None,
+    obs: dict[str, list[list[float]]],
+    T: int,
+    sigs: list[ModelSignature],
+) -> None:
+    for agent, actions in (past or {}).items():
+        if agent not in obs:
+            raise ValueError(f"past_actions.{agent}: agent {agent!r} is not in obs")
+        if len(actions) != T - 1:
+            raise ValueError(
+                f"past_actions.{agent}: has {len(actions)} actions; expected {T - 1} "
+                f"(one per observation step but the last, obs has {T} steps)"
+            )
+        for t, action in enumerate(actions):
+            for sig in sigs:
+                _check_action(f"past_actions.{agent}.{t}", action, sig)
+
+
+def _check_state(state: list[list[float]] | None, T: int, sigs: list[ModelSignature]) -> None:
+    if state is None:
+        return
+    if len(state) != T:
+        raise ValueError(f"state: has {len(state)} steps; obs has {T}")
+    for sig in sigs:
+        if sig.state_dim is None:
+            raise ValueError("state: the served model reads no global state; leave it out")
+        for t, vec in enumerate(state):
+            if len(vec) != sig.state_dim:
+                raise ValueError(f"state.{t}: has {len(vec)} features; expected {sig.state_dim}")
+
+
+def _signatures(*kinds: str) -> list[ModelSignature]:
+    return [s for k in kinds if (s := _SERVED.get(k)) is not None]
+
+
+class _HistoryFields(BaseModel):
+    model_config = STRICT
+
+    obs: History
+    past_actions: PastActions = None
+    state: (
+        Annotated[list[Vector], Field(max_length=MAX_HISTORY, description="global state per step")]
+        | None
+    ) = None
+
+    def _check_history(self, *kinds: str) -> int:
+        T = _steps(self.obs)
+        sigs = _signatures(*kinds)
+        _check_agents("obs", self.obs, sigs)
+        _check_past_actions(self.past_actions, self.obs, T, sigs)
+        _check_state(self.state, T, sigs)
+        return T
+
+
+# -- /predict_actions ------------------------------------------------------------------------
+
+
+class ActionQuery(_HistoryFields):
+    """Observation histories of one or more agents: predict each one's next action."""
+
+    agents: Annotated[list[str], Field(max_length=MAX_AGENTS)] | None = Field(
+        default=None, description="agents to answer for (default: every agent in obs)"
+    )
+    samples: int = Field(
+        default=0, ge=0, le=MAX_DIST_SAMPLES, description="sampled actions per agent to return"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ActionQuery:
+        self._check_history("behavior")
+        for i, agent in enumerate(self.agents or []):
+            if agent not in self.obs:
+                raise ValueError(f"agents.{i}: {agent!r} is not in obs")
+        return self
+
+
+class ActionDistribution(BaseModel):
+    """One agent's next-action distribution."""
+
+    probs: list[float] | None = Field(None, description="discrete: probability of each action")
+    mean: list[float] | None = Field(None, description="continuous: mean of each component")
+    std: list[float] | None = Field(None, description="continuous: std of each component")
+    mode: int | list[float] = Field(description="most likely action")
+    samples: list[int] | list[list[float]] | None = Field(
+        None, description="sampled actions, when asked for"
+    )
+
+
+class ActionPrediction(BaseModel):
+    model: str = Field(description="the behavior model version that answered, e.g. behavior@3")
+    agents: dict[str, ActionDistribution]
+
+
+# -- /predict_next ---------------------------------------------------------------------------
+
+
+class NextQuery(_HistoryFields):
+    """Joint history and the joint action taken now: predict the next joint observation."""
+
+    action: dict[str, Action] = Field(
+        description="agent id -> the action it takes at the last step; one per agent in obs"
+    )
+    samples: int = Field(
+        default=0, ge=0, le=MAX_DIST_SAMPLES, description="sampled next observations per agent"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NextQuery:
+        self._check_history("world")
+        missing = [a for a in self.obs if a not in self.action]
+        extra = [a for a in self.action if a not in self.obs]
+        if missing or extra:
+            raise ValueError(
+                f"action: has {len(self.action)} agents, obs has {len(self.obs)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; not in obs {extra}" if extra else "")
+            )
+        for agent, action in self.action.items():
+            for sig in _signatures("world"):
+                _check_action(f"action.{agent}", action, sig)
+        return self
+
+
+class NextObservation(BaseModel):
+    """One agent's next-step distribution."""
+
+    mean: list[float] = Field(description="mean of the next observation")
+    std: list[float] = Field(description="std of each feature (0 for copied-forward features)")
+    reward: float = Field(description="expected reward for the action taken")
+    termination_prob: float = Field(description="probability the episode ends after this step")
+    samples: list[list[float]] | None = Field(None, description="sampled next observations")
+
+
+class NextPrediction(BaseModel):
+    model: str = Field(description="the world model version that answered, e.g. world@3")
+    agents: dict[str, NextObservation]
+
+
+# -- /imagine --------------------------------------------------------------------------------
+
+
+class ImagineRequest(_HistoryFields):
+    """Sample K futures of H steps from a joint history."""
+
+    horizon: int = Field(ge=1, le=MAX_HORIZON, description="steps H to imagine")
+    samples: int = Field(default=8, ge=1, le=MAX_IMAGINE_SAMPLES, description="futures K")
+    plans: dict[str, Annotated[list[Action], Field(max_length=MAX_HORIZON)]] | None = Field(
+        default=None,
+        description="agent id -> H actions it will take; every other agent follows the "
+        "behavior model",
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="for repeatable samples")
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagineRequest:
+        self._check_history("world", "behavior")
+        if self.horizon * self.samples > MAX_IMAGINE_STEPS:
+            raise ValueError(
+                f"horizon * samples: {self.horizon} * {self.samples} = "
+                f"{self.horizon * self.samples} > {MAX_IMAGINE_STEPS}; ask for fewer"
+            )
+        for agent, plan in (self.plans or {}).items():
+            if agent not in self.obs:
+                raise ValueError(f"plans.{agent}: agent {agent!r} is not in obs")
+            if len(plan) != self.horizon:
+                raise ValueError(
+                    f"plans.{agent}: has {len(plan)} actions; horizon is {self.horizon}"
+                )
+            for t, action in enumerate(plan):
+                for sig in _signatures("world"):
+                    _check_action(f"plans.{agent}.{t}", action, sig)
+        return self
+
+
+class ImaginedAgent(BaseModel):
+    obs: list[list[float]] = Field(description="H sampled observations, steps t+1..t+H")
+    actions: list[int] | list[list[float]] = Field(description="H actions, steps t..t+H-1")
+    rewards: list[float] = Field(description="H expected rewards for those actions")
+    terminated: list[bool] = Field(description="H sampled termination flags")
+
+
+class ImaginedFuture(BaseModel):
+    agents: dict[str, ImaginedAgent]
+    first_termination: int | None = Field(
+        description="first step index (0-based) at which any agent terminated; later steps "
+        "are still sampled, so cut the future there"
+    )
+
+
+class ImagineResponse(BaseModel):
+    world_model: str
+    behavior_model: str
+    horizon: int
+    futures: list[ImaginedFuture] = Field(description="K sampled futures")
+
+
+# -- /models, /reload, /echo -----------------------------------------------------------------
+
+
+class ServedModel(BaseModel):
+    role: Literal["world", "behavior"]
+    ref: str = Field(description="the reference the service follows, e.g. world@production")
+    version: str = Field(description="the version loaded, e.g. world@3")
+    bento_tag: str | None = Field(description="the same weights in BentoML's model store")
+    loaded_at: float
+    card: dict[str, Any] = Field(description="model card: dataset version, configs, metrics")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ServedModel]
+    reload_interval_s: float = Field(description="alias polling period; 0 means off")
+
+
+class ReloadChange(BaseModel):
+    role: Literal["world", "behavior"]
+    ref: str
+    previous: str
+    current: str
+    changed: bool
+    error: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    changes: list[ReloadChange]
+
+
+class EchoResponse(BaseModel):
+    message: str

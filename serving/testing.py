@@ -1,0 +1,99 @@
+"""Register servable models without training, for tests, benchmarks and smoke runs.
+
+The models are freshly initialized (seeded) with the architecture of the given configs,
+so their compute per request is that of trained models of the same size; their cards
+have the fields ``training.workflow`` writes that serving reads (kind, model_config,
+dataset lineage, spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from datasets.schema import ActionSpec, DatasetSpec
+from datasets.storage import Store
+from training.behavior_model import BehaviorModel, BehaviorModelConfig
+from training.registry import ModelRegistry, ModelVersion
+from training.train import model_state
+from training.world_model import WorldModel, WorldModelConfig
+
+
+def spread_spec(agents: int = 3) -> DatasetSpec:
+    """The spec of simple_spread with ``agents`` agents: 18-feature observations (for 3
+    agents), 5 discrete actions."""
+    size = 4 + 2 * agents + 2 * (agents - 1) + 2 * (agents - 1)
+    return DatasetSpec(
+        env="simple_spread_v3",
+        agents={f"agent_{i}": size for i in range(agents)},
+        action=ActionSpec("discrete", n=5),
+    )
+
+
+TINY_WORLD = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_ratio": 2}
+TINY_BEHAVIOR = {"d_model": 16, "context": 4}
+
+
+def register_untrained(
+    store: Store,
+    kind: str,
+    spec: DatasetSpec,
+    model_config: dict[str, Any] | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    dataset: str = "spread@1",
+    promote: str | None = "production",
+) -> ModelVersion:
+    """Register a seeded, untrained ``kind`` model for ``spec``; promote it to ``promote``."""
+    torch.manual_seed(seed)
+    config_cls, model_cls = (
+        (WorldModelConfig, WorldModel) if kind == "world" else (BehaviorModelConfig, BehaviorModel)
+    )
+    config = config_cls(spec=spec.to_dict(), **(model_config or {}))
+    model = model_cls(config).eval()
+    ds_name, _, ds_version = dataset.partition("@")
+    card = {
+        "kind": kind,
+        "dataset": {
+            "ref": dataset,
+            "name": ds_name,
+            "version": int(ds_version or 1),
+            "resolved": dataset,
+        },
+        "spec": spec.to_dict(),
+        "model_config": asdict(config),
+        "train_config": {},
+        "metrics": {},
+        "baselines": {},
+        "quality_gate": {"passed": False, "failures": ["untrained (serving.testing)"]},
+        "training": {"untrained": True, "seed": seed},
+    }
+    registry = ModelRegistry(store)
+    mv = registry.register(name or kind, model_state(model), card)
+    if promote:
+        registry.promote(mv.ref, promote)
+    return mv
+
+
+def register_pair(
+    store: Store,
+    spec: DatasetSpec | None = None,
+    world_config: dict[str, Any] | None = None,
+    behavior_config: dict[str, Any] | None = None,
+    promote: str | None = "production",
+) -> tuple[ModelVersion, ModelVersion]:
+    """A world and a behavior model on ``spec`` (tiny by default), both promoted."""
+    spec = spec or spread_spec()
+    world = register_untrained(
+        store, "world", spec, TINY_WORLD if world_config is None else world_config, promote=promote
+    )
+    behavior = register_untrained(
+        store,
+        "behavior",
+        spec,
+        TINY_BEHAVIOR if behavior_config is None else behavior_config,
+        promote=promote,
+    )
+    return world, behavior
