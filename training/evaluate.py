@@ -12,8 +12,10 @@ change over time; MSE over all existing features):
   mean and the logged joint actions.
 - ``imagine_{nll,mse,coverage}_{5,10}``: only the ego agent's logged actions are given; the
   others act by a policy (the behavior model for the model, the marginal action
-  frequencies for the baselines); the samples form a mixture whose NLL, mean and 90%
-  interval are scored against the logged future.
+  frequencies for the baselines). The sampled futures' predicted distributions form an
+  equal-weight mixture: its 90% interval gives the coverage, its mean the MSE, and a
+  Gaussian with its mean and variance the NLL (a mixture of a few sharp samples would
+  make the NLL a lottery).
 
 Behavior metrics: ``nll`` of the logged action, ``accuracy`` (top-1; ``mse`` of the mean
 action for continuous specs).
@@ -162,7 +164,11 @@ def _imagination_metrics(
             m_dyn = (ok[..., None] & fm & dyn).float()
             m_all = (ok[..., None] & fm).float()
             lo, hi = mix.interval(0.9)
-            sums[k]["nll"] += -(mix.log_prob(truth) * m_dyn).sum().item()
+            mean, std = mix.mean(), mix.stddev().clamp_min(1e-6)  # (B, N, D)
+            gauss = ObsDistribution(
+                torch.zeros_like(mean)[..., None], mean[..., None], std[..., None]
+            )
+            sums[k]["nll"] += -(gauss.log_prob(truth) * m_dyn).sum().item()
             sums[k]["cov"] += (((truth >= lo) & (truth <= hi)).float() * m_dyn).sum().item()
             sums[k]["se"] += (((mix.mean() - truth) ** 2) * m_all).sum().item()
             sums[k]["n"] += m_dyn.sum().item()

@@ -46,11 +46,13 @@ class WorldModelConfig:
     """Hidden width of the block MLPs, as a multiple of d_model."""
     dropout: float = 0.0
     """Dropout in the blocks; the data sets are large relative to the model, so none."""
+    activation: str = "gelu"
+    """Nonlinearity of the encoder, block MLPs and heads: "gelu" or "relu"."""
     n_mixture: int = 1
     """Gaussian components per observation feature (1 = plain Gaussian)."""
     min_std: float = 1e-3
     """Smallest predicted std, in units of the feature's delta std (keeps NLL finite)."""
-    nll_beta: float = 0.5
+    nll_beta: float = 1.0
     """beta-NLL (Seitzer et al. 2022): each feature's NLL is weighted by its detached
     predicted variance ** beta. 0 is plain NLL, which starves the means of high-variance
     features (velocities in collisions) of gradient; 1 fits means like MSE."""
@@ -162,10 +164,15 @@ class WorldPrediction:
     """(N, D) bool: features the distribution describes (exist and change over time)."""
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
 class Block(nn.Module):
     """Pre-LN transformer block over a set of tokens (no positions: order-free)."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float):
+    def __init__(
+        self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, act: type = nn.GELU
+    ):
         super().__init__()
         assert d_model % n_heads == 0, f"d_model {d_model} not divisible by {n_heads} heads"
         self.n_heads = n_heads
@@ -175,7 +182,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, mlp_ratio * d_model),
-            nn.GELU(),
+            act(),
             nn.Linear(mlp_ratio * d_model, d_model),
         )
         self.dropout = dropout
@@ -203,6 +210,8 @@ class WorldModel(nn.Module):
         self.state_dim = spec.state_dim
         self.context = T = config.context
         K, d = config.n_mixture, config.d_model
+        assert config.activation in ACTIVATIONS, f"activation must be one of {list(ACTIVATIONS)}"
+        act = ACTIVATIONS[config.activation]
         # Normalization statistics of the training split (saved with the weights).
         self.register_buffer("obs_mean", torch.zeros(D))
         self.register_buffer("obs_std", torch.ones(D))
@@ -212,18 +221,18 @@ class WorldModel(nn.Module):
         self.register_buffer("reward_std", torch.ones(()))
         step_features = D + self.n_actions + 1  # obs, action, present flag
         self.encoder = nn.Sequential(
-            nn.Linear(T * step_features + D, d), nn.GELU(), nn.Linear(d, d)
+            nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d)
         )
         if self.state_dim:
             self.state_encoder = nn.Sequential(
-                nn.Linear(T * (self.state_dim + 1), d), nn.GELU(), nn.Linear(d, d)
+                nn.Linear(T * (self.state_dim + 1), d), act(), nn.Linear(d, d)
             )
         self.blocks = nn.ModuleList(
-            Block(d, config.n_heads, config.mlp_ratio, config.dropout)
+            Block(d, config.n_heads, config.mlp_ratio, config.dropout, act)
             for _ in range(config.n_layers)
         )
         self.ln_f = nn.LayerNorm(d)
-        self.obs_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, D * K * 3))
+        self.obs_head = nn.Sequential(nn.Linear(d, d), act(), nn.Linear(d, D * K * 3))
         self.reward_head = nn.Linear(d, 1)
         self.term_head = nn.Linear(d, 1)
 

@@ -21,12 +21,12 @@ def spec_with(agents: int, size: int = 4) -> DatasetSpec:
 
 
 def test_world_model_beats_persistence_after_a_few_epochs(tmp_path):
-    frame, spec = make_frame(episodes=60, steps=15, seed=1)
+    frame, spec = make_frame(episodes=120, steps=15, seed=1)
     result = train(
         "world",
         frame,
         spec,
-        TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=0),
+        TrainConfig(epochs=4, batch_size=32, lr=3e-3, seed=0),
         WorldModelConfig(**TINY),
         workdir=tmp_path,
         progress=False,

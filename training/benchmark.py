@@ -1,0 +1,195 @@
+"""End-to-end benchmark: data -> world model, behavior model (+ its 1-step variant) ->
+evaluation next to baselines -> reports and a summary with wall times and throughput.
+
+    python -m training.benchmark --episodes 2000 --seed 0 --out runs/benchmark
+    python -m training.benchmark --data path/to/logs_dir --out runs/bench_logs
+
+Without ``--data`` it records simple_spread episodes under the mixed scripted policy with
+``datasets.sources.generate`` (cached in ``OUT/data``). Prints the summary as JSON and
+writes it to ``OUT/summary.json``; reports go to ``OUT/world`` and ``OUT/behavior``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from datasets.schema import SPEC_FILENAME, DatasetSpec
+from training.behavior_model import BehaviorModelConfig
+from training.evaluate import evaluate, write_report
+from training.train import TrainConfig, TrainResult, train
+from training.world_model import WorldModelConfig
+
+
+def load_dataset(path: str | Path) -> tuple[pl.DataFrame, DatasetSpec]:
+    """A folder of JSONL (.jsonl / .jsonl.gz) or Parquet logs with ``foresight_spec.json``."""
+    path = Path(path)
+    spec_path = path / SPEC_FILENAME if path.is_dir() else path.parent / SPEC_FILENAME
+    if not spec_path.exists():
+        raise FileNotFoundError(f"no {SPEC_FILENAME} beside the logs in {path}")
+    spec = DatasetSpec.from_json(spec_path.read_text())
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if files and files[0].suffix == ".parquet":
+        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    else:
+        files = sorted(path.glob("*.jsonl")) + sorted(path.glob("*.jsonl.gz"))
+        if not files:
+            raise FileNotFoundError(f"no .jsonl, .jsonl.gz or .parquet logs in {path}")
+        frame = pl.concat([pl.read_ndjson(f) for f in files], how="diagonal_relaxed")
+    return frame, spec
+
+
+def _timed_train(
+    kind: str, frame, spec, config: TrainConfig, model_config, workdir
+) -> tuple[TrainResult, float]:
+    start = time.perf_counter()
+    result = train(kind, frame, spec, config, model_config, workdir=workdir)
+    return result, time.perf_counter() - start
+
+
+def _throughput(result: TrainResult) -> dict[str, float]:
+    hist = result.history
+    return {
+        "epochs": len(hist),
+        "best_epoch": result.best_epoch,
+        "train_samples_per_s": sum(h["perf/train_samples_per_s"] for h in hist) / len(hist),
+        "data_loading_fraction": sum(h["perf/data_fraction"] for h in hist) / len(hist),
+    }
+
+
+def run(
+    out: str | Path,
+    data: str | None = None,
+    episodes: int = 2000,
+    seed: int = 0,
+    world_config: WorldModelConfig | None = None,
+    behavior_config: BehaviorModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    out = Path(out)
+    if data is None:
+        from datasets.sources.generate import generate_episodes
+
+        data_dir = out / "data"
+        if not (data_dir / SPEC_FILENAME).exists():
+            generate_episodes(
+                env="simple_spread", episodes=episodes, policy="mixed", out=str(data_dir), seed=seed
+            )
+        data = str(data_dir)
+    frame, spec = load_dataset(data)
+    config = train_config or TrainConfig(seed=seed)
+    world_config = world_config or WorldModelConfig()
+    behavior_config = behavior_config or BehaviorModelConfig()
+
+    world, world_s = _timed_train("world", frame, spec, config, world_config, out / "train_world")
+    behavior, behavior_s = _timed_train(
+        "behavior", frame, spec, config, behavior_config, out / "train_behavior"
+    )
+    one_step, one_step_s = _timed_train(
+        "behavior",
+        frame,
+        spec,
+        config,
+        replace(behavior_config, context=1),
+        out / "train_behavior_ctx1",
+    )
+    assert world.val_episode_ids == behavior.val_episode_ids == one_step.val_episode_ids
+
+    start = time.perf_counter()
+    world_eval = evaluate(
+        "world", world.model, frame, spec, world.val_episode_ids, behavior=behavior.model, seed=seed
+    )
+    behavior_eval = evaluate(
+        "behavior",
+        behavior.model,
+        frame,
+        spec,
+        behavior.val_episode_ids,
+        extra_baselines={"context1": one_step.model},
+        seed=seed,
+    )
+    eval_s = time.perf_counter() - start
+    write_report(world_eval, world.history, out / "world")
+    write_report(
+        behavior_eval,
+        {"behavior": behavior.history, "context1": one_step.history},
+        out / "behavior",
+    )
+
+    wm, wb = world_eval["model"], world_eval["baselines"]
+    bm, bb = behavior_eval["model"], behavior_eval["baselines"]
+    best_behavior_baseline = min(bb["marginal"]["nll"], bb["repeat_last"]["nll"])
+    summary = {
+        "data": {
+            "source": data,
+            "episodes": frame["episode_id"].n_unique(),
+            "rows": frame.height,
+            "seed": seed,
+            "val_episodes": len(world.val_episode_ids),
+        },
+        "device": str(next(world.model.parameters()).device),
+        "torch_threads": torch.get_num_threads(),
+        "wall_s": {
+            "world": world_s,
+            "behavior": behavior_s,
+            "behavior_context1": one_step_s,
+            "evaluation": eval_s,
+        },
+        "throughput": {
+            "world": _throughput(world),
+            "behavior": _throughput(behavior),
+            "behavior_context1": _throughput(one_step),
+        },
+        "world": world_eval["model"],
+        "world_baselines": world_eval["baselines"],
+        "behavior": behavior_eval["model"],
+        "behavior_baselines": behavior_eval["baselines"],
+        "targets": {
+            "world_mse_vs_persistence": wm["mse"] / wb["persistence"]["mse"],
+            "world_mse_vs_linear": wm["mse"] / wb["linear"]["mse"],
+            "rollout10_below_every_baseline": all(
+                wm["rollout_mse_10"] < b["rollout_mse_10"] for b in wb.values()
+            ),
+            "rollout10_vs_best_baseline": wm["rollout_mse_10"]
+            / min(b["rollout_mse_10"] for b in wb.values()),
+            "coverage_90": wm["coverage_90"],
+            "behavior_nll_vs_best_baseline": bm["nll"] / best_behavior_baseline,
+            "behavior_nll_vs_context1": bm["nll"] / bb["context1"]["nll"],
+        },
+        "configs": {
+            "train": asdict(config),
+            "world": {k: v for k, v in asdict(world.model_config).items() if k != "spec"},
+            "behavior": {k: v for k, v in asdict(behavior.model_config).items() if k != "spec"},
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/benchmark", help="output folder")
+    parser.add_argument("--data", default=None, help="logs folder (default: generate)")
+    parser.add_argument("--episodes", type=int, default=2000, help="episodes to generate")
+    parser.add_argument("--seed", type=int, default=0, help="data and training seed")
+    parser.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+    config = TrainConfig(seed=args.seed, device=args.device)
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    summary = run(args.out, args.data, args.episodes, args.seed, train_config=config)
+    print(
+        json.dumps({k: summary[k] for k in ("data", "wall_s", "throughput", "targets")}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
