@@ -331,7 +331,8 @@ def build_window(
     obs = np.zeros((B, C, N, D), np.float32)
     present = np.zeros((B, C, N), bool)
     action = np.zeros((B, C, N) if discrete else (B, C, N, A), np.int64 if discrete else np.float32)
-    act_known = np.zeros((B, C, N), bool)
+    prev_action = np.zeros_like(action)
+    prev_valid = np.zeros((B, C, N), bool)
     state_dim = getattr(model, "state_dim", None)
     state = np.zeros((B, C, state_dim or 1), np.float32)
     state_valid = np.zeros((B, C), bool)
@@ -342,21 +343,17 @@ def build_window(
             obs[b, C - t :, n, : sizes[n]] = steps[T - t :]
             present[b, C - t :, n] = True
             past = (q.past_actions or {}).get(agent)
-            if past:
-                acts = past[max(0, T - C) :]  # history steps T-t .. T-2
-                action[b, C - t : C - 1, n] = acts
-                act_known[b, C - t : C - 1, n] = True
+            if past:  # past[h] is the action after history step h (h = 0 .. T-2)
+                action[b, C - t : C - 1, n] = past[T - t :]
+                first = max(T - t, 1)  # prev_action of step h is past[h - 1], h >= 1
+                prev_action[b, C - T + first :, n] = past[first - 1 :]
+                prev_valid[b, C - T + first :, n] = True
             if current_actions is not None:
                 action[b, C - 1, n] = current_actions[b][agent]
-                act_known[b, C - 1, n] = True
         if state_dim and q.state is not None:
             state[b, C - t :] = q.state[T - t :]
             state_valid[b, C - t :] = True
     time_valid = present.any(axis=2)
-    prev_action = np.zeros_like(action)
-    prev_action[:, 1:] = action[:, :-1]
-    prev_valid = np.zeros_like(act_known)
-    prev_valid[:, 1:] = act_known[:, :-1] & present[:, 1:]
     feat_mask = np.arange(D)[None, :] < np.array(sizes)[:, None]  # (N, D)
     w = Window(
         obs=torch.from_numpy(obs),

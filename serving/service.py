@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Annotated
 
 import bentoml
 import torch
+from pydantic import Field
 
 from serving import runtime
 from serving.middleware import ForesightMiddleware
@@ -54,7 +56,8 @@ BATCHING = os.environ.get("FORESIGHT_BATCHING", "1") != "0"
 """Read at import: the flag is fixed when the service class is built."""
 DEFAULT_RELOAD_SECONDS = 30.0
 
-Queries = list[ActionQuery]
+ActionQueries = Annotated[list[ActionQuery], Field(min_length=1, max_length=MAX_QUERIES)]
+NextQueries = Annotated[list[NextQuery], Field(min_length=1, max_length=MAX_QUERIES)]
 
 
 def _reload_seconds() -> float:
@@ -96,9 +99,7 @@ class Foresight:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
-    def predict_actions(
-        self, queries: list[ActionQuery] = bentoml.Field(max_length=MAX_QUERIES, min_length=1)
-    ) -> list[ActionPrediction]:
+    def predict_actions(self, queries: ActionQueries) -> list[ActionPrediction]:
         """Per-agent next-action distributions (probabilities, or mean and std), one answer
         per query, in order."""
         return runtime.predict_actions(self.host.current, queries)
@@ -109,9 +110,7 @@ class Foresight:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
-    def predict_next(
-        self, queries: list[NextQuery] = bentoml.Field(max_length=MAX_QUERIES, min_length=1)
-    ) -> list[NextPrediction]:
+    def predict_next(self, queries: NextQueries) -> list[NextPrediction]:
         """Next joint observation (mean and std, or samples), rewards and termination
         probability for a joint action, one answer per query, in order."""
         return runtime.predict_next(self.host.current, queries)

@@ -1,0 +1,177 @@
+"""Typed Python client of the Foresight service (sync and async, on httpx).
+
+    from serving.client import ForesightClient
+    from serving.schemas import ActionQuery
+
+    with ForesightClient("http://127.0.0.1:3000", api_key=None) as fs:
+        [pred] = fs.predict_actions([ActionQuery(obs={"agent_0": [[...18 floats...]]})])
+        pred.agents["agent_0"].probs
+
+Requests are the pydantic types of :mod:`serving.schemas` (or plain dicts of the same
+shape), checked here before they are sent; answers come back as the response types. A
+4xx/5xx raises :class:`ForesightError` carrying the status and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from serving.schemas import (
+    ActionPrediction,
+    ActionQuery,
+    ImagineRequest,
+    ImagineResponse,
+    ModelsResponse,
+    NextPrediction,
+    NextQuery,
+    ReloadResponse,
+)
+
+M = TypeVar("M", bound=BaseModel)
+_ACTIONS = TypeAdapter(list[ActionPrediction])
+_NEXT = TypeAdapter(list[NextPrediction])
+
+
+class ForesightError(RuntimeError):
+    """The service answered with an error status."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message, self.detail = status, message, detail
+
+
+def _as(model: type[M], value: M | dict[str, Any]) -> M:
+    return value if isinstance(value, model) else model.model_validate(value)
+
+
+def _dump(value: BaseModel) -> dict[str, Any]:
+    return value.model_dump(mode="json", exclude_none=True)
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        message, detail = body.get("error", response.text), body.get("detail")
+    except (ValueError, AttributeError):
+        message, detail = response.text, None
+    raise ForesightError(response.status_code, str(message), detail)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _queries(model: type[M], queries: Sequence[M | dict[str, Any]]) -> dict[str, Any]:
+    return {"queries": [_dump(_as(model, q)) for q in queries]}
+
+
+class ForesightClient:
+    """Blocking client; one connection pool per instance (use it as a context manager)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout)
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.post(path, json=body or {})
+        _raise_for(response)
+        return response.json()
+
+    def predict_actions(
+        self, queries: Sequence[ActionQuery | dict[str, Any]]
+    ) -> list[ActionPrediction]:
+        """Each agent's next-action distribution, one answer per query."""
+        return _ACTIONS.validate_python(
+            self._post("/predict_actions", _queries(ActionQuery, queries))
+        )
+
+    def predict_next(self, queries: Sequence[NextQuery | dict[str, Any]]) -> list[NextPrediction]:
+        """Next joint observation distribution, rewards, termination, one per query."""
+        return _NEXT.validate_python(self._post("/predict_next", _queries(NextQuery, queries)))
+
+    def imagine(self, request: ImagineRequest | dict[str, Any]) -> ImagineResponse:
+        """K sampled futures of H steps."""
+        body = _dump(_as(ImagineRequest, request))
+        return ImagineResponse.model_validate(self._post("/imagine", body))
+
+    def models(self) -> ModelsResponse:
+        return ModelsResponse.model_validate(self._post("/models"))
+
+    def reload(self) -> ReloadResponse:
+        return ReloadResponse.model_validate(self._post("/reload"))
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ForesightClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncForesightClient:
+    """The same calls for asyncio code (many concurrent requests on one pool)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 100,
+    ) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(
+            base_url=url, headers=_headers(api_key), timeout=timeout, limits=limits
+        )
+
+    async def _post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = await self._http.post(path, json=body or {})
+        _raise_for(response)
+        return response.json()
+
+    async def predict_actions(
+        self, queries: Sequence[ActionQuery | dict[str, Any]]
+    ) -> list[ActionPrediction]:
+        return _ACTIONS.validate_python(
+            await self._post("/predict_actions", _queries(ActionQuery, queries))
+        )
+
+    async def predict_next(
+        self, queries: Sequence[NextQuery | dict[str, Any]]
+    ) -> list[NextPrediction]:
+        return _NEXT.validate_python(
+            await self._post("/predict_next", _queries(NextQuery, queries))
+        )
+
+    async def imagine(self, request: ImagineRequest | dict[str, Any]) -> ImagineResponse:
+        body = _dump(_as(ImagineRequest, request))
+        return ImagineResponse.model_validate(await self._post("/imagine", body))
+
+    async def models(self) -> ModelsResponse:
+        return ModelsResponse.model_validate(await self._post("/models"))
+
+    async def reload(self) -> ReloadResponse:
+        return ReloadResponse.model_validate(await self._post("/reload"))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncForesightClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

@@ -1,0 +1,220 @@
+"""Start the service (``foresight serve``), build a bento, write the OpenAPI spec.
+
+    serve(port=3000, world="world@production", behavior="behavior@production")
+
+runs ``bentoml serve serving.service:Foresight`` in a child process with the references in
+its environment. The references are checked here first: ``bentoml serve`` restarts a
+worker whose start-up fails, forever, so a reference that does not resolve would otherwise
+show up only as a loop of tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from datasets.storage import Store
+from serving.runtime import ENV_REFS, ROLES, SOURCE_ENV, ModelLoadError, refs_from_env
+from training.registry import ModelRegistry, RegistryError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "serving.service:Foresight"
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
+
+
+def check_refs(refs: Mapping[str, str], store: Store | None = None) -> dict[str, str]:
+    """Resolve each role's reference to a version of the right kind, or ModelLoadError."""
+    store = store or Store.from_env()
+    registry = ModelRegistry(store)
+    resolved = {}
+    for role in ROLES:
+        ref = refs[role]
+        try:
+            mv = registry.resolve(ref)
+        except RegistryError as exc:
+            raise ModelLoadError(
+                f"{role} model {ref!r} does not resolve in {store.root}: {exc}. Register and "
+                f"promote one (`foresight models promote`) or pass another reference "
+                f"(--{role} / {ENV_REFS[role]})"
+            ) from exc
+        if mv.card.get("kind") != role:
+            raise ModelLoadError(
+                f"{role} model {ref!r} resolves to {mv.ref}, a {mv.card.get('kind')!r} model"
+            )
+        resolved[role] = mv.ref
+    return resolved
+
+
+def server_env(
+    world: str | None = None,
+    behavior: str | None = None,
+    api_key: str | None = None,
+    reload_seconds: float | None = None,
+    batching: bool = True,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The child's environment: ours plus the references and options."""
+    env = dict(os.environ)
+    refs = refs_from_env(world, behavior)
+    env.update({ENV_REFS[role]: refs[role] for role in ROLES})
+    if api_key:
+        env["FORESIGHT_API_KEY"] = api_key
+    if reload_seconds is not None:
+        env["FORESIGHT_RELOAD_SECONDS"] = str(reload_seconds)
+    env["FORESIGHT_BATCHING"] = "1" if batching else "0"
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+
+
+def serve(
+    port: int = 3000,
+    host: str = "127.0.0.1",
+    world: str | None = None,
+    behavior: str | None = None,
+    api_key: str | None = None,
+    reload_seconds: float | None = None,
+) -> int:
+    """Serve until interrupted (what ``foresight serve`` calls); the child's exit code.
+
+    Raises ModelLoadError before starting when a reference does not resolve.
+    """
+    env = server_env(world, behavior, api_key, reload_seconds)
+    if env.get(SOURCE_ENV, "registry") == "registry":
+        check_refs({role: env[ENV_REFS[role]] for role in ROLES})
+    child = subprocess.Popen(serve_command(host, port), env=env, cwd=REPO_ROOT)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        try:
+            return child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.wait()
+
+
+class ServerProcess:
+    """A ``bentoml serve`` child on loopback, for tests and benchmarks (a context manager)."""
+
+    def __init__(
+        self,
+        port: int,
+        log_path: str | os.PathLike,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 90.0,
+        **env_options: Any,
+    ) -> None:
+        self.host, self.port, self.log_path = host, port, Path(log_path)
+        self.url = f"http://{host}:{port}"
+        self.env = server_env(**env_options)
+        self.ready_timeout = ready_timeout
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        import httpx
+
+        if self.env.get(SOURCE_ENV, "registry") == "registry":
+            check_refs({role: self.env[ENV_REFS[role]] for role in ROLES})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            serve_command(self.host, self.port),
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"bentoml serve on {self.url} did not become ready:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # its own session: the server and workers
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The service's OpenAPI document (what ``/docs.json`` serves), without importing models."""
+    from serving.service import Foresight
+
+    return Foresight.openapi_spec.asdict()
+
+
+def comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an OpenAPI document that describe the API (paths and schemas)."""
+    return {"paths": spec.get("paths", {}), "components": spec.get("components", {})}
+
+
+def write_openapi(path: str | os.PathLike = OPENAPI_PATH) -> Path:
+    """Write the spec kept in the repo (``serving/openapi.json``)."""
+    path = Path(path)
+    path.write_text(json.dumps(openapi_spec(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def build_bento(world: str | None = None, behavior: str | None = None) -> str:
+    """Put the referenced versions into BentoML's model store and ``bentoml build``; the tag.
+
+    The bento packages the exported models (bentofile.yaml lists ``foresight-world`` and
+    ``foresight-behavior``, latest); its container serves them with
+    FORESIGHT_MODEL_SOURCE=bento, no store needed.
+    """
+    from serving.runtime import load_model_ref
+
+    refs = refs_from_env(world, behavior)
+    check_refs(refs)
+    for role in ROLES:
+        load_model_ref(role, refs[role], Store.from_env())  # exports as a side effect
+    out = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag", str(REPO_ROOT)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["openapi"]:
+        print(write_openapi())
+    else:
+        sys.exit("usage: python -m serving.launch openapi   (rewrites serving/openapi.json)")

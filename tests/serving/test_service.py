@@ -1,0 +1,326 @@
+"""Tiers 1 and 2: service methods called directly, then the ASGI app with a test client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from datasets.storage import Store
+from serving import runtime
+from serving.runtime import ModelHost, ModelLoadError
+from serving.schemas import (
+    MAX_HORIZON,
+    ActionQuery,
+    ImagineRequest,
+    NextQuery,
+)
+from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
+from training.data import build_tensors, gather_window
+from training.registry import ModelRegistry
+
+AGENTS = ["agent_0", "agent_1", "agent_2"]
+
+
+def history(T: int = 5, seed: int = 0, agents=AGENTS) -> dict[str, list[list[float]]]:
+    g = torch.Generator().manual_seed(seed)
+    return {a: torch.randn(T, 18, generator=g).tolist() for a in agents}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = Store(str(tmp_path_factory.mktemp("serving") / "store"))
+    register_pair(store)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORESIGHT_STORE", store.root)
+        mp.setenv("FORESIGHT_RELOAD_SECONDS", "0")
+        mp.delenv("FORESIGHT_API_KEY", raising=False)
+        yield store
+
+
+@pytest.fixture(scope="module")
+def svc(store):
+    from serving.service import Foresight
+
+    instance = Foresight()
+    yield instance
+    instance.shutdown()
+
+
+# -- tier 1: methods called directly ------------------------------------------------------------
+
+
+def test_predict_actions_returns_distributions_per_agent(svc):
+    queries = [
+        ActionQuery(obs=history(5), samples=3),
+        ActionQuery(obs=history(2, seed=1, agents=AGENTS[:2]), agents=["agent_1"]),
+    ]
+    first, second = svc.predict_actions(queries)
+    assert first.model == "behavior@1" and set(first.agents) == set(AGENTS)
+    for dist in first.agents.values():
+        assert len(dist.probs) == 5 and abs(sum(dist.probs) - 1) < 1e-5
+        assert dist.mode == max(range(5), key=dist.probs.__getitem__)
+        assert len(dist.samples) == 3 and all(0 <= s < 5 for s in dist.samples)
+    assert set(second.agents) == {"agent_1"} and second.agents["agent_1"].samples is None
+
+
+def test_predict_next_returns_mean_std_reward_termination(svc):
+    obs = history(3)
+    past = {a: [1, 2] for a in AGENTS}
+    [pred] = svc.predict_next(
+        [NextQuery(obs=obs, past_actions=past, action=dict.fromkeys(AGENTS, 4), samples=2)]
+    )
+    assert pred.model == "world@1"
+    for agent in AGENTS:
+        nxt = pred.agents[agent]
+        assert len(nxt.mean) == len(nxt.std) == 18 and min(nxt.std) >= 0
+        assert 0 <= nxt.termination_prob <= 1 and len(nxt.samples) == 2
+        assert len(nxt.samples[0]) == 18
+
+
+def test_windows_match_the_training_windows(store):
+    """A request built from logged steps gives the model the window training gathers."""
+    from tests.training.conftest import make_frame
+
+    frame, spec = make_frame(episodes=2, agents=3, steps=12, obs_sizes=dict.fromkeys(AGENTS, 18))
+    data = build_tensors(frame, spec)
+    local = Store(store.root + "-windows")
+    register_pair(local, spec, behavior_config={**TINY_BEHAVIOR, "context": 4})
+    host = ModelHost(runtime.refs_from_env(), local, export=False)
+    behavior, world = host.current.behavior.model, host.current.world.model
+    for t, T in ((9, 6), (2, 3)):  # longer and shorter than the behavior context (4)
+        obs = {a: data.obs[t - T + 1 : t + 1, n].tolist() for n, a in enumerate(AGENTS)}
+        past = {a: data.action[t - T + 1 : t, n].tolist() for n, a in enumerate(AGENTS)}
+        [pred] = runtime.predict_actions(host.current, [ActionQuery(obs=obs, past_actions=past)])
+        want = behavior.action_distribution(gather_window(data, torch.tensor([t]), 4)).probs()
+        got = torch.tensor([pred.agents[a].probs for a in AGENTS])
+        assert torch.allclose(got, want[0], atol=1e-5), (t, got, want)
+        act = {a: int(data.action[t, n]) for n, a in enumerate(AGENTS)}
+        [nxt] = runtime.predict_next(
+            host.current, [NextQuery(obs=obs, past_actions=past, action=act)]
+        )
+        want = world.predict(gather_window(data, torch.tensor([t]), 2)).obs.mean()[0]
+        got = torch.tensor([nxt.agents[a].mean for a in AGENTS])
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_imagine_samples_futures_and_follows_plans(svc):
+    req = ImagineRequest(obs=history(4), horizon=5, samples=3, plans={"agent_0": [4] * 5}, seed=7)
+    out = svc.imagine(**dict(req))
+    assert out.horizon == 5 and len(out.futures) == 3
+    for future in out.futures:
+        assert future.agents["agent_0"].actions == [4] * 5
+        for agent in AGENTS:
+            assert len(future.agents[agent].obs) == 5 and len(future.agents[agent].obs[0]) == 18
+            assert len(future.agents[agent].rewards) == len(future.agents[agent].terminated) == 5
+    again = svc.imagine(**dict(req))
+    assert again.futures[0].agents["agent_1"].obs == out.futures[0].agents["agent_1"].obs
+
+
+def test_models_reports_versions_with_lineage(svc):
+    import asyncio
+
+    out = asyncio.run(svc.models())
+    roles = {m.role: m for m in out.models}
+    assert roles["world"].version == "world@1" and roles["world"].ref == "world@production"
+    assert roles["behavior"].card["dataset"]["resolved"] == "spread@1"
+    assert roles["world"].bento_tag.startswith("foresight-world:world-1-")
+
+    import bentoml
+
+    stored = bentoml.models.get(roles["world"].bento_tag)
+    assert stored.info.labels["registry_version"] == "1"
+    assert "production" in stored.info.labels["aliases"].split(",")
+
+
+def test_reload_swaps_a_moved_alias_and_in_flight_requests_keep_their_models(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    register_pair(store)
+    host = ModelHost({"world": "world@production", "behavior": "behavior@production"}, store)
+    before = host.current
+    assert [c.changed for c in host.reload()] == [False, False]
+    mv = register_untrained(store, "behavior", spread_spec(), TINY_BEHAVIOR, seed=1)
+    changes = {c.role: c for c in host.reload()}
+    assert changes["behavior"].changed and changes["behavior"].current == mv.ref
+    assert not changes["world"].changed
+    assert host.current.behavior.version == "behavior@2" and host.current.world is before.world
+    # a request that took the old set before the swap finishes on it
+    [old] = runtime.predict_actions(before, [ActionQuery(obs=history())])
+    [new] = runtime.predict_actions(host.current, [ActionQuery(obs=history())])
+    assert old.model == "behavior@1" and new.model == "behavior@2"
+    # an alias pointing at a broken target: reported, the loaded model keeps serving
+    ModelRegistry(store).promote("world@1", "production")
+    ModelRegistry(store)._move_alias("behavior", "production", 99, "promote")
+    changes = {c.role: c for c in host.reload()}
+    assert changes["behavior"].error and "99" in changes["behavior"].error
+    assert host.current.behavior.version == "behavior@2"
+    host.close()
+
+
+def test_unresolvable_or_wrong_kind_reference_fails_at_start(store):
+    with pytest.raises(ModelLoadError, match="world@staging.*does not resolve.*no alias"):
+        ModelHost({"world": "world@staging", "behavior": "behavior@production"}, store)
+    with pytest.raises(ModelLoadError, match="a 'behavior' model"):
+        ModelHost({"world": "behavior@1", "behavior": "behavior@production"}, store)
+
+
+# -- tier 2: the ASGI app --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(store, tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    from serving.service import Foresight
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prom")))
+        mp.setenv("FORESIGHT_MAX_BODY_BYTES", str(256 * 1024))
+        with TestClient(Foresight.to_asgi()) as c:
+            yield c
+
+
+def _valid_next() -> dict:
+    return {"queries": [{"obs": history(2), "action": dict.fromkeys(AGENTS, 1)}]}
+
+
+BAD_REQUESTS = [
+    # (path, body, words the error names)
+    ("/predict_actions", b"{", ["body", "JSON"]),
+    ("/predict_actions", b"", ["queries", "required"]),  # BentoML reads no body as {}
+    ("/predict_actions", b"[1, 2]", ["body", "object"]),
+    ("/predict_actions", {}, ["queries", "required"]),
+    ("/predict_actions", {"queries": []}, ["queries", "at least 1"]),
+    ("/predict_actions", {"queries": [{}]}, ["queries.0.obs", "required"]),
+    ("/predict_actions", {"queries": [{"obs": "x"}]}, ["queries.0.obs", "object"]),
+    ("/predict_actions", {"queries": [{"obs": {"agent_9": [[0.0] * 18]}}]}, ["agent_9", "unknown"]),
+    ("/predict_actions", {"queries": [{"obs": {"agent_0": [[0.0] * 7]}}]}, ["obs.agent_0", "18"]),
+    (
+        "/predict_actions",
+        {"queries": [{"obs": {"agent_0": [[0.0] * 18] * 2, "agent_1": [[0.0] * 18]}}]},
+        ["obs.agent_1", "steps"],
+    ),
+    (
+        "/predict_actions",
+        b'{"queries": [{"obs": {"agent_0": [[NaN]]}}]}',
+        ["agent_0.0.0", "finite"],
+    ),
+    (
+        "/predict_actions",
+        b'{"queries": [{"obs": {"agent_0": [[Infinity]]}}]}',
+        ["agent_0.0.0", "finite"],
+    ),
+    (
+        "/predict_actions",
+        {"queries": [{"obs": history(1), "samples": "3"}]},
+        ["samples", "integer"],
+    ),
+    (
+        "/predict_actions",
+        {"queries": [{"obs": history(1), "sample": 3}]},
+        ["sample", "not permitted"],
+    ),
+    (
+        "/predict_actions",
+        {"queries": [{"obs": history(3), "past_actions": {"agent_0": [1]}}]},
+        ["past_actions.agent_0", "expected 2"],
+    ),
+    (
+        "/predict_actions",
+        {"queries": [{"obs": history(2), "past_actions": {"agent_0": [7]}}]},
+        ["past_actions.agent_0.0", "0..4"],
+    ),
+    (
+        "/predict_next",
+        {"queries": [{"obs": history(2), "action": {"agent_0": 1}}]},
+        ["action", "missing"],
+    ),
+    (
+        "/predict_next",
+        {"queries": [{"obs": history(2), "action": dict.fromkeys(AGENTS, 1.5)}]},
+        ["action", "int"],
+    ),
+    ("/imagine", {"obs": history(2), "horizon": MAX_HORIZON + 1}, ["horizon", "less than"]),
+    ("/imagine", {"obs": history(2), "horizon": 0}, ["horizon", "greater than"]),
+    ("/imagine", {"obs": history(2), "horizon": 5, "samples": 1000}, ["samples", "less than"]),
+    ("/imagine", {"obs": history(2), "horizon": 64, "samples": 64}, ["horizon * samples", "1024"]),
+    ("/imagine", {"obs": history(2)}, ["horizon", "required"]),
+    (
+        "/imagine",
+        {"obs": history(2), "horizon": 3, "plans": {"agent_0": [1, 2]}},
+        ["plans.agent_0", "horizon is 3"],
+    ),
+    (
+        "/imagine",
+        {"obs": history(2), "horizon": 3, "plans": {"agent_7": [1, 2, 3]}},
+        ["plans.agent_7", "not in obs"],
+    ),
+]
+
+
+def _post(client, path, body):
+    if isinstance(body, bytes):
+        return client.post(path, content=body, headers={"content-type": "application/json"})
+    return client.post(path, json=body)
+
+
+@pytest.mark.parametrize("path,body,words", BAD_REQUESTS, ids=range(len(BAD_REQUESTS)))
+def test_bad_request_is_a_4xx_naming_the_field_and_problem(client, path, body, words):
+    r = _post(client, path, body)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    error = r.json()["error"]
+    for word in words:
+        assert word in error, (word, error)
+
+
+def test_service_keeps_serving_after_a_loop_of_malformed_requests(client):
+    for _ in range(3):
+        for path, body, _words in BAD_REQUESTS:
+            assert _post(client, path, body).status_code < 500
+    r = client.post("/predict_next", json=_valid_next())
+    assert r.status_code == 200 and r.json()[0]["model"] == "world@1"
+
+
+def test_asgi_endpoints_and_health(client):
+    r = client.post("/predict_actions", json={"queries": [{"obs": history(3)}] * 3})
+    assert r.status_code == 200 and len(r.json()) == 3
+    r = client.post("/imagine", json={"obs": history(2), "horizon": 2, "samples": 2})
+    assert r.status_code == 200 and len(r.json()["futures"]) == 2
+    assert client.post("/models").json()["models"][0]["role"] == "world"
+    assert client.post("/echo", json={"message": "hi"}).json() == {"message": "hi"}
+    for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
+        assert client.get(path).status_code == 200, path
+    assert "bentoml_service_request" in client.get("/metrics").text
+
+
+def test_oversized_body_gets_413(client):
+    big = {"queries": [{"obs": history(200)}] * 2}  # ~ 0.8 MB > the 256 KiB set above
+    r = client.post("/predict_actions", json=big)
+    assert r.status_code == 413 and "body" in r.json()["error"]
+    r = client.post(
+        "/predict_actions",
+        content=iter([json.dumps(big).encode()]),  # chunked, no Content-Length
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413
+
+
+def test_api_key_middleware_guards_everything_but_health(monkeypatch):
+    """The middleware alone (the live-server test checks it inside the real service)."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from serving.middleware import ForesightMiddleware
+
+    ok = lambda request: PlainTextResponse("ok")  # noqa: E731
+    inner = Starlette(routes=[Route(p, ok, methods=["GET", "POST"]) for p in ("/x", "/readyz")])
+    monkeypatch.setenv("FORESIGHT_API_KEY", "s3cret")
+    c = TestClient(ForesightMiddleware(inner))
+    assert c.post("/x", json={}).status_code == 401
+    assert c.post("/x", json={}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.post("/x", json={}, headers={"Authorization": "Basic s3cret"}).status_code == 401
+    assert c.post("/x", json={}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert c.get("/readyz").status_code == 200
