@@ -1,0 +1,133 @@
+"""Tier 3: one real `bentoml serve` on a free loopback port, queried through the client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from datasets.storage import Store
+from serving.client import ForesightClient, ForesightError
+from serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
+from serving.runtime import ModelLoadError
+from serving.schemas import ActionQuery, ImagineRequest, NextQuery
+from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
+
+from .test_service import AGENTS, BAD_REQUESTS, history
+
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = Store(str(tmp_path_factory.mktemp("live") / "store"))
+    register_pair(store)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORESIGHT_STORE", store.root)
+        yield store
+
+
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    log = tmp_path_factory.mktemp("live-log") / "serve.log"
+    with ServerProcess(free_port(), log, api_key=KEY, reload_seconds=0.5) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with ForesightClient(server.url, api_key=KEY) as c:
+        yield c
+
+
+def test_client_round_trip(client):
+    [actions] = client.predict_actions([ActionQuery(obs=history(4), samples=2)])
+    assert set(actions.agents) == set(AGENTS) and len(actions.agents["agent_0"].samples) == 2
+    nxt, nxt2 = client.predict_next(
+        [
+            {"obs": history(2), "action": dict.fromkeys(AGENTS, 3)},  # a dict works too
+            NextQuery(obs=history(1, agents=AGENTS[:2]), action={"agent_0": 0, "agent_1": 1}),
+        ]
+    )
+    assert len(nxt.agents["agent_2"].mean) == 18 and set(nxt2.agents) == set(AGENTS[:2])
+    out = client.imagine(ImagineRequest(obs=history(3), horizon=4, samples=2, seed=1))
+    assert len(out.futures) == 2 and len(out.futures[0].agents["agent_0"].obs) == 4
+    models = client.models()
+    assert {m.version for m in models.models} == {"world@1", "behavior@1"}
+    assert models.models[0].card["dataset"]["resolved"] == "spread@1"
+
+
+def test_openapi_in_repo_matches_the_live_docs(server):
+    live = httpx.get(f"{server.url}/docs.json", headers={"Authorization": f"Bearer {KEY}"})
+    assert live.status_code == 200
+    kept = json.loads(OPENAPI_PATH.read_text())
+    assert comparable_spec(live.json()) == comparable_spec(kept), (
+        "serving/openapi.json is stale: run `python -m serving.launch openapi`"
+    )
+
+
+def test_api_key_and_open_health_endpoints(server):
+    body = {"queries": [{"obs": history(1)}]}
+    assert httpx.post(f"{server.url}/predict_actions", json=body).status_code == 401
+    with ForesightClient(server.url, api_key="wrong") as bad, pytest.raises(ForesightError) as err:
+        bad.models()
+    assert err.value.status == 401
+    for path in ("/readyz", "/livez", "/metrics"):
+        assert httpx.get(f"{server.url}{path}").status_code == 200, path
+
+
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, client):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.url, headers=auth) as http:
+        for path, body, words in BAD_REQUESTS:
+            if isinstance(body, bytes):
+                r = http.post(path, content=body, headers={"content-type": "application/json"})
+            else:
+                r = http.post(path, json=body)
+            assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+            assert all(w in r.json()["error"] for w in words), (words, r.text)
+    with pytest.raises(ForesightError) as err:
+        client.predict_actions([{"obs": {"agent_9": [[0.0] * 18]}}])  # checked by the server
+    assert err.value.status == 400 and "agent_9" in err.value.message
+    [ok] = client.predict_actions([ActionQuery(obs=history(2))])
+    assert ok.model == "behavior@1"
+
+
+def test_moved_alias_is_picked_up_by_polling(store, client):
+    mv = register_untrained(store, "behavior", spread_spec(), TINY_BEHAVIOR, seed=3)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        served = {m.role: m.version for m in client.models().models}
+        if served["behavior"] == mv.ref:
+            break
+        [pred] = client.predict_actions([ActionQuery(obs=history(2))])  # never fails meanwhile
+        assert pred.model in ("behavior@1", mv.ref)
+        time.sleep(0.2)
+    assert served["behavior"] == mv.ref
+    assert client.predict_actions([ActionQuery(obs=history(2))])[0].model == mv.ref
+    assert not any(c.changed for c in client.reload().changes)
+
+
+def test_unresolvable_reference_fails_before_the_server_starts(store, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="world@nope.*does not resolve"):
+        ServerProcess(free_port(), tmp_path / "log", world="world@nope").start()
+    assert time.monotonic() - started < 5
+
+
+def test_bentoml_build_packages_the_served_models(store):
+    tag = build_bento("world@production", "behavior@production")
+    import bentoml
+
+    bento = bentoml.bentos.get(tag)
+    tags = {str(m.tag).split(":")[0] for m in bento.info.all_models}
+    assert tags == {"foresight-world", "foresight-behavior"}
