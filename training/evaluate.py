@@ -63,6 +63,11 @@ def _select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _ratio(total: float, count: float) -> float:
+    """A mean, or NaN when nothing was counted (e.g. episodes shorter than the horizon)."""
+    return total / count if count > 0 else float("nan")
+
+
 def _batches(rows: torch.Tensor, size: int):
     for i in range(0, rows.numel(), size):
         yield rows[i : i + size]
@@ -94,13 +99,13 @@ def _one_step(pred_fn, data, rows, dyn, kin, batch_size) -> dict[str, float]:
             s["vse"] += (se[..., kin.velocity] * mv).sum().item()
             s["nv"] += mv.sum().item()
     out = {
-        "nll": s["nll"] / max(s["nd"], 1),
-        "mse": s["se"] / max(s["n"], 1),
-        "coverage_90": s["cov"] / max(s["nd"], 1),
-        "reward_mse": s["rse"] / max(s["nr"], 1),
+        "nll": _ratio(s["nll"], s["nd"]),
+        "mse": _ratio(s["se"], s["n"]),
+        "coverage_90": _ratio(s["cov"], s["nd"]),
+        "reward_mse": _ratio(s["rse"], s["nr"]),
     }
     if kin is not None and kin.velocity:
-        out["mse_vel"] = s["vse"] / max(s["nv"], 1)
+        out["mse_vel"] = _ratio(s["vse"], s["nv"])
     return out
 
 
@@ -124,7 +129,7 @@ def rollout_mse(
             n[k - 1] += m.sum().cpu()
             w = _append_step(w, mean, w.action[:, -1], ok, p.reward)
             w.action[:, -1] = data.action[idx]  # the logged joint action at t+k
-    return (se / n.clamp_min(1)).tolist()
+    return [_ratio(float(a), float(b)) for a, b in zip(se, n, strict=True)]
 
 
 def _mixture_of_samples(dist: ObsDistribution) -> ObsDistribution:
@@ -175,9 +180,9 @@ def _imagination_metrics(
             sums[k]["n_all"] = sums[k].get("n_all", 0.0) + m_all.sum().item()
     out = {}
     for k, s in sums.items():
-        out[f"imagine_nll_{k}"] = s["nll"] / max(s["n"], 1)
-        out[f"imagine_mse_{k}"] = s["se"] / max(s.get("n_all", 0), 1)
-        out[f"imagine_coverage_{k}"] = s["cov"] / max(s["n"], 1)
+        out[f"imagine_nll_{k}"] = _ratio(s["nll"], s["n"])
+        out[f"imagine_mse_{k}"] = _ratio(s["se"], s.get("n_all", 0))
+        out[f"imagine_coverage_{k}"] = _ratio(s["cov"], s["n"])
     return out
 
 
@@ -194,10 +199,9 @@ def _behavior_metrics(policy, data, rows, batch_size) -> dict[str, float]:
             s["hit"] += ((dist.mode() == tg.action).float() * v).sum().item()
         else:
             s["se"] += (((dist.mode() - tg.action) ** 2).mean(-1) * v).sum().item()
-    n = max(s["n"], 1)
     if data.discrete:
-        return {"nll": s["nll"] / n, "accuracy": s["hit"] / n}
-    return {"nll": s["nll"] / n, "mse": s["se"] / n}
+        return {"nll": _ratio(s["nll"], s["n"]), "accuracy": _ratio(s["hit"], s["n"])}
+    return {"nll": _ratio(s["nll"], s["n"]), "mse": _ratio(s["se"], s["n"])}
 
 
 def _example_imagination(model, policy, data, rows, ego, kin, seed, n_samples=8) -> dict[str, Any]:
@@ -351,7 +355,11 @@ def write_report(
     paths = {"json": str(out / "report.json")}
     histories = history if isinstance(history, dict) else {result["meta"]["kind"]: history}
     Path(paths["json"]).write_text(
-        json.dumps({"result": result, "history": histories}, indent=2, default=_json_default)
+        json.dumps(
+            _nan_to_none({"result": result, "history": histories}),
+            indent=2,
+            default=_json_default,
+        )
     )
 
     fig, axes = plt.subplots(1, len(histories), figsize=(6 * len(histories), 4), squeeze=False)
@@ -440,9 +448,18 @@ def _plot_imagination(example: dict[str, Any], out: Path, plt) -> str:
     return path
 
 
+def _nan_to_none(x):
+    """NaN (a metric with nothing to count) becomes null: valid JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
 def _json_default(x):
     if isinstance(x, np.generic | torch.Tensor):
         return x.item() if x.ndim == 0 else x.tolist()
-    if isinstance(x, float) and math.isnan(x):
-        return None
     raise TypeError(f"not JSON serializable: {type(x).__name__}")

@@ -220,9 +220,7 @@ class WorldModel(nn.Module):
         self.register_buffer("reward_mean", torch.zeros(()))
         self.register_buffer("reward_std", torch.ones(()))
         step_features = D + self.n_actions + 1  # obs, action, present flag
-        self.encoder = nn.Sequential(
-            nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d)
-        )
+        self.encoder = nn.Sequential(nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d))
         if self.state_dim:
             self.state_encoder = nn.Sequential(
                 nn.Linear(T * (self.state_dim + 1), d), act(), nn.Linear(d, d)

@@ -156,3 +156,36 @@ def test_mpe_kinematics_layout():
         )
         is None
     )
+
+
+def test_continuous_actions_train_imagine_and_evaluate(tmp_path):
+    frame, spec = make_frame(episodes=12, steps=8)
+    frame = frame.with_columns(
+        action=pl.concat_list(pl.col("action") / 4, 1 - pl.col("action") / 4).cast(
+            pl.List(pl.Float32)
+        )
+    )
+    spec = DatasetSpec("synthetic", spec.agents, ActionSpec("continuous", dim=2, low=0, high=1))
+    config = TrainConfig(epochs=1, batch_size=32)
+    world = train("world", frame, spec, config, TINY_WORLD, workdir=tmp_path / "w", progress=False)
+    beh = train(
+        "behavior", frame, spec, config, TINY_BEHAVIOR, workdir=tmp_path / "b", progress=False
+    )
+    result = evaluate(
+        "world",
+        world.model,
+        frame,
+        spec,
+        world.val_episode_ids,
+        behavior=beh.model,
+        n_samples=2,
+        max_starts=16,
+    )
+    assert result["model"]["mse"] > 0
+    assert result["model"]["rollout_mse_10"] != result["model"]["rollout_mse_10"], (
+        "8-step episodes have no 10-step-ahead target: NaN, not 0"
+    )
+    behavior = evaluate("behavior", beh.model, frame, spec, beh.val_episode_ids)
+    assert set(behavior["model"]) == {"nll", "mse"} == set(behavior["baselines"]["marginal"])
+    saved = json.loads(open(write_report(result, world.history, tmp_path / "r")["json"]).read())
+    assert saved["result"]["model"]["rollout_mse_10"] is None
