@@ -1,0 +1,448 @@
+"""Closed-loop arena: do agents that query the models coordinate better than reactive ones?
+
+    result = run_arena("simple_spread", 200, ["random", "greedy", "bc", "anticipatory"],
+                       seed=0, world=world, behavior=behavior, out_dir="store/reports/arena")
+    result["controllers"]["anticipatory"]["mean_return"], ...["ci95"]
+
+Every episode runs one team: each agent is driven by one controller. A team name is a
+controller name (``greedy``: every agent greedy) or names joined by ``+``
+(``anticipatory+greedy``: the first agent anticipatory, the rest greedy; the last name
+covers the remaining agents). Episode ``i`` is seeded from ``(seed, i)`` alone, so every
+team plays the same start states (a paired comparison).
+
+Built-in controllers: ``random``; ``greedy`` (the reactive scripted policy of
+:mod:`datasets.sources.policies`); ``bc`` (the behavior model's most likely action:
+reactive imitation); ``anticipatory`` (the :class:`~training.planning.Planner`);
+``scripted-anticipation`` (:mod:`datasets.sources.anticipation`, a hand-written agent that
+knows the others' true rule). More come in through ``factories`` (name -> factory), e.g.
+a remote controller calling the HTTP service's ``/act``.
+
+Team return: per episode, the sum over agents of each agent's episode return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from datasets.schema import ActionSpec, DatasetSpec
+from datasets.sources.anticipation import ScriptedAnticipation
+from datasets.sources.generate import make_env
+from datasets.sources.policies import (
+    SUPPORTED_ENVS,
+    GreedyPolicy,
+    make_policy,
+    resolve_env_name,
+)
+from training.data import check_model_spec
+from training.planning import JointHistory, Planner, PlannerConfig, history_window
+
+Action = int | np.ndarray
+
+
+@dataclass
+class EpisodeInfo:
+    """What a controller learns at the start of an episode."""
+
+    env: str
+    """Short env name (``simple_spread``)."""
+    episode: int
+    """Episode index in this arena run."""
+    env_seed: int
+    """Seed given to ``env.reset``."""
+    agents: list[str]
+    """Every agent of the episode, in env order (the columns of the history)."""
+    controlled: list[str]
+    """The agents this controller drives."""
+    team: dict[str, str]
+    """Agent -> name of the controller driving it (the whole roster)."""
+    obs_sizes: dict[str, int]
+    """Agent -> observation size."""
+    rng: np.random.Generator
+    """This controller's random stream for the episode."""
+
+
+class Controller(Protocol):
+    """Drives some agents of an episode: the arena's only view of an agent's mind."""
+
+    def reset(self, info: EpisodeInfo) -> None:
+        """Start an episode."""
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> Mapping[str, Action]:
+        """The next action of each of ``agents`` given the joint history so far."""
+
+
+@dataclass
+class ArenaModels:
+    """What factories may build controllers from."""
+
+    world: Any = None
+    behavior: Any = None
+    planner_config: PlannerConfig | None = None
+    world_card: dict | None = None
+    behavior_card: dict | None = None
+
+
+ControllerFactory = Callable[[str, ArenaModels], Controller]
+"""(short env name, models) -> a fresh controller."""
+
+
+# -- built-in controllers ----------------------------------------------------------------
+
+
+class RandomController:
+    """Uniform random actions."""
+
+    def __init__(self, env: str) -> None:
+        self.n = _action_spec(env).n
+
+    def reset(self, info: EpisodeInfo) -> None:
+        self.rng = info.rng
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> dict[str, int]:
+        return {a: int(self.rng.integers(self.n)) for a in agents}
+
+
+class GreedyController:
+    """The reactive scripted policy: each agent reads its own observation only."""
+
+    def __init__(self, env: str) -> None:
+        self.policy = make_policy("greedy", env)
+        assert isinstance(self.policy, GreedyPolicy)
+
+    def reset(self, info: EpisodeInfo) -> None:
+        self.policy.reset(info.rng, info.agents)
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> dict[str, int]:
+        last, ids, sizes = history.obs[-1], history.agent_ids, history.obs_sizes or {}
+        out = {}
+        for a in agents:
+            n = ids.index(a)
+            out[a] = int(self.policy.act(a, np.asarray(last[n][: sizes.get(a, len(last[n]))])))
+        return out
+
+
+class BehaviorCloningController:
+    """The behavior model's most likely action: imitation, reacting to the history."""
+
+    def __init__(self, behavior) -> None:
+        self.model = behavior.eval()
+        self.spec = DatasetSpec.from_dict(behavior.config.spec)
+        self.device = next(behavior.parameters()).device
+
+    def reset(self, info: EpisodeInfo) -> None:
+        pass
+
+    @torch.no_grad()
+    def act(self, history: JointHistory, agents: Sequence[str]) -> dict[str, int]:
+        w = history_window(
+            history, self.model.context, self.model.obs_dim, self.spec.action, self.device
+        )
+        mode = self.model.action_distribution(w).mode()[0]  # (N,)
+        return {a: int(mode[history.agent_ids.index(a)]) for a in agents}
+
+
+class AnticipatoryController:
+    """The planner: every controlled agent decides by imagining the others' next moves."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+
+    def reset(self, info: EpisodeInfo) -> None:
+        pass
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> dict[str, Action]:
+        return {d.agent: d.action for d in self.planner.decide(history, list(agents))}
+
+
+def _need(models: ArenaModels, *what: str) -> None:
+    missing = [w for w in what if getattr(models, w) is None]
+    if missing:
+        raise ValueError(f"this controller needs a {' and a '.join(missing)} model: pass {missing}")
+
+
+def _bc(env: str, models: ArenaModels) -> Controller:
+    _need(models, "behavior")
+    return BehaviorCloningController(models.behavior)
+
+
+def _anticipatory(env: str, models: ArenaModels) -> Controller:
+    _need(models, "world", "behavior")
+    planner = Planner(
+        models.world,
+        models.behavior,
+        models.planner_config or PlannerConfig(),
+        world_card=models.world_card,
+        behavior_card=models.behavior_card,
+    )
+    return AnticipatoryController(planner)
+
+
+DEFAULT_FACTORIES: dict[str, ControllerFactory] = {
+    "random": lambda env, models: RandomController(env),
+    "greedy": lambda env, models: GreedyController(env),
+    "bc": _bc,
+    "anticipatory": _anticipatory,
+    "scripted-anticipation": lambda env, models: ScriptedAnticipation(env),
+}
+
+
+# -- the arena ----------------------------------------------------------------------------
+
+
+def _action_spec(env: str) -> ActionSpec:
+    e = make_env(env)
+    try:
+        space = e.action_space(e.possible_agents[0])
+        return ActionSpec("discrete", n=int(space.n))
+    finally:
+        e.close()
+
+
+def env_spec(env: str, max_cycles: int = 25) -> DatasetSpec:
+    """The dataset spec of an mpe2 env as recorded by ``generate_episodes``."""
+    name = resolve_env_name(env)
+    e = make_env(name, max_cycles=max_cycles)
+    try:
+        sizes = {a: int(np.prod(e.observation_space(a).shape)) for a in e.possible_agents}
+        n = int(e.action_space(e.possible_agents[0]).n)
+    finally:
+        e.close()
+    return DatasetSpec(env=SUPPORTED_ENVS[name], agents=sizes, action=ActionSpec("discrete", n=n))
+
+
+def team_roster(team: str, agents: Sequence[str]) -> dict[str, str]:
+    """Agent -> controller name for a team name (``greedy``, ``anticipatory+greedy``)."""
+    names = team.split("+")
+    return {a: names[min(i, len(names) - 1)] for i, a in enumerate(agents)}
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Normal-approximation 95% interval of the mean (t quantile for small samples)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        m = float(x.mean()) if x.size else math.nan
+        return (m, m)
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 8: 2.36, 10: 2.26, 15: 2.14, 20: 2.09}
+    q = 1.96 if x.size > 30 else t[max(k for k in t if k <= x.size)]
+    half = q * x.std(ddof=1) / math.sqrt(x.size)
+    return (float(x.mean() - half), float(x.mean() + half))
+
+
+@dataclass
+class _TeamStats:
+    returns: list[float] = field(default_factory=list)
+    decisions: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _play_episode(
+    env_name: str,
+    env,
+    team: str,
+    factories: Mapping[str, ControllerFactory],
+    models: ArenaModels,
+    controllers: dict[str, Controller],
+    episode: int,
+    seed: int,
+    stats: _TeamStats,
+    history_steps: int,
+) -> float:
+    rng = np.random.default_rng([seed, episode])
+    env_seed = int(rng.integers(2**31 - 1))
+    obs, _ = env.reset(seed=env_seed)
+    agents = list(env.possible_agents)
+    sizes = {a: int(np.prod(env.observation_space(a).shape)) for a in agents}
+    D = max(sizes.values())
+    roster = team_roster(team, agents)
+    groups: dict[str, list[str]] = {}
+    for a, name in roster.items():
+        groups.setdefault(name, []).append(a)
+    for k, (name, members) in enumerate(groups.items()):
+        if name not in controllers:
+            controllers[name] = factories[name](env_name, models)
+        info = EpisodeInfo(
+            env=env_name,
+            episode=episode,
+            env_seed=env_seed,
+            agents=agents,
+            controlled=list(members),
+            team=dict(roster),
+            obs_sizes=sizes,
+            rng=np.random.default_rng([seed, episode, 1 + k]),
+        )
+        controllers[name].reset(info)
+
+    def joint(o: dict) -> np.ndarray:
+        out = np.zeros((len(agents), D), dtype=np.float32)
+        for n, a in enumerate(agents):
+            if a in o:
+                out[n, : sizes[a]] = np.asarray(o[a], dtype=np.float32).reshape(-1)
+        return out
+
+    seen, taken = [joint(obs)], []
+    total = 0.0
+    while env.agents:
+        start = max(0, len(seen) - history_steps)
+        prev = [
+            taken[t - 1] if t > 0 else np.zeros(len(agents), np.int64)
+            for t in range(start, len(seen))
+        ]
+        history = JointHistory(agents, np.stack(seen[start:]), np.stack(prev), start, sizes)
+        actions: dict[str, Any] = {}
+        for name, members in groups.items():
+            live = [a for a in members if a in env.agents]
+            t0 = time.perf_counter()
+            chosen = controllers[name].act(history, live)
+            stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - t0
+            stats.decisions[name] = stats.decisions.get(name, 0) + len(live)
+            for a in live:
+                actions[a] = int(chosen[a])
+        obs, rewards, _, _, _ = env.step(actions)
+        total += float(sum(rewards.values()))
+        taken.append(np.array([actions.get(a, 0) for a in agents], dtype=np.int64))
+        seen.append(joint(obs))
+    return total
+
+
+def run_arena(
+    env: str,
+    episodes: int,
+    controllers: Sequence[str],
+    seed: int = 0,
+    *,
+    world=None,
+    behavior=None,
+    planner_config: PlannerConfig | None = None,
+    world_card: dict | None = None,
+    behavior_card: dict | None = None,
+    factories: Mapping[str, ControllerFactory] | None = None,
+    max_cycles: int = 25,
+    out_dir: str | Path | None = None,
+    history_steps: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Play ``episodes`` episodes of ``env`` with each team in ``controllers``.
+
+    Returns ``{"env", "episodes", "seed", "controllers": {team: {"mean_return", "ci95":
+    (low, high), "std", "episodes", "returns", "decisions_per_s", "seconds"}}, "gap":
+    {...}, "files": {...}}``. ``gap`` (when ``random`` and ``greedy`` both ran) holds G =
+    greedy - random and each team's return over greedy in units of G. With ``out_dir``, a
+    JSON and a PNG (means with 95% intervals) are written there.
+    """
+    name = resolve_env_name(env)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not controllers:
+        raise ValueError("no controllers to compare")
+    all_factories = {**DEFAULT_FACTORIES, **(factories or {})}
+    for team in controllers:
+        for part in team.split("+"):
+            if part not in all_factories:
+                raise ValueError(
+                    f"unknown controller {part!r} in team {team!r}; known: {sorted(all_factories)}"
+                )
+    models = ArenaModels(world, behavior, planner_config, world_card, behavior_card)
+    spec = env_spec(name, max_cycles)
+    for label, model in (("world model", world), ("behavior model", behavior)):
+        if model is not None:
+            check_model_spec(label, model.config.spec, spec)
+
+    game = make_env(name, max_cycles=max_cycles, checked=False)
+    results: dict[str, Any] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes * len(controllers), desc=f"arena {name}", unit="ep")
+    try:
+        for team in controllers:
+            stats = _TeamStats()
+            built: dict[str, Controller] = {}
+            started = time.perf_counter()
+            for i in range(episodes):
+                ret = _play_episode(
+                    name, game, team, all_factories, models, built, i, seed, stats, history_steps
+                )
+                stats.returns.append(ret)
+                if bar is not None:
+                    bar.update(1)
+            decisions = sum(stats.decisions.values())
+            thinking = sum(stats.seconds.values())
+            results[team] = {
+                "mean_return": float(np.mean(stats.returns)),
+                "ci95": ci95(stats.returns),
+                "std": float(np.std(stats.returns, ddof=1)) if episodes > 1 else 0.0,
+                "episodes": episodes,
+                "returns": [float(r) for r in stats.returns],
+                "decisions_per_s": decisions / thinking if thinking > 0 else math.inf,
+                "per_controller_decisions_per_s": {
+                    k: stats.decisions[k] / stats.seconds[k] if stats.seconds[k] > 0 else math.inf
+                    for k in stats.decisions
+                },
+                "seconds": time.perf_counter() - started,
+            }
+    finally:
+        game.close()
+        if bar is not None:
+            bar.close()
+
+    out: dict[str, Any] = {
+        "env": name,
+        "episodes": episodes,
+        "seed": seed,
+        "max_cycles": max_cycles,
+        "controllers": results,
+        "gap": _gap(results),
+        "planner_config": None if planner_config is None else vars(planner_config),
+        "files": {},
+    }
+    if out_dir is not None:
+        out["files"] = write_arena_report(out, out_dir)
+    return out
+
+
+def _gap(results: dict[str, Any]) -> dict[str, Any]:
+    if "random" not in results or "greedy" not in results:
+        return {}
+    g = results["greedy"]["mean_return"] - results["random"]["mean_return"]
+    over = {
+        t: (r["mean_return"] - results["greedy"]["mean_return"]) / g if g else math.nan
+        for t, r in results.items()
+    }
+    return {"G": g, "over_greedy_in_G": over}
+
+
+def write_arena_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """``arena-<env>.json`` and ``arena-<env>.png`` (team means with 95% intervals)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"arena-{result['env']}"
+    paths = {"json": str(out / f"{stem}.json"), "plot": str(out / f"{stem}.png")}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teams = list(result["controllers"])
+    means = [result["controllers"][t]["mean_return"] for t in teams]
+    lo = [m - result["controllers"][t]["ci95"][0] for t, m in zip(teams, means, strict=True)]
+    hi = [result["controllers"][t]["ci95"][1] - m for t, m in zip(teams, means, strict=True)]
+    fig, ax = plt.subplots(figsize=(1.6 * len(teams) + 2, 4))
+    ax.bar(range(len(teams)), means, yerr=[lo, hi], capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(teams)), teams, rotation=20, ha="right")
+    ax.set_ylabel("team return (sum over agents)")
+    ax.set_title(f"{result['env']}: {result['episodes']} episodes, seed {result['seed']}, 95% CI")
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=100)
+    plt.close(fig)
+    Path(paths["json"]).write_text(json.dumps({**result, "files": paths}, indent=1, default=str))
+    return paths

@@ -1,0 +1,649 @@
+"""Planner: an ego agent asks the models what the others will do and which action pays most.
+
+    planner = Planner(world, behavior, PlannerConfig(horizon=8, n_samples=8))
+    [decision] = planner.decide(history, ["agent_0"])
+    decision.action, decision.predicted_return, decision.candidate_scores
+
+For each ego agent, every candidate ego plan (a sequence of ``horizon`` actions) is rolled
+through the world model ``n_samples`` times; in each sampled future the other agents'
+actions are drawn from the behavior model step after step (so they react to the imagined
+world), and the plan is scored by the mean discounted predicted reward of the whole team
+(or of the ego alone), minus ``disagreement_penalty`` times the std over samples. The
+best plan's first action is returned, with the score of the best plan starting with every
+other first action and the behavior model's most likely next action of every other agent.
+
+Candidates: discrete actions are searched exhaustively over the first ``depth`` actions,
+the last one held to the horizon (``n_actions ** depth`` plans), or by beam search over
+the whole horizon; continuous actions by the cross-entropy method (CEM). All candidates
+and samples of one ego run as one batch on the models' device, and the samples share
+their random numbers across candidates (common random numbers), so two candidates are
+compared in the same sampled futures.
+
+Several ego agents: with ``sequential=True`` (default) egos plan one after the other, in
+the order of their index in the history, and each later ego's futures hold the earlier
+egos to their chosen plans. A team of planners thereby never all rush for the same target
+on the strength of the same forecast: something a deployed team can do, since each agent
+can compute its lower-indexed teammates' decisions. ``sequential=False`` plans every ego
+in one batch, each against the behavior model's forecast of all the others.
+
+History format (:class:`JointHistory`), the same windows the models train on: the last
+``T`` joint observations of the episode, oldest first, every agent's observation padded
+with zeros to the widest; with each of them the joint action taken just before it
+(``prev_actions[t]`` led from ``obs[t-1]`` to ``obs[t]``), and ``start_step``, the episode
+step of ``obs[0]``. When ``start_step == 0`` the first row of ``prev_actions`` is ignored.
+A history shorter than a model's context is padded exactly as training windows are at an
+episode start, so it is accepted when it begins at the episode start (``start_step == 0``);
+a short history that begins later is refused (ValueError) unless
+``PlannerConfig.pad_short_history`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datasets.schema import DatasetSpec
+from training.data import Window, describe_spec
+from training.world_model import action_features
+
+Action = int | list[float]
+
+
+@dataclass
+class PlannerConfig:
+    horizon: int = 8
+    """H: imagined steps per plan. simple_spread agents need ~5-10 steps to reach a
+    landmark, so a shorter horizon cannot see which landmark ends up covered."""
+    n_samples: int = 6
+    """K: sampled futures per candidate (others' actions and world noise)."""
+    search: str = "auto"
+    """"exhaustive", "beam" (discrete), "cem" (continuous) or "auto" (exhaustive for
+    discrete actions, CEM for continuous ones)."""
+    depth: int = 2
+    """Exhaustive search: actions chosen freely at the first ``depth`` steps, the last
+    one held to the horizon (n_actions ** depth plans: 25 for MPE's 5 moves)."""
+    max_plans: int = 256
+    """Refuse exhaustive searches larger than this (n_actions ** depth plans)."""
+    beam_width: int = 2
+    """Beam search: partial plans kept per first action after every step."""
+    cem_population: int = 32
+    """CEM: plans drawn per iteration."""
+    cem_iterations: int = 3
+    """CEM: refits of the plan distribution."""
+    cem_elites: int = 6
+    """CEM: best plans the distribution is refit to."""
+    discount: float = 0.95
+    """Per-step discount of predicted rewards (near steps are predicted better)."""
+    team_reward: bool = True
+    """Score by the sum of every present agent's predicted reward (shared tasks) rather
+    than the ego's own."""
+    disagreement_penalty: float = 0.0
+    """Subtract this times the std of the return over samples (risk aversion, and a
+    guard against futures the world model is unsure about)."""
+    sample_obs: bool = True
+    """Sample the world model's next observations; False rolls its mean forward."""
+    sequential: bool = True
+    """Egos plan in index order, later ones holding earlier ones to their chosen plans."""
+    pad_short_history: bool = False
+    """Accept a history shorter than the models' context that does not begin at the
+    episode start, padding it as if it did (otherwise ValueError)."""
+    seed: int = 0
+    """Seeds the sampled futures; each decide() call draws fresh ones from this stream."""
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "n_samples", "depth", "beam_width", "cem_population"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlannerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.search not in ("auto", "exhaustive", "beam", "cem"):
+            raise ValueError(
+                f"PlannerConfig.search must be auto, exhaustive, beam or cem, got {self.search!r}"
+            )
+        if not 0 < self.cem_elites <= self.cem_population:
+            raise ValueError("PlannerConfig.cem_elites must be in 1..cem_population")
+
+
+@dataclass
+class JointHistory:
+    """The last ``T`` joint observations of one episode (see the module docstring)."""
+
+    agent_ids: list[str]
+    """Agent id of each column n."""
+    obs: Any
+    """(T, N, D) observations, oldest first, zero-padded to the widest agent's size D."""
+    prev_actions: Any
+    """(T, N) int or (T, N, A) float: the joint action taken just before each observation."""
+    start_step: int = 0
+    """Episode step of ``obs[0]``; 0 means the history begins at the episode start."""
+    obs_sizes: dict[str, int] | None = None
+    """Observation size of each agent (default: D for all)."""
+
+    @property
+    def length(self) -> int:
+        return int(np.shape(self.obs)[0])
+
+
+@dataclass
+class Decision:
+    """What the planner decided for one ego agent."""
+
+    agent: str
+    action: Action
+    """Best first action: an int (discrete) or a list of floats (continuous)."""
+    predicted_return: float
+    """Score of the best plan: mean discounted predicted return (minus the penalty)."""
+    candidate_scores: list[tuple[Action, float]]
+    """(first action, score of the best plan that starts with it); discrete: every action
+    in index order; continuous: the final CEM population's best, best first."""
+    predicted_others: dict[str, Action]
+    """Behavior model's most likely next action of every other agent."""
+    plan: list[Action] = field(default_factory=list)
+    """The whole best plan (``horizon`` actions)."""
+
+
+def spec_core(spec: dict | None) -> dict[str, Any]:
+    """The parts of a dataset spec two models must share to plan together."""
+    if spec is None:
+        return {}
+    s = DatasetSpec.from_dict(spec)
+    return {"env": s.env, "agents": dict(s.agents), "action": s.action, "state_dim": s.state_dim}
+
+
+def check_same_dataset(
+    world, behavior, world_card: dict | None = None, behavior_card: dict | None = None
+) -> None:
+    """ValueError, naming both, when the models were trained on different datasets.
+
+    The specs in their configs must agree (env, agents and observation sizes, action spec,
+    state size); with cards, their dataset names must agree too (versions may differ).
+    """
+
+    def label(kind: str, model, card: dict | None) -> str:
+        spec = getattr(model.config, "spec", None)
+        where = ""
+        if card:
+            ds = card.get("dataset", {})
+            where = f" trained on {ds.get('resolved') or ds.get('name')}"
+        desc = describe_spec(DatasetSpec.from_dict(spec)) if spec else "no spec"
+        return f"{kind} model{where} [{desc}]"
+
+    ws, bs = getattr(world.config, "spec", None), getattr(behavior.config, "spec", None)
+    if ws is None or bs is None:
+        raise ValueError(
+            "cannot check that the world and behavior models fit each other: "
+            f"{label('world', world, world_card)}, {label('behavior', behavior, behavior_card)}"
+        )
+    problem = None
+    if spec_core(ws) != spec_core(bs):
+        problem = "their dataset specs differ"
+    elif world_card and behavior_card:
+        wn = world_card.get("dataset", {}).get("name")
+        bn = behavior_card.get("dataset", {}).get("name")
+        if wn and bn and wn != bn:
+            problem = f"they come from different datasets ({wn!r} vs {bn!r})"
+    if problem:
+        raise ValueError(
+            f"world and behavior models were trained on different datasets: {problem}. "
+            f"{label('world', world, world_card)}; {label('behavior', behavior, behavior_card)}. "
+            "Plan with a world and a behavior model trained on the same dataset."
+        )
+
+
+class _BehaviorStepper:
+    """The behavior model's action distribution, advanced one imagined step at a time.
+
+    The model's GRU reads the history once; each imagined step then costs one GRU cell
+    step instead of re-reading the whole window. Models without that structure (or
+    centralized ones) fall back to re-running ``action_distribution`` on the window.
+    """
+
+    def __init__(self, behavior, window: Window):
+        self.model = behavior
+        m = behavior
+        self.incremental = (
+            all(hasattr(m, a) for a in ("step_encoder", "gru", "head", "obs_mean", "obs_std"))
+            and not getattr(m.config, "centralized", False)
+            and isinstance(getattr(m, "gru", None), torch.nn.GRU)
+        )
+        self.window = window.last(behavior.context)
+        if self.incremental:
+            out, self.h = self._encode(self.window)  # out (B, N, out), h (1, B*N, d)
+            self.out = out
+        else:
+            self.out = None
+
+    def _features(self, w: Window) -> torch.Tensor:
+        m = self.model
+        B, T, N, D = w.obs.shape
+        fmask = w.feat_mask.float()  # (N, D)
+        pres = w.present.float()[..., None]  # (B, T, N, 1)
+        pv = w.prev_valid.float()[..., None]
+        obs = (w.obs - m.obs_mean) / m.obs_std * fmask * pres
+        prev = action_features(w.prev_action, m.discrete, m.n_actions) * pv
+        x = torch.cat([obs, fmask.expand(B, T, N, D), prev, pv, pres], dim=-1)  # (B, T, N, F)
+        return m.step_encoder(x).transpose(1, 2).reshape(B * N, T, -1)  # (B*N, T, d)
+
+    def _encode(self, w: Window, h0: torch.Tensor | None = None):
+        B, N = w.batch_size, w.num_agents
+        y, h = self.model.gru(self._features(w), h0)  # (B*N, T, d), (1, B*N, d)
+        return self.model.head(y[:, -1]).float().view(B, N, -1), h
+
+    def distribution(self):
+        if self.incremental:
+            return self.model._distribution(self.out)
+        return self.model.action_distribution(self.window)
+
+    def repeat(self, rows: torch.Tensor) -> _BehaviorStepper:
+        """A stepper for a batch whose row i is this batch's row ``rows[i]``."""
+        new = object.__new__(_BehaviorStepper)
+        new.model, new.incremental = self.model, self.incremental
+        new.window = self.window.index(rows)
+        if self.incremental:
+            N = self.window.num_agents
+            flat = (rows[:, None] * N + torch.arange(N, device=rows.device)).reshape(-1)
+            new.h = self.h[:, flat]
+            new.out = self.out[rows]
+        return new
+
+    def advance(self, w_step: Window) -> None:
+        """Feed one new step (a window of length 1 holding obs, prev action and flags)."""
+        if self.incremental:
+            self.out, self.h = self._encode(w_step, self.h)
+        else:
+            self.window = _concat_step(self.window, w_step).last(self.model.context)
+
+
+def _concat_step(w: Window, step: Window) -> Window:
+    cat = lambda a, b: torch.cat([a, b], dim=1)  # noqa: E731
+    return Window(
+        obs=cat(w.obs, step.obs),
+        feat_mask=w.feat_mask,
+        present=cat(w.present, step.present),
+        time_valid=cat(w.time_valid, step.time_valid),
+        action=cat(w.action, step.action),
+        prev_action=cat(w.prev_action, step.prev_action),
+        prev_valid=cat(w.prev_valid, step.prev_valid),
+        prev_reward=cat(w.prev_reward, step.prev_reward),
+    )
+
+
+def _gumbel_argmax(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Categorical sample from ``logits`` (..., n) driven by uniforms ``u`` of that shape."""
+    g = -torch.log(-torch.log(u.clamp(1e-9, 1 - 1e-9)))
+    return (logits.float() + g).argmax(-1)
+
+
+class Planner:
+    """Plans for ego agents with a world model and a behavior model (see module docstring).
+
+    ``world``: a :class:`~training.world_model.WorldModel` (or anything with ``predict``,
+    ``context`` and ``config.spec``); ``behavior``: a
+    :class:`~training.behavior_model.BehaviorModel`. Pass their registry cards to check the
+    dataset names as well as the specs.
+    """
+
+    def __init__(
+        self,
+        world,
+        behavior,
+        config: PlannerConfig | None = None,
+        world_card: dict | None = None,
+        behavior_card: dict | None = None,
+    ):
+        check_same_dataset(world, behavior, world_card, behavior_card)
+        self.world, self.behavior = world.eval(), behavior.eval()
+        self.config = config or PlannerConfig()
+        spec = DatasetSpec.from_dict(world.config.spec)
+        self.spec = spec
+        self.discrete = spec.action.discrete
+        self.n_actions = spec.action.n if self.discrete else spec.action.dim
+        self.low = spec.action.low if spec.action.low is not None else -1.0
+        self.high = spec.action.high if spec.action.high is not None else 1.0
+        self.context = max(world.context, behavior.context)
+        self.device = next(world.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        search = self.config.search
+        if search == "auto":
+            search = "exhaustive" if self.discrete else "cem"
+        if self.discrete and search == "cem":
+            raise ValueError("CEM searches continuous actions; this action spec is discrete")
+        if not self.discrete and search != "cem":
+            raise ValueError(f"{search} search needs discrete actions; use search='cem'")
+        if search == "exhaustive" and self.n_actions ** min(
+            self.config.depth, self.config.horizon
+        ) > (self.config.max_plans):
+            raise ValueError(
+                f"exhaustive search over {self.n_actions}**{self.config.depth} plans exceeds "
+                f"max_plans={self.config.max_plans}; lower depth or use search='beam'"
+            )
+        self.search = search
+
+    @classmethod
+    def from_registry(
+        cls, world_ref: str, behavior_ref: str, store=None, config: PlannerConfig | None = None
+    ) -> Planner:
+        """Load both models from the registry and check their cards name the same dataset."""
+        from training.workflow import load_registered
+
+        world, wmv = load_registered(world_ref, store)
+        behavior, bmv = load_registered(behavior_ref, store)
+        return cls(world, behavior, config, world_card=wmv.card, behavior_card=bmv.card)
+
+    # -- input ---------------------------------------------------------------------------
+    def window(self, history: JointHistory) -> Window:
+        """The history as a batch-of-one :class:`Window` of ``self.context`` steps."""
+        return history_window(
+            history,
+            self.context,
+            self.world.obs_dim,
+            self.spec.action,
+            self.device,
+            self.config.pad_short_history,
+        )
+
+    # -- deciding ------------------------------------------------------------------------
+    @torch.no_grad()
+    def decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
+        """One :class:`Decision` per ego agent, in the order given."""
+        ids = list(history.agent_ids)
+        for a in ego_agents:
+            if a not in ids:
+                raise ValueError(f"ego agent {a!r} is not in this episode; agents are {ids}")
+        if len(set(ego_agents)) != len(ego_agents):
+            raise ValueError(f"ego agents repeat: {list(ego_agents)}")
+        base = self.window(history)
+        stepper = _BehaviorStepper(self.behavior, base)
+        dist = stepper.distribution()
+        mode = dist.mode()[0]  # (N,) or (N, A)
+        order = sorted(ego_agents, key=ids.index)
+        chosen: dict[int, torch.Tensor] = {}  # ego index -> plan (H[, A])
+        results: dict[str, Decision] = {}
+        if self.config.sequential:
+            for a in order:
+                n = ids.index(a)
+                [res] = self._plan([n], base, stepper, chosen)
+                chosen[n] = res[1]
+                results[a] = self._decision(a, res, ids, mode)
+        else:
+            idx = [ids.index(a) for a in order]
+            for a, res in zip(order, self._plan(idx, base, stepper, {}), strict=True):
+                results[a] = self._decision(a, res, ids, mode)
+        return [results[a] for a in ego_agents]
+
+    def _to_action(self, x: torch.Tensor) -> Action:
+        return int(x) if self.discrete else [float(v) for v in x.reshape(-1)]
+
+    def _decision(self, agent, res, ids, mode) -> Decision:
+        score, plan, cands = res
+        n = ids.index(agent)
+        others = {b: self._to_action(mode[m]) for m, b in enumerate(ids) if m != n}
+        return Decision(
+            agent=agent,
+            action=self._to_action(plan[0]),
+            predicted_return=float(score),
+            candidate_scores=cands,
+            predicted_others=others,
+            plan=[self._to_action(p) for p in plan],
+        )
+
+    def _plan(self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor]):
+        """[(score, plan (H[, A]), candidate scores)] for each ego index."""
+        if self.search == "exhaustive":
+            plans = self._exhaustive_plans()  # (P, H)
+            scores = self._score([plans] * len(egos), egos, base, stepper, fixed)
+            return [self._best_discrete(plans, s) for s in scores]
+        if self.search == "beam":
+            return [self._beam(e, base, stepper, fixed) for e in egos]
+        return [self._cem(e, base, stepper, fixed) for e in egos]
+
+    def _exhaustive_plans(self) -> torch.Tensor:
+        H, n = self.config.horizon, self.n_actions
+        d = min(self.config.depth, H)
+        grids = torch.cartesian_prod(*[torch.arange(n)] * d) if d > 1 else torch.arange(n)[:, None]
+        tail = grids[:, -1:].expand(-1, H - d)  # hold the last chosen action
+        return torch.cat([grids, tail], 1).to(self.device)  # (n**d, H)
+
+    def _best_discrete(self, plans: torch.Tensor, scores: torch.Tensor):
+        best = int(scores.argmax())
+        cands = []
+        for a in range(self.n_actions):
+            mask = plans[:, 0] == a
+            if mask.any():
+                cands.append((a, float(scores[mask].max())))
+        return float(scores[best]), plans[best], cands
+
+    def _beam(self, ego: int, base: Window, stepper, fixed):
+        """Beam search over the whole horizon, keeping ``beam_width`` plans per first action.
+
+        Partial plans are extended by every action and re-scored from the start (with the
+        last action held to the horizon), so each round is one batched exhaustive scoring.
+        """
+        H, n, W = self.config.horizon, self.n_actions, self.config.beam_width
+        prefixes = torch.arange(n, device=self.device)[:, None]  # (P, 1)
+        for d in range(1, H + 1):
+            plans = torch.cat([prefixes, prefixes[:, -1:].expand(-1, H - d)], 1)  # (P, H)
+            [scores] = self._score([plans], [ego], base, stepper, fixed)
+            if d == H:
+                break
+            keep = []
+            for a in range(n):  # the best W partial plans for each first action
+                idx = torch.nonzero(prefixes[:, 0] == a).squeeze(1)
+                keep.append(idx[scores[idx].argsort(descending=True)[:W]])
+            prefixes = prefixes[torch.cat(keep)]
+            P = prefixes.shape[0]
+            grow = torch.arange(n, device=self.device).repeat(P)[:, None]
+            prefixes = torch.cat([prefixes.repeat_interleave(n, 0), grow], 1)
+        return self._best_discrete(plans, scores)
+
+    def _cem(self, ego: int, base: Window, stepper, fixed):
+        c = self.config
+        H, A = c.horizon, self.n_actions
+        mean = torch.zeros(H, A, device=self.device)
+        std = torch.full((H, A), (self.high - self.low) / 2, device=self.device)
+        best_plans = best_scores = None
+        for _ in range(c.cem_iterations):
+            eps = torch.randn(c.cem_population, H, A, generator=self.generator, device=self.device)
+            plans = (mean + std * eps).clamp(self.low, self.high)
+            plans[0] = mean.clamp(self.low, self.high)
+            [scores] = self._score([plans], [ego], base, stepper, fixed)
+            elite = scores.argsort(descending=True)[: c.cem_elites]
+            mean, std = plans[elite].mean(0), plans[elite].std(0).clamp_min(1e-3)
+            best_plans, best_scores = plans, scores
+        top = best_scores.argsort(descending=True)
+        cands = [(self._to_action(best_plans[i, 0]), float(best_scores[i])) for i in top[:8]]
+        i = int(top[0])
+        return float(best_scores[i]), best_plans[i], cands
+
+    def _score(
+        self,
+        plan_sets: list[torch.Tensor],
+        egos: list[int],
+        base: Window,
+        stepper: _BehaviorStepper,
+        fixed: dict[int, torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Score every plan of every ego in one batched rollout: a (P_e,) tensor per ego."""
+        c = self.config
+        K, H = c.n_samples, c.horizon
+        N, D = base.num_agents, base.obs.shape[-1]
+        dev = self.device
+        sizes = [p.shape[0] for p in plan_sets]
+        R = sum(sizes) * K
+        # Row r = (ego group, plan p, sample k): plan actions and which agents follow plans.
+        shape = (R, H, N) if self.discrete else (R, H, N, self.n_actions)
+        acts = torch.zeros(shape, dtype=torch.long if self.discrete else torch.float32, device=dev)
+        held = torch.zeros(R, N, dtype=torch.bool, device=dev)
+        start = 0
+        for plans, e in zip(plan_sets, egos, strict=True):
+            rows = slice(start, start + plans.shape[0] * K)
+            acts[rows, :, e] = plans.repeat_interleave(K, 0)
+            held[rows, e] = True
+            for m, plan in fixed.items():
+                acts[rows, :, m] = plan
+                held[rows, m] = True
+            start += plans.shape[0] * K
+        # Common random numbers: sample k sees the same noise under every candidate.
+        sample = torch.arange(R, device=dev) % K
+        g = self.generator
+        u_act = torch.rand(K, H, N, self.n_actions, generator=g, device=dev)[sample]
+        z_act = torch.randn(K, H, N, self.n_actions, generator=g, device=dev)[sample]
+        z_obs = torch.randn(K, H, N, D, generator=g, device=dev)[sample]
+        u_mix = torch.rand(K, H, N, D, 64, generator=g, device=dev)[sample]
+
+        rows0 = torch.zeros(R, dtype=torch.long, device=dev)
+        w = base.index(rows0).last(self.world.context)
+        beh = stepper.repeat(rows0)
+        present = w.present[:, -1]  # (R, N)
+        ret = torch.zeros(R, device=dev)
+        for h in range(H):
+            dist = beh.distribution()
+            if self.discrete:
+                others = _gumbel_argmax(dist.logits, u_act[:, h, :, : dist.logits.shape[-1]])
+            else:
+                others = dist.mean + dist.std * z_act[:, h]
+            joint = torch.where(held if self.discrete else held[..., None], acts[:, h], others)
+            w.action[:, -1] = joint
+            pred = self.world.predict(w)
+            reward = pred.reward * present  # (R, N)
+            r = (
+                reward.sum(1)
+                if c.team_reward
+                else reward.gather(1, self._ego_col(sizes, egos, K))[:, 0]
+            )
+            ret = ret + (c.discount**h) * r
+            if h == H - 1:
+                break
+            nxt = (
+                self._next_obs(pred.obs, z_obs[:, h], u_mix[:, h])
+                * w.feat_mask
+                * present[..., None]
+            )
+            step = Window(
+                obs=nxt[:, None],
+                feat_mask=w.feat_mask,
+                present=present[:, None],
+                time_valid=torch.ones(R, 1, dtype=torch.bool, device=dev),
+                action=torch.zeros_like(joint)[:, None],
+                prev_action=joint[:, None],
+                prev_valid=present[:, None],
+                prev_reward=reward[:, None],
+            )
+            w = _concat_step(w, step).last(self.world.context)
+            beh.advance(step)
+        ret = ret.view(-1, K)  # (P_total, K)
+        score = ret.mean(1)
+        if c.disagreement_penalty and K > 1:
+            score = score - c.disagreement_penalty * ret.std(1)
+        return list(score.split(sizes))
+
+    def _ego_col(self, sizes, egos, K) -> torch.Tensor:
+        cols = [torch.full((s * K,), e, dtype=torch.long) for s, e in zip(sizes, egos, strict=True)]
+        return torch.cat(cols).to(self.device)[:, None]
+
+    def _next_obs(self, dist, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """A sample (or the mean) of the next observation, driven by the given noise."""
+        if not self.config.sample_obs:
+            return dist.mean()
+        Kmix = dist.logits.shape[-1]
+        if Kmix == 1:
+            loc, scale = dist.loc[..., 0], dist.scale[..., 0]
+        else:
+            k = _gumbel_argmax(dist.logits, u[..., :Kmix])[..., None]  # (R, N, D, 1)
+            loc, scale = dist.loc.gather(-1, k)[..., 0], dist.scale.gather(-1, k)[..., 0]
+        return loc + scale * z
+
+
+def history_window(
+    history: JointHistory,
+    context: int,
+    obs_dim: int,
+    action_spec,
+    device: torch.device | str = "cpu",
+    pad_short_history: bool = False,
+) -> Window:
+    """A :class:`JointHistory` as a batch-of-one :class:`Window` of ``context`` steps.
+
+    ``action_spec``: the models' :class:`~datasets.schema.ActionSpec`. Errors name the
+    field and what it should be.
+    """
+    discrete = action_spec.discrete
+    n_actions = action_spec.n if discrete else action_spec.dim
+    ids = list(history.agent_ids)
+    obs = torch.as_tensor(np.asarray(history.obs, dtype=np.float32), device=device)
+    if obs.ndim != 3 or obs.shape[1] != len(ids):
+        raise ValueError(
+            f"history.obs must be (T, N, D) with N = {len(ids)} agents, got {tuple(obs.shape)}"
+        )
+    T, N, D = obs.shape
+    if T < 1:
+        raise ValueError("history holds no observation")
+    if D > obs_dim:
+        raise ValueError(f"history observations have {D} features; the models read {obs_dim}")
+    if D < obs_dim:
+        obs = F.pad(obs, (0, obs_dim - D))
+    sizes = history.obs_sizes or {}
+    unknown = sorted(set(sizes) - set(ids))
+    if unknown:
+        raise ValueError(f"history.obs_sizes names agents {unknown} not in agent_ids {ids}")
+    fm = torch.zeros(N, obs_dim, dtype=torch.bool, device=device)
+    for n, a in enumerate(ids):
+        fm[n, : sizes.get(a, D)] = True
+    dtype = torch.long if discrete else torch.float32
+    prev = torch.as_tensor(np.asarray(history.prev_actions), device=device).to(dtype)
+    want = (T, N) if discrete else (T, N, n_actions)
+    if tuple(prev.shape) != want:
+        raise ValueError(f"history.prev_actions must have shape {want}, got {tuple(prev.shape)}")
+    if discrete and ((prev < 0) | (prev >= n_actions)).any():
+        raise ValueError(f"history.prev_actions hold actions outside 0..{n_actions - 1}")
+    if T < context and history.start_step > 0 and not pad_short_history:
+        raise ValueError(
+            f"history has {T} steps but the models read {context}, and it does not begin at "
+            f"the episode start (start_step={history.start_step}); pass at least {context} "
+            "steps, the whole episode so far, or set pad_short_history"
+        )
+    prev_valid = torch.ones(T, N, dtype=torch.bool, device=device)
+    if history.start_step == 0:
+        prev_valid[0] = False
+        prev[0] = 0
+    action = torch.cat([prev[1:], torch.zeros_like(prev[:1])], 0)  # (T, N[, A]) taken at t
+    one = lambda x: x[None]  # noqa: E731  (T, ...) -> (1, T, ...)
+    w = Window(
+        obs=one(obs * fm),  # (1, T, N, D)
+        feat_mask=fm,
+        present=torch.ones(1, T, N, dtype=torch.bool, device=device),
+        time_valid=torch.ones(1, T, dtype=torch.bool, device=device),
+        action=one(action),
+        prev_action=one(prev),
+        prev_valid=one(prev_valid),
+        prev_reward=torch.zeros(1, T, N, device=device),
+    )
+    return w.last(context)
+
+
+def history_from_episode(
+    agent_ids: list[str],
+    obs: Sequence[np.ndarray],
+    actions: Sequence[np.ndarray],
+    context: int,
+    obs_sizes: dict[str, int] | None = None,
+    action_dim: int | None = None,
+) -> JointHistory:
+    """The :class:`JointHistory` of the last ``context`` steps of an episode in progress.
+
+    ``obs``: every joint observation so far (each (N, D)); ``actions``: the joint actions
+    taken so far (one fewer than ``obs``; each (N,) int or (N, A) float with
+    ``action_dim=A``).
+    """
+    assert len(actions) == len(obs) - 1, (len(obs), len(actions))
+    n = len(agent_ids)
+    T = min(context, len(obs))
+    start = len(obs) - T
+    none = np.zeros(n, np.int64) if action_dim is None else np.zeros((n, action_dim), np.float32)
+    prev = [np.asarray(actions[t - 1]) if t > 0 else none for t in range(start, len(obs))]
+    return JointHistory(
+        agent_ids, np.stack(obs[start:]), np.stack(prev), start_step=start, obs_sizes=obs_sizes
+    )
