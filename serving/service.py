@@ -12,6 +12,8 @@ Configuration (environment, read at start-up):
     FORESIGHT_MAX_BODY_BYTES   largest request body           (default 8 MiB)
     FORESIGHT_MODEL_SOURCE     registry (default) | bento (the versions packaged in a bento)
     FORESIGHT_BATCHING         1 (default) | 0: adaptive batching off (for benchmarks)
+    FORESIGHT_TORCH_THREADS    torch intra-op threads (default 1: small models answer
+                               faster on one thread, and the event loop keeps a core)
 
 A reference that does not resolve stops the service at start-up with the reason.
 
@@ -26,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import bentoml
 import torch
+from bentoml.validators import ContentType
 from pydantic import Field
 
 from serving import runtime
@@ -58,6 +61,10 @@ DEFAULT_RELOAD_SECONDS = 30.0
 
 ActionQueries = Annotated[list[ActionQuery], Field(min_length=1, max_length=MAX_QUERIES)]
 NextQueries = Annotated[list[NextQuery], Field(min_length=1, max_length=MAX_QUERIES)]
+T = TypeVar("T")
+JSONList = Annotated[list[T], ContentType("application/json")]
+"""A JSON list answer. The media type is given because otherwise BentoML rebuilds the
+list's JSON schema on every response to find it (~3 ms per request, measured)."""
 
 
 def _reload_seconds() -> float:
@@ -80,9 +87,7 @@ class Foresight:
     """Next-action distributions, next-step distributions and imagined futures."""
 
     def __init__(self) -> None:
-        threads = os.environ.get("FORESIGHT_TORCH_THREADS")
-        if threads:
-            torch.set_num_threads(int(threads))
+        torch.set_num_threads(int(os.environ.get("FORESIGHT_TORCH_THREADS", "1")))
         self.host = runtime.ModelHost(runtime.refs_from_env())
         self.host.start_polling(_reload_seconds())
 
@@ -99,7 +104,7 @@ class Foresight:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
-    def predict_actions(self, queries: ActionQueries) -> list[ActionPrediction]:
+    def predict_actions(self, queries: ActionQueries) -> JSONList[ActionPrediction]:
         """Per-agent next-action distributions (probabilities, or mean and std), one answer
         per query, in order."""
         return runtime.predict_actions(self.host.current, queries)
@@ -110,7 +115,7 @@ class Foresight:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
-    def predict_next(self, queries: NextQueries) -> list[NextPrediction]:
+    def predict_next(self, queries: NextQueries) -> JSONList[NextPrediction]:
         """Next joint observation (mean and std, or samples), rewards and termination
         probability for a joint action, one answer per query, in order."""
         return runtime.predict_next(self.host.current, queries)
