@@ -62,11 +62,16 @@ class PlannerConfig:
     n_samples: int = 6
     """K: sampled futures per candidate (others' actions and world noise)."""
     search: str = "auto"
-    """"exhaustive", "beam" (discrete), "cem" (continuous) or "auto" (exhaustive for
-    discrete actions, CEM for continuous ones)."""
+    """"exhaustive", "pulse", "beam" (discrete), "cem" (continuous) or "auto" (exhaustive
+    for discrete actions, CEM for continuous ones)."""
     depth: int = 2
     """Exhaustive search: actions chosen freely at the first ``depth`` steps, the last
     one held to the horizon (n_actions ** depth plans: 25 for MPE's 5 moves)."""
+    pulses: tuple[int, ...] = (1, 3)
+    """Pulse search: each first action held for k steps (each k here, and the whole
+    horizon), then ``idle_action``: cheap plans that can brake on a target."""
+    idle_action: int = 0
+    """The do-nothing action of pulse plans (MPE: 0)."""
     max_plans: int = 256
     """Refuse exhaustive searches larger than this (n_actions ** depth plans)."""
     beam_width: int = 2
@@ -87,6 +92,10 @@ class PlannerConfig:
     guard against futures the world model is unsure about)."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
+    incremental_behavior: bool = True
+    """Advance the behavior model's GRU one step per imagined step (fast) instead of
+    re-reading its last ``context`` steps every step (exact, ~context times the work).
+    The two agree at the first step; later the GRU also remembers steps the window drops."""
     sequential: bool = True
     """Egos plan in index order, later ones holding earlier ones to their chosen plans."""
     pad_short_history: bool = False
@@ -99,9 +108,10 @@ class PlannerConfig:
         for name in ("horizon", "n_samples", "depth", "beam_width", "cem_population"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PlannerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.search not in ("auto", "exhaustive", "beam", "cem"):
+        if self.search not in ("auto", "exhaustive", "pulse", "beam", "cem"):
             raise ValueError(
-                f"PlannerConfig.search must be auto, exhaustive, beam or cem, got {self.search!r}"
+                "PlannerConfig.search must be auto, exhaustive, pulse, beam or cem, "
+                f"got {self.search!r}"
             )
         if not 0 < self.cem_elites <= self.cem_population:
             raise ValueError("PlannerConfig.cem_elites must be in 1..cem_population")
@@ -201,11 +211,12 @@ class _BehaviorStepper:
     centralized ones) fall back to re-running ``action_distribution`` on the window.
     """
 
-    def __init__(self, behavior, window: Window):
+    def __init__(self, behavior, window: Window, incremental: bool = True):
         self.model = behavior
         m = behavior
         self.incremental = (
-            all(hasattr(m, a) for a in ("step_encoder", "gru", "head", "obs_mean", "obs_std"))
+            incremental
+            and all(hasattr(m, a) for a in ("step_encoder", "gru", "head", "obs_mean", "obs_std"))
             and not getattr(m.config, "centralized", False)
             and isinstance(getattr(m, "gru", None), torch.nn.GRU)
         )
@@ -356,7 +367,7 @@ class Planner:
         if len(set(ego_agents)) != len(ego_agents):
             raise ValueError(f"ego agents repeat: {list(ego_agents)}")
         base = self.window(history)
-        stepper = _BehaviorStepper(self.behavior, base)
+        stepper = _BehaviorStepper(self.behavior, base, self.config.incremental_behavior)
         dist = stepper.distribution()
         mode = dist.mode()[0]  # (N,) or (N, A)
         order = sorted(ego_agents, key=ids.index)
@@ -392,8 +403,8 @@ class Planner:
 
     def _plan(self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor]):
         """[(score, plan (H[, A]), candidate scores)] for each ego index."""
-        if self.search == "exhaustive":
-            plans = self._exhaustive_plans()  # (P, H)
+        if self.search in ("exhaustive", "pulse"):
+            plans = self._exhaustive_plans() if self.search == "exhaustive" else self._pulses()
             scores = self._score([plans] * len(egos), egos, base, stepper, fixed)
             return [self._best_discrete(plans, s) for s in scores]
         if self.search == "beam":
@@ -406,6 +417,12 @@ class Planner:
         grids = torch.cartesian_prod(*[torch.arange(n)] * d) if d > 1 else torch.arange(n)[:, None]
         tail = grids[:, -1:].expand(-1, H - d)  # hold the last chosen action
         return torch.cat([grids, tail], 1).to(self.device)  # (n**d, H)
+
+    def _pulses(self) -> torch.Tensor:
+        H, n = self.config.horizon, self.n_actions
+        lengths = sorted({min(k, H) for k in self.config.pulses} | {H})
+        plans = {(a,) * k + (self.config.idle_action,) * (H - k) for a in range(n) for k in lengths}
+        return torch.tensor(sorted(plans), device=self.device)  # (P, H)
 
     def _best_discrete(self, plans: torch.Tensor, scores: torch.Tensor):
         best = int(scores.argmax())
@@ -489,10 +506,13 @@ class Planner:
         # Common random numbers: sample k sees the same noise under every candidate.
         sample = torch.arange(R, device=dev) % K
         g = self.generator
-        u_act = torch.rand(K, H, N, self.n_actions, generator=g, device=dev)[sample]
-        z_act = torch.randn(K, H, N, self.n_actions, generator=g, device=dev)[sample]
+        noise = torch.rand if self.discrete else torch.randn  # Gumbel uniforms or Gaussians
+        e_act = noise(K, H, N, self.n_actions, generator=g, device=dev)[sample]
         z_obs = torch.randn(K, H, N, D, generator=g, device=dev)[sample]
-        u_mix = torch.rand(K, H, N, D, 64, generator=g, device=dev)[sample]
+        n_mix = getattr(getattr(self.world, "config", None), "n_mixture", 1)
+        u_mix = (
+            torch.rand(K, H, N, D, n_mix, generator=g, device=dev)[sample] if n_mix > 1 else None
+        )
 
         rows0 = torch.zeros(R, dtype=torch.long, device=dev)
         w = base.index(rows0).last(self.world.context)
@@ -502,9 +522,9 @@ class Planner:
         for h in range(H):
             dist = beh.distribution()
             if self.discrete:
-                others = _gumbel_argmax(dist.logits, u_act[:, h, :, : dist.logits.shape[-1]])
+                others = _gumbel_argmax(dist.logits, e_act[:, h])
             else:
-                others = dist.mean + dist.std * z_act[:, h]
+                others = dist.mean + dist.std * e_act[:, h]
             joint = torch.where(held if self.discrete else held[..., None], acts[:, h], others)
             w.action[:, -1] = joint
             pred = self.world.predict(w)
@@ -518,7 +538,7 @@ class Planner:
             if h == H - 1:
                 break
             nxt = (
-                self._next_obs(pred.obs, z_obs[:, h], u_mix[:, h])
+                self._next_obs(pred.obs, z_obs[:, h], None if u_mix is None else u_mix[:, h])
                 * w.feat_mask
                 * present[..., None]
             )
@@ -544,12 +564,12 @@ class Planner:
         cols = [torch.full((s * K,), e, dtype=torch.long) for s, e in zip(sizes, egos, strict=True)]
         return torch.cat(cols).to(self.device)[:, None]
 
-    def _next_obs(self, dist, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _next_obs(self, dist, z: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         """A sample (or the mean) of the next observation, driven by the given noise."""
         if not self.config.sample_obs:
             return dist.mean()
         Kmix = dist.logits.shape[-1]
-        if Kmix == 1:
+        if Kmix == 1 or u is None:
             loc, scale = dist.loc[..., 0], dist.scale[..., 0]
         else:
             k = _gumbel_argmax(dist.logits, u[..., :Kmix])[..., None]  # (R, N, D, 1)
