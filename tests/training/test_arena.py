@@ -1,0 +1,135 @@
+"""Closed-loop arena: every controller on every env, the result dict, injected controllers,
+and the ordering the reference numbers rest on (greedy > random, scripted anticipation >
+greedy on simple_spread)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.sources.anticipation import spread_targets
+from training.arena import ci95, env_spec, run_arena, team_roster
+from training.behavior_model import BehaviorModel, BehaviorModelConfig
+from training.planning import PlannerConfig
+from training.world_model import WorldModel, WorldModelConfig
+
+ALL = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation", "anticipatory+greedy"]
+FAST_PLANNER = PlannerConfig(horizon=2, n_samples=2, search="pulse", pulses=(1,))
+
+
+def tiny_models(env: str):
+    spec = env_spec(env).to_dict()
+    torch.manual_seed(0)
+    world = WorldModel(WorldModelConfig(spec=spec, d_model=16, n_layers=1, n_heads=2, mlp_ratio=2))
+    behavior = BehaviorModel(BehaviorModelConfig(spec=spec, d_model=16, context=2))
+    return world.eval(), behavior.eval()
+
+
+@pytest.mark.parametrize("env", ["simple_spread", "simple_reference", "simple_tag"])
+def test_every_controller_runs_on_every_env(env, tmp_path):
+    world, behavior = tiny_models(env)
+    result = run_arena(
+        env,
+        2,
+        ALL,
+        seed=3,
+        world=world,
+        behavior=behavior,
+        planner_config=FAST_PLANNER,
+        max_cycles=4,
+        out_dir=tmp_path,
+    )
+    assert result["env"] == env and result["episodes"] == 2
+    assert set(result["controllers"]) == set(ALL)
+    for team, r in result["controllers"].items():
+        low, high = r["ci95"]
+        assert low <= r["mean_return"] <= high, team
+        assert r["episodes"] == 2 and len(r["returns"]) == 2
+        assert np.isfinite(r["mean_return"]) and r["decisions_per_s"] > 0
+    assert "G" in result["gap"]
+    saved = json.loads(Path(result["files"]["json"]).read_text())
+    assert (
+        saved["controllers"]["greedy"]["mean_return"]
+        == result["controllers"]["greedy"]["mean_return"]
+    )
+    assert Path(result["files"]["plot"]).stat().st_size > 0
+
+
+def test_the_same_seed_gives_the_same_episodes():
+    a = run_arena("simple_spread", 3, ["random", "greedy"], seed=5, max_cycles=5)
+    b = run_arena("simple_spread", 3, ["greedy", "random"], seed=5, max_cycles=5)
+    for team in ("random", "greedy"):
+        assert a["controllers"][team]["returns"] == b["controllers"][team]["returns"]
+
+
+def test_injected_controller_factory_and_team_roster():
+    seen = []
+
+    class Idle:
+        def reset(self, info):
+            seen.append((info.controlled, info.team))
+
+        def act(self, history, agents):
+            assert history.obs.shape[1:] == (3, 18), history.obs.shape
+            return dict.fromkeys(agents, 0)
+
+    result = run_arena(
+        "simple_spread",
+        2,
+        ["idle+greedy"],
+        factories={"idle": lambda env, models: Idle()},
+        max_cycles=3,
+    )
+    assert result["controllers"]["idle+greedy"]["episodes"] == 2
+    assert seen[0][0] == ["agent_0"]
+    assert seen[0][1] == {"agent_0": "idle", "agent_1": "greedy", "agent_2": "greedy"}
+    assert team_roster("a+b+c", ["x", "y"]) == {"x": "a", "y": "b"}
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError, match="unknown controller 'psychic'"):
+        run_arena("simple_spread", 1, ["greedy+psychic"])
+    with pytest.raises(ValueError, match="needs a world and a behavior model"):
+        run_arena("simple_spread", 1, ["anticipatory"], max_cycles=2)
+    world, behavior = tiny_models("simple_tag")
+    with pytest.raises(ValueError, match="does not fit"):
+        run_arena("simple_spread", 1, ["bc"], behavior=behavior, max_cycles=2)
+
+
+def test_ci95():
+    low, high = ci95([1.0, 2.0, 3.0, 4.0])
+    assert low < 2.5 < high
+    assert ci95([2.0]) == (2.0, 2.0)
+
+
+def test_spread_targets_leave_the_others_landmarks_alone():
+    # agent_1 and agent_2 sit on landmark 0; agent_0 (controlled) is nearest landmark 0 too
+    # but must go elsewhere: landmark 1 (nearer than 2).
+    def obs(pos):
+        landmarks = np.array([[0.0, 0.0], [0.5, 0.0], [-1.0, 0.0]]) - pos
+        return np.concatenate([[0, 0], pos, landmarks.ravel(), np.zeros(8)])
+
+    o = {
+        "agent_0": obs(np.array([0.1, 0.0])),
+        "agent_1": obs(np.zeros(2)),
+        "agent_2": obs(np.zeros(2)),
+    }
+    assert spread_targets(o, list(o), ["agent_0"]) == {"agent_0": 1}
+    # a whole team: the first takes its nearest, the next ones the nearest still free
+    team = spread_targets(o, list(o), list(o))
+    assert sorted(team.values()) == [0, 1, 2]
+
+
+def test_greedy_beats_random_and_scripted_anticipation_beats_greedy():
+    result = run_arena("simple_spread", 40, ["random", "greedy", "scripted-anticipation"], seed=0)[
+        "controllers"
+    ]
+    rand, greedy, scripted = (result[t] for t in ("random", "greedy", "scripted-anticipation"))
+    assert greedy["mean_return"] > rand["mean_return"] + 10, (greedy, rand)
+    assert greedy["ci95"][0] > rand["ci95"][1]
+    assert scripted["mean_return"] > greedy["mean_return"] + 10
+    assert scripted["ci95"][0] > greedy["ci95"][1]
