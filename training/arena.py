@@ -14,7 +14,9 @@ Built-in controllers: ``random``; ``greedy`` (the reactive scripted policy of
 :mod:`datasets.sources.policies`); ``bc`` (the behavior model's most likely action:
 reactive imitation); ``anticipatory`` (the :class:`~training.planning.Planner`);
 ``scripted-anticipation`` (:mod:`datasets.sources.anticipation`, a hand-written agent that
-knows the others' true rule). More come in through ``factories`` (name -> factory), e.g.
+knows the others' true rule); ``anticipatory-known-reward`` (simple_spread only: the
+planner scoring imagined states by the env's true reward instead of the world model's
+reward head, a diagnostic). More come in through ``factories`` (name -> factory), e.g.
 a remote controller calling the HTTP service's ``/act``.
 
 Team return: per episode, the sum over agents of each agent's episode return.
@@ -186,12 +188,45 @@ def _anticipatory(env: str, models: ArenaModels) -> Controller:
     return AnticipatoryController(planner)
 
 
+def spread_reward(next_obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """simple_spread's reward of each agent, (R, N), from the joint observation reached.
+
+    Half the shared term (minus the sum over landmarks of the distance to the closest
+    agent) plus half the agent's own collision penalty (-1 per agent within 0.3), as mpe2
+    computes it with ``local_ratio=0.5``.
+    """
+    R, N, _ = next_obs.shape
+    landmarks = next_obs[..., 4 : 4 + 2 * N].reshape(R, N, N, 2)  # (R, agent, landmark, 2)
+    shared = -landmarks.norm(dim=-1).min(dim=1).values.sum(-1)  # (R,)
+    others = next_obs[..., 4 + 2 * N : 4 + 2 * N + 2 * (N - 1)].reshape(R, N, N - 1, 2)
+    collisions = (others.norm(dim=-1) < 0.3).float().sum(-1)  # (R, N)
+    return 0.5 * shared[:, None] - 0.5 * collisions
+
+
+def _anticipatory_known_reward(env: str, models: ArenaModels) -> Controller:
+    """The planner scoring plans by the env's true reward of the imagined states (not the
+    world model's reward head): how much of the gap is the learned reward's."""
+    if env != "simple_spread":
+        raise ValueError(f"anticipatory-known-reward knows simple_spread's reward only, not {env}")
+    _need(models, "world", "behavior")
+    planner = Planner(
+        models.world,
+        models.behavior,
+        models.planner_config or PlannerConfig(),
+        world_card=models.world_card,
+        behavior_card=models.behavior_card,
+        reward_fn=spread_reward,
+    )
+    return AnticipatoryController(planner)
+
+
 DEFAULT_FACTORIES: dict[str, ControllerFactory] = {
     "random": lambda env, models: RandomController(env),
     "greedy": lambda env, models: GreedyController(env),
     "bc": _bc,
     "anticipatory": _anticipatory,
     "scripted-anticipation": lambda env, models: ScriptedAnticipation(env),
+    "anticipatory-known-reward": _anticipatory_known_reward,
 }
 
 

@@ -39,7 +39,7 @@ a short history that begins later is refused (ValueError) unless
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,6 +295,10 @@ class Planner:
     ``context`` and ``config.spec``); ``behavior``: a
     :class:`~training.behavior_model.BehaviorModel`. Pass their registry cards to check the
     dataset names as well as the specs.
+
+    ``reward_fn`` (optional): a known objective, ``(next_obs (R, N, D), joint action (R, N))
+    -> (R, N)`` rewards, used instead of the world model's reward head; the models still
+    forecast the world and the others. Without it plans are scored by predicted reward.
     """
 
     def __init__(
@@ -304,8 +308,10 @@ class Planner:
         config: PlannerConfig | None = None,
         world_card: dict | None = None,
         behavior_card: dict | None = None,
+        reward_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         check_same_dataset(world, behavior, world_card, behavior_card)
+        self.reward_fn = reward_fn
         self.world, self.behavior = world.eval(), behavior.eval()
         self.config = config or PlannerConfig()
         spec = DatasetSpec.from_dict(world.config.spec)
@@ -528,20 +534,22 @@ class Planner:
             joint = torch.where(held if self.discrete else held[..., None], acts[:, h], others)
             w.action[:, -1] = joint
             pred = self.world.predict(w)
-            reward = pred.reward * present  # (R, N)
+            last = h == H - 1
+            nxt = None
+            if not last or self.reward_fn is not None:
+                noise = None if u_mix is None else u_mix[:, h]
+                nxt = self._next_obs(pred.obs, z_obs[:, h], noise) * w.feat_mask
+                nxt = nxt * present[..., None]  # (R, N, D)
+            reward = pred.reward if self.reward_fn is None else self.reward_fn(nxt, joint)
+            reward = reward * present  # (R, N)
             r = (
                 reward.sum(1)
                 if c.team_reward
                 else reward.gather(1, self._ego_col(sizes, egos, K))[:, 0]
             )
             ret = ret + (c.discount**h) * r
-            if h == H - 1:
+            if last:
                 break
-            nxt = (
-                self._next_obs(pred.obs, z_obs[:, h], None if u_mix is None else u_mix[:, h])
-                * w.feat_mask
-                * present[..., None]
-            )
             step = Window(
                 obs=nxt[:, None],
                 feat_mask=w.feat_mask,

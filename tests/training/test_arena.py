@@ -18,6 +18,7 @@ from training.planning import PlannerConfig
 from training.world_model import WorldModel, WorldModelConfig
 
 ALL = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation", "anticipatory+greedy"]
+EXTRA = {"simple_spread": ["anticipatory-known-reward"]}
 FAST_PLANNER = PlannerConfig(horizon=2, n_samples=2, search="pulse", pulses=(1,))
 
 
@@ -32,10 +33,11 @@ def tiny_models(env: str):
 @pytest.mark.parametrize("env", ["simple_spread", "simple_reference", "simple_tag"])
 def test_every_controller_runs_on_every_env(env, tmp_path):
     world, behavior = tiny_models(env)
+    teams = ALL + EXTRA.get(env, [])
     result = run_arena(
         env,
         2,
-        ALL,
+        teams,
         seed=3,
         world=world,
         behavior=behavior,
@@ -44,7 +46,7 @@ def test_every_controller_runs_on_every_env(env, tmp_path):
         out_dir=tmp_path,
     )
     assert result["env"] == env and result["episodes"] == 2
-    assert set(result["controllers"]) == set(ALL)
+    assert set(result["controllers"]) == set(teams)
     for team, r in result["controllers"].items():
         low, high = r["ci95"]
         assert low <= r["mean_return"] <= high, team
@@ -98,6 +100,21 @@ def test_bad_requests():
     world, behavior = tiny_models("simple_tag")
     with pytest.raises(ValueError, match="does not fit"):
         run_arena("simple_spread", 1, ["bc"], behavior=behavior, max_cycles=2)
+
+
+def test_spread_reward_matches_the_env():
+    from datasets.sources.generate import make_env
+    from training.arena import spread_reward
+
+    env = make_env("simple_spread")
+    obs, _ = env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        obs, rewards, _, _, _ = env.step({a: int(rng.integers(5)) for a in env.agents})
+        joint = torch.tensor(np.stack([obs[a] for a in env.possible_agents]))[None]
+        got = spread_reward(joint, torch.zeros(1, 3, dtype=torch.long))[0]
+        want = torch.tensor([rewards[a] for a in env.possible_agents], dtype=torch.float32)
+        assert torch.allclose(got, want, atol=1e-4), (got, want)
 
 
 def test_ci95():

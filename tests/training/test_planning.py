@@ -103,6 +103,15 @@ def test_the_clearly_best_action_is_chosen_by_each_agent(search, team_reward):
         assert scores[d.action] > max(others) + 0.9, scores
 
 
+def test_a_known_reward_function_replaces_the_reward_head():
+    _, behavior = models()
+    world = RewardForAction(spec(), best=[3, 3, 3])  # its reward head says 3
+    planner = Planner(
+        world, behavior, PlannerConfig(**FAST), reward_fn=lambda obs, act: (act == 2).float()
+    )
+    assert [d.action for d in planner.decide(history(), IDS)] == [2, 2, 2]
+
+
 def test_cem_finds_the_best_continuous_action():
     cont = spec(action=ActionSpec("continuous", dim=2, low=-1.0, high=1.0))
     _, behavior = models(cont, cont)
