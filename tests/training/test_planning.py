@@ -182,7 +182,7 @@ def test_sequential_planning_holds_earlier_egos_to_their_plans():
 
     _, behavior = models()
     world = Follow(spec(), best=[0, 0, 0])
-    cfg = PlannerConfig(horizon=2, n_samples=4, team_reward=False)
+    cfg = PlannerConfig(horizon=2, n_samples=4, team_reward=False, sequential=True)
     d0, d1 = Planner(world, behavior, cfg).decide(history(), ["agent_0", "agent_1"])
     assert d0.action == 2 and d1.action == 2
     assert dict(d1.candidate_scores)[2] == pytest.approx(2.0 * 1 + 0.95 * 0, abs=1.0)
