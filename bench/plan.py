@@ -83,11 +83,12 @@ def prepare(store: Store, envs: list[str], seed: int = 0) -> None:
             print(f"trained {r['model']} on {r['dataset']}: {json.dumps(r['metrics'])}")
 
 
-def models_for(store: Store, env: str):
+def models_for(store: Store, env: str, refs: dict[str, tuple[str, str]]):
     dataset = ENVS[env][0]
+    world_ref, behavior_ref = refs.get(env, (f"world-{dataset}", f"behavior-{dataset}"))
     try:
-        world, wmv = load_registered(f"world-{dataset}", store)
-        behavior, bmv = load_registered(f"behavior-{dataset}", store)
+        world, wmv = load_registered(world_ref, store)
+        behavior, bmv = load_registered(behavior_ref, store)
     except RegistryError:
         return None
     return world, behavior, wmv, bmv
@@ -149,11 +150,22 @@ def main() -> None:
     ap.add_argument("--latency-repeats", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        help="ENV=WORLD_REF,BEHAVIOR_REF to use other registered models (repeatable)",
+    )
     ap.add_argument("--out", default=None, help="markdown summary (e.g. bench/results/arena.md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     store = Store(args.store)
     envs = args.envs.split(",")
+    refs = {}
+    for item in args.models:
+        env, _, pair = item.partition("=")
+        world_ref, _, behavior_ref = pair.partition(",")
+        refs[env] = (world_ref, behavior_ref)
     if args.prepare:
         prepare(store, envs, args.seed)
     if args.prepare_only:
@@ -179,12 +191,14 @@ def main() -> None:
     report_dir = Path(store.uri("reports", "arena", f"{started:%Y%m%dT%H%M%S}"))
     results = {}
     for env in envs:
-        loaded = models_for(store, env)
+        loaded = models_for(store, env, refs)
         teams = ["random", "greedy", "scripted-anticipation"]
         kwargs = {}
         if loaded is not None:
             world, behavior, wmv, bmv = loaded
             teams += ["bc", "anticipatory", "anticipatory+greedy", "scripted-anticipation+greedy"]
+            if env == "simple_spread":
+                teams.append("anticipatory-known-reward")
             kwargs = dict(
                 world=world,
                 behavior=behavior,
