@@ -326,6 +326,26 @@ def cmd_models(args: argparse.Namespace) -> None:
         _emit(args, registry.delete(args.ref), lambda d: f"deleted {d['model']}@{d['version']}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.launch import serve
+    from serving.runtime import ModelLoadError
+
+    if args.store:
+        os.environ["FORESIGHT_STORE"] = args.store
+    try:
+        code = serve(
+            port=args.port,
+            host=args.host,
+            world=args.world,
+            behavior=args.behavior,
+            reload_seconds=args.reload_seconds,
+        )
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from exc
+    if code not in (0, -2, 130):
+        raise SystemExit(code)
+
+
 def cmd_storage(args: argparse.Namespace) -> None:
     import signal
     import time
@@ -457,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--alias", required=True)
     mverb("delete", "delete one version (not while an alias points at it)").add_argument(
         "ref", help="name@N"
+    )
+
+    p = sub.add_parser("serve", help="serve the models over HTTP (BentoML)")
+    p.set_defaults(fn=cmd_serve)
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--world", default=None, help="world model ref (default world@production)")
+    p.add_argument(
+        "--behavior", default=None, help="behavior model ref (default behavior@production)"
+    )
+    p.add_argument(
+        "--reload-seconds", type=float, default=None, help="how often aliases are polled"
     )
 
     p = sub.add_parser("storage", help="local S3 server for development")
