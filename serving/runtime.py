@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -494,9 +493,3 @@ def imagine_futures(models: ModelSet, req: S.ImagineRequest) -> S.ImagineRespons
         horizon=req.horizon,
         futures=futures,
     )
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
