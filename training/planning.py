@@ -1,7 +1,7 @@
 """Planner: an ego agent asks the models what the others will do and which action pays most.
 
-    planner = Planner(world, behavior, PlannerConfig(horizon=8, n_samples=8))
-    [decision] = planner.decide(history, ["agent_0"])
+    planner = Planner(world, behavior, PlannerConfig())        # or Planner.from_registry
+    [decision] = planner.decide(history, ["agent_0"])           # history: a JointHistory
     decision.action, decision.predicted_return, decision.candidate_scores
 
 For each ego agent, every candidate ego plan (a sequence of ``horizon`` actions) is rolled
@@ -12,10 +12,11 @@ world), and the plan is scored by the mean discounted predicted reward of the wh
 best plan's first action is returned, with the score of the best plan starting with every
 other first action and the behavior model's most likely next action of every other agent.
 
-Candidates: discrete actions are searched exhaustively over the first ``depth`` actions,
-the last one held to the horizon (``n_actions ** depth`` plans), or by beam search over
-the whole horizon; continuous actions by the cross-entropy method (CEM). All candidates
-and samples of one ego run as one batch on the models' device, and the samples share
+Candidates for discrete actions: "pulse" plans (default: each first action held for 1, 3
+or all ``horizon`` steps, then ``idle_action``; 13 plans for MPE's 5 moves), exhaustive
+search over the first ``depth`` actions with the last one held (``n_actions ** depth``
+plans), or beam search over the whole horizon. Continuous actions: the cross-entropy method
+(CEM). All candidates and samples run as one batch on the models' device, and the samples share
 their random numbers across candidates (common random numbers), so two candidates are
 compared in the same sampled futures.
 
