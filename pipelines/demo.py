@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 DEFAULT_EPISODES = 2_000
+DEMO_EPOCHS = {"behavior": 6, "world": 8}
+"""Epochs of the demo's training runs (early stopping may end them sooner)."""
 
 
 def _banner(text: str) -> None:
@@ -38,7 +40,13 @@ def dagster_instance(store_root: str):
     return dg.DagsterInstance.get()
 
 
-def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0) -> dict:
+def run(
+    episodes: int = DEFAULT_EPISODES,
+    dataset: str = "spread",
+    seed: int = 0,
+    train: bool = True,
+    fast: bool = False,
+) -> dict:
     import dagster as dg
 
     from datasets import catalog
@@ -99,7 +107,101 @@ def run(episodes: int = DEFAULT_EPISODES, dataset: str = "spread", seed: int = 0
     )
     stats = catalog.dataset_stats(dataset, store)
     print(_show_text(stats))
-    return {"dataset": dataset, "stats": stats}
+    if not train:
+        return {"dataset": dataset, "stats": stats}
+
+    models = train_models(store, dataset, fast=fast)
+    query_service(store, dataset, models)
+    return {"dataset": dataset, "stats": stats, "models": models}
+
+
+def train_models(store, dataset: str, fast: bool = False) -> dict[str, str]:
+    """Train, evaluate and register both models; promote those that pass to production."""
+    from pipelines.cli import _train_text
+    from training.registry import ModelRegistry
+    from training.workflow import train_and_register
+
+    registry = ModelRegistry(store)
+    refs = {}
+    for step, kind in ((4, "behavior"), (5, "world")):
+        _banner(f"{step}. train the {kind} model on {dataset} (CPU-sized demo config)")
+        result = train_and_register(
+            kind, dataset, store=store, config=demo_train_config(kind, fast), progress=False
+        )
+        print(_train_text(result))
+        refs[kind] = result["model"]
+        if result["quality_gate"]["passed"]:
+            registry.promote(result["model"], "production")
+            print(f"promoted {result['model']} to {kind}@production")
+    return refs
+
+
+def demo_train_config(kind: str, fast: bool):
+    """Sized to finish in a few minutes on 2 CPU cores (``fast``: seconds, for tests)."""
+    from training.train import TrainConfig
+
+    if fast:
+        return TrainConfig(epochs=1, max_steps_per_epoch=3, batch_size=64, device="auto")
+    if kind == "behavior":
+        return TrainConfig(epochs=DEMO_EPOCHS["behavior"], device="auto")
+    return TrainConfig(epochs=DEMO_EPOCHS["world"], device="auto")
+
+
+def history_from_episode(store, dataset: str, steps: int) -> dict:
+    """The first ``steps`` steps of one episode, as the service's history fields."""
+    import polars as pl
+
+    from datasets import open_dataset
+
+    frame = open_dataset(dataset, store).filter(pl.col("step") < steps)
+    first = frame.select(pl.col("episode_id").min()).collect().item()
+    rows = frame.filter(pl.col("episode_id") == first).sort("agent_id", "step").collect()
+    obs, past = {}, {}
+    for agent, group in rows.group_by("agent_id", maintain_order=True):
+        obs[agent[0]] = group["obs"].to_list()
+        past[agent[0]] = group["action"].to_list()[:-1]
+    return {"obs": obs, "past_actions": past}
+
+
+def query_service(store, dataset: str, models: dict[str, str]) -> None:
+    """Start the service on the demo models, call every endpoint through the client, stop."""
+    import tempfile
+
+    from datasets.s3server import free_ports
+    from serving.client import ForesightClient
+    from serving.launch import ServerProcess
+
+    _banner(f"6. serve {models['world']} and {models['behavior']}; query every endpoint")
+    port = free_ports(1)[0]
+    log = Path(tempfile.gettempdir()) / f"foresight-demo-serve-{port}.log"
+    history = history_from_episode(store, dataset, steps=8)
+    agents = sorted(history["obs"])
+    with ServerProcess(port, log, world=models["world"], behavior=models["behavior"]) as server:
+        print(f"service ready at {server.url} (log: {log})")
+        with ForesightClient(server.url) as client:
+            loaded = client.models()
+            for m in loaded.models:
+                lineage = m.card.get("dataset", {}).get("resolved")
+                print(f"/models: {m.role} = {m.ref} (trained on {lineage})")
+            [pred] = client.predict_actions([history])
+            for agent in agents:
+                probs = pred.agents[agent].probs
+                print(f"/predict_actions: {agent} next-action probs {[round(p, 2) for p in probs]}")
+            action = {agent: int(history["past_actions"][agent][-1]) for agent in agents}
+            [nxt] = client.predict_next([{**history, "action": action}])
+            for agent in agents:
+                a = nxt.agents[agent]
+                print(
+                    f"/predict_next: {agent} reward {a.reward:.3f}, termination "
+                    f"{a.termination_prob:.3f}, next obs[:4] {[round(x, 3) for x in a.mean[:4]]}"
+                )
+            futures = client.imagine({**history, "horizon": 5, "samples": 4})
+            returns = [sum(sum(f.agents[a].rewards) for a in agents) for f in futures.futures]
+            print(
+                f"/imagine: {len(futures.futures)} futures of {futures.horizon} steps; "
+                f"imagined team returns {[round(r, 2) for r in returns]}"
+            )
+    print("service stopped")
 
 
 def main() -> None:
@@ -109,8 +211,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES)
     parser.add_argument("--dataset", default="spread")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-train", action="store_true", help="stop after the dataset")
+    parser.add_argument("--fast", action="store_true", help="a few training steps (smoke test)")
     args = parser.parse_args()
-    run(args.episodes, args.dataset, args.seed)
+    run(args.episodes, args.dataset, args.seed, train=not args.no_train, fast=args.fast)
 
 
 if __name__ == "__main__":
