@@ -326,6 +326,59 @@ def cmd_models(args: argparse.Namespace) -> None:
         _emit(args, registry.delete(args.ref), lambda d: f"deleted {d['model']}@{d['version']}")
 
 
+def arena_text(d: dict[str, Any]) -> str:
+    rows = []
+    over = (d.get("gap") or {}).get("over_greedy_in_G", {})
+    for team, r in d["controllers"].items():
+        rows.append(
+            {
+                "team": team,
+                "mean_return": r["mean_return"],
+                "ci95": f"[{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]",
+                "episodes": r["episodes"],
+                "over_greedy_G": over.get(team),
+                "decisions_per_s": r.get("decisions_per_s"),
+            }
+        )
+    head = f"{d['env']}: {d['episodes']} episodes, seed {d['seed']}"
+    if d.get("models"):
+        head += " (models: " + ", ".join(d["models"].values()) + ")"
+    cols = ["team", "mean_return", "ci95", "episodes", "over_greedy_G", "decisions_per_s"]
+    lines = [head, _table(rows, cols)]
+    if d.get("files"):
+        lines.append("report: " + ", ".join(sorted(d["files"].values())))
+    return "\n".join(lines)
+
+
+def cmd_arena(args: argparse.Namespace) -> None:
+    from training.workflow import run_arena_registered
+
+    factories = None
+    if args.via_http:
+        from serving.remote import http_factories
+
+        factories = http_factories(args.via_http, api_key=os.environ.get("FORESIGHT_API_KEY"))
+    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    result = run_arena_registered(
+        args.env,
+        args.episodes,
+        controllers,
+        store=_store(args),
+        world_ref=args.world,
+        behavior_ref=args.behavior,
+        seed=args.seed,
+        factories=factories,
+        progress=sys.stderr.isatty() and not args.json,
+    )
+    result = {k: v for k, v in result.items() if k != "controllers"} | {
+        "controllers": {
+            t: {k: v for k, v in r.items() if k != "returns"}
+            for t, r in result["controllers"].items()
+        }
+    }
+    _emit(args, result, arena_text)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serving.launch import serve
     from serving.runtime import ModelLoadError
@@ -477,6 +530,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--alias", required=True)
     mverb("delete", "delete one version (not while an alias points at it)").add_argument(
         "ref", help="name@N"
+    )
+
+    p = add("arena", cmd_arena, "closed-loop episodes: reactive against anticipatory controllers")
+    p.add_argument("--env", default="simple_spread")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument(
+        "--controllers",
+        default="random,greedy,bc,anticipatory,scripted-anticipation",
+        help="comma-separated teams; 'a+b' puts one a-agent among b-agents",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", default="world@production")
+    p.add_argument("--behavior", default="behavior@production")
+    p.add_argument(
+        "--via-http", default=None, metavar="URL", help="anticipatory agents ask this live service"
     )
 
     p = sub.add_parser("serve", help="serve the models over HTTP (BentoML)")

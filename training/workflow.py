@@ -276,3 +276,77 @@ def evaluate_registered(
         "behavior_model_for_imagination": behavior_used,
         "report": report,
     }
+
+
+def run_arena_registered(
+    env: str,
+    episodes: int,
+    controllers: list[str],
+    store: Store | None = None,
+    world_ref: str | None = "world@production",
+    behavior_ref: str | None = "behavior@production",
+    seed: int = 0,
+    factories: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
+
+    Models are loaded only when a controller needs them (``bc``, ``anticipatory``).
+    """
+    import tempfile
+
+    from training.arena import run_arena
+
+    store = store or Store.from_env()
+    parts = {p for team in controllers for p in team.split("+")}
+    needs_models = bool(parts & {"bc", "anticipatory", "anticipatory-known-reward"})
+    world = behavior = world_card = behavior_card = None
+    refs: dict[str, str] = {}
+    if needs_models:
+        if world_ref:
+            world, mv = load_registered(world_ref, store)
+            world_card, refs["world"] = mv.card, mv.ref
+        if behavior_ref:
+            behavior, mv = load_registered(behavior_ref, store)
+            behavior_card, refs["behavior"] = mv.card, mv.ref
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rel = f"reports/arena/{env}-{stamp}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = store.uri(rel) if not store.is_s3 else tmp
+        result = run_arena(
+            env,
+            episodes,
+            controllers,
+            seed,
+            world=world,
+            behavior=behavior,
+            world_card=world_card,
+            behavior_card=behavior_card,
+            factories=factories,
+            out_dir=out_dir,
+            progress=progress,
+        )
+        if store.is_s3:
+            files = {}
+            for key, path in result.get("files", {}).items():
+                target = store.uri(rel, Path(path).name)
+                store.fs.upload(path, target)
+                files[key] = target
+            result["files"] = files
+    result["models"] = refs
+    return result
+
+
+def beats_reactive(result: dict[str, Any], team: str = "anticipatory") -> tuple[bool, list[str]]:
+    """Does ``team`` beat every reactive controller (greedy, bc) with disjoint 95% intervals?"""
+    teams = result["controllers"]
+    if team not in teams:
+        return False, [f"{team} did not play"]
+    low = teams[team]["ci95"][0]
+    failures = [
+        f"{team} {teams[team]['mean_return']:.2f} (95% CI low {low:.2f}) does not beat {other} "
+        f"{teams[other]['mean_return']:.2f} (95% CI high {teams[other]['ci95'][1]:.2f})"
+        for other in ("greedy", "bc")
+        if other in teams and not low > teams[other]["ci95"][1]
+    ]
+    return not failures, failures
