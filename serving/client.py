@@ -23,6 +23,8 @@ from pydantic import BaseModel, TypeAdapter
 from serving.schemas import (
     ActionPrediction,
     ActionQuery,
+    ActRequest,
+    ActResponse,
     ImagineRequest,
     ImagineResponse,
     ModelsResponse,
@@ -99,6 +101,12 @@ class ForesightClient:
         body = _dump(_as(ImagineRequest, request))
         return ImagineResponse.model_validate(self._post("/imagine", body))
 
+    def act(self, request: ActRequest | dict[str, Any]) -> ActResponse:
+        """The planner's next action for each ego agent, with its predicted return, the
+        other candidates' scores and the others' predicted next actions."""
+        body = _dump(_as(ActRequest, request))
+        return ActResponse.model_validate(self._post("/act", body))
+
     def models(self) -> ModelsResponse:
         return ModelsResponse.model_validate(self._post("/models"))
 
@@ -160,6 +168,10 @@ class AsyncForesightClient:
     async def imagine(self, request: ImagineRequest | dict[str, Any]) -> ImagineResponse:
         body = _dump(_as(ImagineRequest, request))
         return ImagineResponse.model_validate(await self._post("/imagine", body))
+
+    async def act(self, request: ActRequest | dict[str, Any]) -> ActResponse:
+        body = _dump(_as(ActRequest, request))
+        return ActResponse.model_validate(await self._post("/act", body))
 
     async def models(self) -> ModelsResponse:
         return ModelsResponse.model_validate(await self._post("/models"))

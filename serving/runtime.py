@@ -12,13 +12,14 @@ types.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from datasets.storage import Store
 from serving import schemas as S
 from training.data import Window
+from training.planning import JointHistory, Planner, PlannerConfig
 from training.registry import ModelRef, ModelRegistry, RegistryError
 from training.workflow import load_registered
 from training.world_model import imagine
@@ -66,11 +68,32 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelSet:
+    """The served models, and the planner built from them (None, with the reason, when
+    they cannot plan together)."""
+
     world: LoadedModel
     behavior: LoadedModel
+    planner: Planner | None = field(default=None, compare=False)
+    planner_error: str | None = None
 
     def get(self, role: Role) -> LoadedModel:
         return self.world if role == "world" else self.behavior
+
+    @classmethod
+    def build(cls, world: LoadedModel, behavior: LoadedModel) -> ModelSet:
+        """The set with its :class:`Planner` (default config; /act overrides H and K)."""
+        try:
+            planner = Planner(
+                world.model,
+                behavior.model,
+                PlannerConfig(),
+                world_card=world.card,
+                behavior_card=behavior.card,
+            )
+        except ValueError as exc:  # other endpoints still serve; /act says why not
+            log.warning("no planner for %s + %s: %s", world.version, behavior.version, exc)
+            return cls(world, behavior, None, str(exc))
+        return cls(world, behavior, planner)
 
 
 def refs_from_env(world: str | None = None, behavior: str | None = None) -> dict[Role, str]:
@@ -216,7 +239,7 @@ class ModelHost:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.poll_interval = 0.0
-        self.current = ModelSet(*(self._load(role, self.refs[role]) for role in ROLES))
+        self.current = ModelSet.build(*(self._load(role, self.refs[role]) for role in ROLES))
         self._publish(self.current)
 
     def _load(self, role: Role, ref: str) -> LoadedModel:
@@ -262,7 +285,7 @@ class ModelHost:
                         )
                     )
             if new:
-                swapped = ModelSet(
+                swapped = ModelSet.build(  # a new planner for the new models
                     world=new.get("world", current.world),
                     behavior=new.get("behavior", current.behavior),
                 )
@@ -492,4 +515,78 @@ def imagine_futures(models: ModelSet, req: S.ImagineRequest) -> S.ImagineRespons
         behavior_model=models.behavior.version,
         horizon=req.horizon,
         futures=futures,
+    )
+
+
+# -- /act ------------------------------------------------------------------------------------
+
+
+class ActInputError(ValueError):
+    """A request the planner cannot take; the message starts with the field."""
+
+
+class PlannerUnavailable(RuntimeError):
+    """The served world and behavior models cannot plan together."""
+
+
+def joint_history(req: S.ActRequest, discrete: bool, n_actions: int) -> JointHistory:
+    """The request's per-agent history as the planner's :class:`JointHistory`.
+
+    ``prev_actions[t]`` (the joint action before ``obs[t]``) is ``past_actions[a][t-1]``;
+    row 0 is zeros, ignored by the planner at an episode start and outside its window
+    otherwise (a later start needs more steps than the context).
+    """
+    agents = list(req.obs)
+    T, N = len(req.obs[agents[0]]), len(agents)
+    sizes = {a: len(steps[0]) for a, steps in req.obs.items()}
+    obs = np.zeros((T, N, max(sizes.values())), np.float32)  # (T, N, D)
+    prev = np.zeros((T, N) if discrete else (T, N, n_actions), np.int64 if discrete else np.float32)
+    for n, agent in enumerate(agents):
+        obs[:, n, : sizes[agent]] = req.obs[agent]
+        if T > 1:
+            prev[1:, n] = req.past_actions[agent]
+    return JointHistory(agents, obs, prev, start_step=req.start_step, obs_sizes=sizes)
+
+
+def act(models: ModelSet, req: S.ActRequest) -> S.ActResponse:
+    """The planner's decision for each ego agent of the request."""
+    planner = models.planner
+    if planner is None:
+        raise PlannerUnavailable(
+            f"act: the served models cannot plan together: {models.planner_error}"
+        )
+    T = len(next(iter(req.obs.values())))
+    C = planner.context
+    if req.start_step > 0 and T <= C:
+        raise ActInputError(
+            f"obs: has {T} steps and start_step is {req.start_step}, so the history does not "
+            f"begin the episode; the models read {C} steps: send at least {C + 1} (the "
+            "first one's previous action is not in the request), or the whole episode so "
+            "far with start_step 0"
+        )
+    config = planner.config
+    horizon, samples = req.horizon or config.horizon, req.samples or config.n_samples
+    if (horizon, samples) != (config.horizon, config.n_samples):
+        planner = copy.copy(planner)  # same models and random stream, other H and K
+        planner.config = replace(config, horizon=horizon, n_samples=samples)
+    history = joint_history(req, planner.discrete, planner.n_actions)
+    try:
+        decisions = planner.decide(history, req.egos)
+    except ValueError as exc:
+        raise ActInputError(f"obs: {exc}") from exc
+    return S.ActResponse(
+        world_model=models.world.version,
+        behavior_model=models.behavior.version,
+        horizon=horizon,
+        samples=samples,
+        agents={
+            d.agent: S.EgoDecision(
+                action=d.action,
+                predicted_return=d.predicted_return,
+                candidates=[S.CandidateScore(action=a, score=v) for a, v in d.candidate_scores],
+                predicted_others=d.predicted_others,
+                plan=d.plan,
+            )
+            for d in decisions
+        },
     )

@@ -39,6 +39,10 @@ MAX_IMAGINE_STEPS = 1024
 """Largest H * K of one /imagine request (bounds compute and response size)."""
 MAX_DIST_SAMPLES = 64
 """Largest number of samples returned by /predict_actions and /predict_next."""
+MAX_ACT_HORIZON = 16
+"""Largest /act planning horizon H (the planner's default is 6)."""
+MAX_ACT_SAMPLES = 16
+"""Largest /act number of sampled futures K per candidate plan (default 3)."""
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Vector = Annotated[list[FiniteFloat], Field(min_length=1, max_length=MAX_OBS_SIZE)]
@@ -353,6 +357,90 @@ class ImagineResponse(BaseModel):
     behavior_model: str
     horizon: int
     futures: list[ImaginedFuture] = Field(description="K sampled futures")
+
+
+# -- /act -----------------------------------------------------------------------------------
+
+
+class ActRequest(_HistoryFields):
+    """Joint history of one episode: choose the next action of each ego agent.
+
+    The planner reads every agent's past actions, so ``past_actions`` must hold all of
+    them (T-1 each) when the history has more than one step. ``start_step`` says where the
+    history begins in the episode: 0 (the default) means at its start, and a history
+    shorter than the models' context is then padded like the start of an episode; a later
+    start needs more steps than the context (see /act)."""
+
+    egos: Annotated[list[str], Field(min_length=1, max_length=MAX_AGENTS)] = Field(
+        description="agents to decide for; each must be in obs"
+    )
+    horizon: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ACT_HORIZON,
+        description="planning horizon H (default: the service's planner, 6)",
+    )
+    samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ACT_SAMPLES,
+        description="sampled futures K per candidate plan (default: the service's, 3)",
+    )
+    start_step: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="episode step of the first observation; 0 = the history starts the episode",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ActRequest:
+        T = self._check_history("world", "behavior")
+        if self.state is not None:
+            raise ValueError("state: /act plans from observations; leave state out")
+        for i, agent in enumerate(self.egos):
+            if agent not in self.obs:
+                raise ValueError(f"egos.{i}: {agent!r} is not in obs")
+        if len(set(self.egos)) != len(self.egos):
+            raise ValueError(f"egos: agents repeat: {self.egos}")
+        if T > 1:
+            missing = [a for a in self.obs if a not in (self.past_actions or {})]
+            if missing:
+                raise ValueError(
+                    f"past_actions: missing {missing}; the planner reads every agent's past "
+                    f"actions ({T - 1} each)"
+                )
+        return self
+
+
+class CandidateScore(BaseModel):
+    action: Action
+    score: float = Field(description="predicted return of the best plan starting with it")
+
+
+class EgoDecision(BaseModel):
+    """What the planner chose for one ego agent."""
+
+    action: Action = Field(description="the chosen next action")
+    predicted_return: float = Field(
+        description="mean discounted predicted team return of the best plan"
+    )
+    candidates: list[CandidateScore] = Field(
+        description="every first action considered (the chosen one included) with its score; "
+        "discrete: in action order; continuous: best first"
+    )
+    predicted_others: dict[str, Action] = Field(
+        description="the behavior model's most likely next action of every other agent"
+    )
+    plan: list[Action] = Field(description="the whole best plan, H actions")
+
+
+class ActResponse(BaseModel):
+    world_model: str = Field(description="the world model version used, e.g. world@3")
+    behavior_model: str = Field(description="the behavior model version used")
+    horizon: int
+    samples: int
+    agents: dict[str, EgoDecision] = Field(description="ego agent -> decision, in request order")
 
 
 # -- /models, /reload, /echo -----------------------------------------------------------------

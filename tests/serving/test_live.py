@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -10,13 +11,13 @@ import httpx
 import pytest
 
 from datasets.storage import Store
-from serving.client import ForesightClient, ForesightError
+from serving.client import AsyncForesightClient, ForesightClient, ForesightError
 from serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
 from serving.runtime import ModelLoadError
-from serving.schemas import ActionQuery, ImagineRequest, NextQuery
+from serving.schemas import ActionQuery, ActRequest, ImagineRequest, NextQuery
 from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
 
-from .test_service import AGENTS, BAD_REQUESTS, history
+from .test_service import AGENTS, BAD_REQUESTS, history, past
 
 KEY = "test-key"
 
@@ -64,6 +65,28 @@ def test_client_round_trip(client):
     models = client.models()
     assert {m.version for m in models.models} == {"world@1", "behavior@1"}
     assert models.models[0].card["dataset"]["resolved"] == "spread@1"
+
+
+def test_act_through_the_sync_and_async_clients(server, client):
+    out = client.act(
+        ActRequest(obs=history(4), past_actions=past(4), egos=["agent_0", "agent_2"], samples=2)
+    )
+    assert list(out.agents) == ["agent_0", "agent_2"] and out.samples == 2
+    d = out.agents["agent_2"]
+    assert len(d.candidates) == 5 and set(d.predicted_others) == {"agent_0", "agent_1"}
+    assert out.world_model == "world@1"
+
+    async def concurrent_acts():
+        async with AsyncForesightClient(server.url, api_key=KEY) as fs:
+            return await asyncio.gather(
+                *(fs.act({"obs": history(1, seed=s), "egos": ["agent_1"]}) for s in range(4))
+            )
+
+    for out in asyncio.run(concurrent_acts()):
+        assert out.horizon == 6 and out.agents["agent_1"].action in range(5)
+    with pytest.raises(ForesightError) as err:  # checked by the server against the models
+        client.act({"obs": {"agent_5": [[0.0] * 18]}, "egos": ["agent_5"]})
+    assert err.value.status == 400 and "agent_5" in err.value.message
 
 
 def test_openapi_in_repo_matches_the_live_docs(server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -11,13 +12,17 @@ from datasets.storage import Store
 from serving import runtime
 from serving.runtime import ModelHost, ModelLoadError
 from serving.schemas import (
+    MAX_ACT_HORIZON,
+    MAX_ACT_SAMPLES,
     MAX_HORIZON,
     ActionQuery,
+    ActRequest,
     ImagineRequest,
     NextQuery,
 )
 from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
 from training.data import build_tensors, gather_window
+from training.planning import Planner, PlannerConfig
 from training.registry import ModelRegistry
 
 AGENTS = ["agent_0", "agent_1", "agent_2"]
@@ -26,6 +31,13 @@ AGENTS = ["agent_0", "agent_1", "agent_2"]
 def history(T: int = 5, seed: int = 0, agents=AGENTS) -> dict[str, list[list[float]]]:
     g = torch.Generator().manual_seed(seed)
     return {a: torch.randn(T, 18, generator=g).tolist() for a in agents}
+
+
+def past(T: int = 5, agents=AGENTS) -> dict[str, list[int]]:
+    return {a: [(t + n) % 5 for t in range(T - 1)] for n, a in enumerate(agents)}
+
+
+run = asyncio.run  # the service's API methods are coroutines
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,7 @@ def test_predict_actions_returns_distributions_per_agent(svc):
         ActionQuery(obs=history(5), samples=3),
         ActionQuery(obs=history(2, seed=1, agents=AGENTS[:2]), agents=["agent_1"]),
     ]
-    first, second = svc.predict_actions(queries)
+    first, second = run(svc.predict_actions(queries))
     assert first.model == "behavior@1" and set(first.agents) == set(AGENTS)
     for dist in first.agents.values():
         assert len(dist.probs) == 5 and abs(sum(dist.probs) - 1) < 1e-5
@@ -67,9 +79,15 @@ def test_predict_actions_returns_distributions_per_agent(svc):
 
 def test_predict_next_returns_mean_std_reward_termination(svc):
     obs = history(3)
-    past = {a: [1, 2] for a in AGENTS}
-    [pred] = svc.predict_next(
-        [NextQuery(obs=obs, past_actions=past, action=dict.fromkeys(AGENTS, 4), samples=2)]
+    past_actions = {a: [1, 2] for a in AGENTS}
+    [pred] = run(
+        svc.predict_next(
+            [
+                NextQuery(
+                    obs=obs, past_actions=past_actions, action=dict.fromkeys(AGENTS, 4), samples=2
+                )
+            ]
+        )
     )
     assert pred.model == "world@1"
     for agent in AGENTS:
@@ -107,21 +125,57 @@ def test_windows_match_the_training_windows(store):
 
 def test_imagine_samples_futures_and_follows_plans(svc):
     req = ImagineRequest(obs=history(4), horizon=5, samples=3, plans={"agent_0": [4] * 5}, seed=7)
-    out = svc.imagine(**dict(req))
+    out = run(svc.imagine(**dict(req)))
     assert out.horizon == 5 and len(out.futures) == 3
     for future in out.futures:
         assert future.agents["agent_0"].actions == [4] * 5
         for agent in AGENTS:
             assert len(future.agents[agent].obs) == 5 and len(future.agents[agent].obs[0]) == 18
             assert len(future.agents[agent].rewards) == len(future.agents[agent].terminated) == 5
-    again = svc.imagine(**dict(req))
+    again = run(svc.imagine(**dict(req)))
     assert again.futures[0].agents["agent_1"].obs == out.futures[0].agents["agent_1"].obs
 
 
-def test_models_reports_versions_with_lineage(svc):
-    import asyncio
+def test_act_decides_for_each_ego_with_scores_and_forecasts(svc):
+    req = ActRequest(obs=history(5), past_actions=past(5), egos=["agent_2", "agent_0"])
+    out = run(svc.act(**dict(req)))
+    assert (out.world_model, out.behavior_model) == ("world@1", "behavior@1")
+    assert (out.horizon, out.samples) == (6, 3)  # the planner's defaults
+    assert list(out.agents) == ["agent_2", "agent_0"]  # request order
+    for ego, d in out.agents.items():
+        assert [c.action for c in d.candidates] == list(range(5))
+        best = max(d.candidates, key=lambda c: c.score)
+        assert d.action == best.action == d.plan[0] and d.predicted_return == best.score
+        assert set(d.predicted_others) == set(AGENTS) - {ego}
+        assert all(0 <= a < 5 for a in d.predicted_others.values()) and len(d.plan) == 6
+    short = ActRequest(obs=history(1), egos=["agent_1"], horizon=3, samples=2)  # pads
+    out = run(svc.act(**dict(short)))
+    assert (out.horizon, out.samples) == (3, 2) and len(out.agents["agent_1"].plan) == 3
 
-    out = asyncio.run(svc.models())
+
+def test_act_matches_the_planner_on_the_same_history(store):
+    """The service's decision is the Planner's, given the same history and random stream."""
+    host = ModelHost(runtime.refs_from_env(), store, export=False)
+    models = host.current
+    req = ActRequest(obs=history(6), past_actions=past(6), egos=["agent_1"], start_step=20)
+    got = runtime.act(models, req).agents["agent_1"]
+    planner = Planner(models.world.model, models.behavior.model, PlannerConfig())
+    hist = runtime.joint_history(req, True, 5)
+    assert hist.obs.shape == (6, 3, 18) and hist.prev_actions[1:, 0].tolist() == past(6)["agent_0"]
+    [want] = planner.decide(hist, ["agent_1"])
+    assert got.action == want.action and got.plan == want.plan
+    assert got.predicted_return == pytest.approx(want.predicted_return)
+    assert [c.score for c in got.candidates] == pytest.approx([v for _, v in want.candidate_scores])
+    # a history that does not begin the episode and is not longer than the context
+    C = models.planner.context
+    late = ActRequest(obs=history(C), past_actions=past(C), egos=["agent_0"], start_step=3)
+    with pytest.raises(runtime.ActInputError, match=rf"obs: has {C} steps.*at least {C + 1}"):
+        runtime.act(models, late)
+    host.close()
+
+
+def test_models_reports_versions_with_lineage(svc):
+    out = run(svc.models())
     roles = {m.role: m for m in out.models}
     assert roles["world"].version == "world@1" and roles["world"].ref == "world@production"
     assert roles["behavior"].card["dataset"]["resolved"] == "spread@1"
@@ -145,6 +199,8 @@ def test_reload_swaps_a_moved_alias_and_in_flight_requests_keep_their_models(tmp
     assert changes["behavior"].changed and changes["behavior"].current == mv.ref
     assert not changes["world"].changed
     assert host.current.behavior.version == "behavior@2" and host.current.world is before.world
+    assert host.current.planner is not before.planner  # rebuilt on the new models
+    assert host.current.planner.behavior is host.current.behavior.model
     # a request that took the old set before the swap finishes on it
     [old] = runtime.predict_actions(before, [ActionQuery(obs=history())])
     [new] = runtime.predict_actions(host.current, [ActionQuery(obs=history())])
@@ -256,6 +312,41 @@ BAD_REQUESTS = [
         {"obs": history(2), "horizon": 3, "plans": {"agent_7": [1, 2, 3]}},
         ["plans.agent_7", "not in obs"],
     ),
+    ("/act", {"obs": history(2), "past_actions": past(2)}, ["egos", "required"]),
+    ("/act", {"obs": history(1), "egos": ["agent_7"]}, ["egos.0", "not in obs"]),
+    ("/act", {"obs": history(1), "egos": ["agent_0", "agent_0"]}, ["egos", "repeat"]),
+    ("/act", {"obs": {"agent_9": [[0.0] * 18]}, "egos": ["agent_9"]}, ["agent_9", "unknown"]),
+    (
+        "/act",
+        b'{"obs": {"agent_0": [[NaN]]}, "egos": ["agent_0"]}',
+        ["agent_0.0.0", "finite"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "horizon": MAX_ACT_HORIZON + 1},
+        ["horizon", "less than"],
+    ),
+    ("/act", {"obs": history(1), "egos": ["agent_0"], "horizon": 0}, ["horizon", "greater"]),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "samples": MAX_ACT_SAMPLES + 1},
+        ["samples", "less than"],
+    ),
+    (
+        "/act",
+        {"obs": history(3), "past_actions": past(3, AGENTS[:2]), "egos": ["agent_0"]},
+        ["past_actions", "missing", "agent_2"],
+    ),
+    (
+        "/act",
+        {"obs": history(2), "past_actions": past(2), "egos": ["agent_0"], "start_step": 9},
+        ["obs", "start_step", "at least"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "state": [[0.0]]},
+        ["state"],
+    ),
 ]
 
 
@@ -287,6 +378,8 @@ def test_asgi_endpoints_and_health(client):
     assert r.status_code == 200 and len(r.json()) == 3
     r = client.post("/imagine", json={"obs": history(2), "horizon": 2, "samples": 2})
     assert r.status_code == 200 and len(r.json()["futures"]) == 2
+    r = client.post("/act", json={"obs": history(3), "past_actions": past(3), "egos": AGENTS})
+    assert r.status_code == 200 and list(r.json()["agents"]) == AGENTS
     assert client.post("/models").json()["models"][0]["role"] == "world"
     assert client.post("/echo", json={"message": "hi"}).json() == {"message": "hi"}
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
