@@ -1,20 +1,25 @@
-"""Serving benchmark: a live `bentoml serve` on loopback, against its floors.
+"""Serving benchmark: live `bentoml serve` processes on loopback, against their floors.
 
-    python bench/serve.py [--requests 400] [--seconds 8] [--out bench/results/serve.md]
+    python bench/serve.py [--requests 400] [--seconds 8] [--before c29a2bd]
+                          [--out bench/results/serve.md]
 
 Registers default-size (untrained, seeded) world and behavior models in a temporary store
-(the compute per request of a trained model of that size), then in one run measures:
+(the compute per request of a trained model of that size), starts three servers at once:
 
-- /predict_actions and /imagine at concurrency 1, 16, 64: requests/s, p50/p99 latency,
-  non-200 answers (503 = refused by the batcher);
-- (a) the compute floor: the same inputs through the in-process code path
-  (serving.runtime, request objects -> response objects) and the bare model call;
-- (b) the HTTP floor: the /echo endpoint of the same server;
-- (c) the same endpoints on a second server started with batching off.
+- ``after``: this checkout's service (batching on);
+- ``before``: the ``serving`` package of git ref ``--before`` (``git archive``), same
+  models, same training code; skipped with ``--before ''``;
+- ``off``: this checkout's service with batching off;
+
+and measures /echo (the HTTP floor), /predict_actions, /act and /imagine at concurrency 1,
+16, 64 and 1 again right after the burst of 64 ("1 after"): requests/s, p50/p99 latency,
+non-200 answers (503 = refused by the batcher). The servers take turns cell by cell, so
+they see the same machine load. Also measured in-process: the compute floor of the same
+inputs (serving.runtime, request objects -> response objects) and the bare model call.
 
 Each cell is bounded by --requests and --seconds; the client (a minimal asyncio HTTP/1.1
 keep-alive client, one connection per concurrent caller) runs in this process, on the same
-machine as the server.
+machine as the servers.
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-CONCURRENCY = (1, 16, 64)
+CONCURRENCY = (1, 16, 64, 1)  # the second 1: right after the burst of 64
+CELL_LABELS = ("1", "16", "64", "1 after")
 HISTORY = 16  # steps of history per query (the behavior model's default context)
 HORIZON, SAMPLES = 10, 8  # /imagine: a typical planning query
 SERVER_TORCH_THREADS = 1  # the service default (FORESIGHT_TORCH_THREADS)
@@ -58,6 +66,7 @@ def payloads(agents: list[str]) -> dict[str, tuple[str, dict]]:
             "/imagine",
             {"obs": obs, "past_actions": past, "horizon": HORIZON, "samples": SAMPLES, "seed": 0},
         ),
+        "act": ("/act", {"obs": obs, "past_actions": past, "egos": agents}),  # planner defaults
     }
 
 
@@ -153,13 +162,14 @@ async def load(url: str, path: str, body: dict, concurrency: int, n: int, second
 def compute_floor(store, bodies: dict, repeats: int) -> dict[str, dict[str, float]]:
     """In-process p50 of the same inputs: the runtime path and the bare model call."""
     from serving import runtime
-    from serving.schemas import ActionQuery, ImagineRequest
+    from serving.schemas import ActionQuery, ActRequest, ImagineRequest
 
     torch.set_num_threads(SERVER_TORCH_THREADS)  # as in the server
     host = runtime.ModelHost(runtime.refs_from_env(), store, export=False)
     models = host.current
     query = ActionQuery.model_validate(bodies["predict_actions"][1]["queries"][0])
     req = ImagineRequest.model_validate(bodies["imagine"][1])
+    act = ActRequest.model_validate(bodies["act"][1])
     behavior = models.behavior.model
     window = runtime.build_window([query], behavior, behavior.context)
     window64 = runtime.build_window([query] * 64, behavior, behavior.context)
@@ -187,100 +197,149 @@ def compute_floor(store, bodies: dict, repeats: int) -> dict[str, dict[str, floa
             / 64,
         },
         "imagine": {"runtime_ms": p50(lambda: runtime.imagine_futures(models, req))},
+        "act": {"runtime_ms": p50(lambda: runtime.act(models, act))},
     }
     host.close()
     return out
 
 
-def run_server(label: str, batching: bool, bodies: dict, args, logdir: Path) -> dict:
+SERVERS = ("after", "before", "off")
+ENDPOINTS = {  # endpoint -> servers that answer it
+    "echo": ("after", "before"),
+    "predict_actions": ("after", "before", "off"),
+    "act": ("after",),
+    "imagine": ("after", "before"),
+}
+
+
+def old_code(ref: str, into: Path) -> Path:
+    """The ``serving`` package as of git ref ``ref``, extracted under ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "archive", ref, "serving"], cwd=repo, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_servers(bodies: dict, args, tmp: Path) -> dict:
+    """Every endpoint on every server that has it, the servers taking turns cell by cell."""
     from serving.launch import ServerProcess
 
-    port = free_port()
-    results = {}
-    with ServerProcess(
-        port, logdir / f"{label}.log", reload_seconds=0, batching=batching
-    ) as server:
-        endpoints = ["echo", "predict_actions", "imagine"] if batching else ["predict_actions"]
-        for name in endpoints:
-            path, body = bodies[name]
-            asyncio.run(load(server.url, path, body, 4, 30, 10))  # warm-up (and batcher training)
-            for c in CONCURRENCY:
-                n = args.requests if name != "imagine" else args.requests // 2
-                cell = asyncio.run(load(server.url, path, body, c, n, args.seconds))
-                results[(name, c)] = cell
-                print(
-                    f"{label:9s} {name:16s} c={c:<3d} {cell['rps']:7.1f} req/s  p50 "
-                    f"{cell['p50_ms']:6.1f} ms  p99 {cell['p99_ms']:6.1f} ms  non-200 "
-                    f"{cell['non_200']}",
-                    flush=True,
-                )
+    options = {
+        "after": {"batching": True},
+        "before": {"batching": True, "code_dir": old_code(args.before, tmp / "before")},
+        "off": {"batching": False},
+    }
+    if not args.before:
+        options.pop("before")
+    results: dict = {}
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(
+                ServerProcess(free_port(), tmp / f"{name}.log", reload_seconds=0, **opts)
+            )
+            for name, opts in options.items()
+        }
+        for endpoint, names in ENDPOINTS.items():
+            path, body = bodies[endpoint]
+            live = [n for n in names if n in servers]
+            for name in live:  # warm-up (and batcher training)
+                asyncio.run(load(servers[name].url, path, body, 4, 30, 10))
+            for c, label in zip(CONCURRENCY, CELL_LABELS, strict=True):
+                n = args.requests if endpoint in ("echo", "predict_actions") else args.requests // 4
+                for name in live:
+                    cell = asyncio.run(load(servers[name].url, path, body, c, n, args.seconds))
+                    results[(name, endpoint, label)] = cell
+                    print(
+                        f"{name:6s} {endpoint:16s} c={label:8s} {cell['rps']:7.1f} req/s  p50 "
+                        f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.1f} ms  non-200 "
+                        f"{cell['non_200']}  load {os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
     return results
 
 
-def report(args, floors, batched, unbatched, load_before, load_after, seconds) -> str:
-    echo = {c: batched[("echo", c)] for c in CONCURRENCY}
+def report(args, floors, res, load_before, load_after, seconds) -> str:
+    has_before = ("before", "echo", "1") in res
+    pa, ac, im = floors["predict_actions"], floors["act"], floors["imagine"]
+    before_arg = args.before or "''"
     lines = [
         "# Serving benchmark",
         "",
-        f"Command: `python bench/serve.py --requests {args.requests} --seconds {args.seconds}`"
-        f" ({seconds:.0f} s). Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"server: BentoML 1.4.39, 1 worker, {SERVER_TORCH_THREADS} torch thread; client: "
-        "minimal asyncio HTTP/1.1 keep-alive, same machine. Load average before / after: "
-        f"{load_before} / {load_after} (the machine is shared: numbers are noisy, ratios "
-        "within this run matter most).",
+        f"Command: `python bench/serve.py --requests {args.requests} --seconds {args.seconds}"
+        f" --before {before_arg}` ({seconds:.0f} s, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}; servers: BentoML 1.4.39, 1 worker, "
+        f"{SERVER_TORCH_THREADS} torch thread; client: minimal asyncio HTTP/1.1 keep-alive, same "
+        f"machine. Load average (1 min) before / after: {load_before} / {load_after}: the "
+        "machine is shared, absolute numbers move with it; the servers take turns cell by "
+        "cell, so the comparisons between them hold.",
         "",
-        "Models: default-size world (d_model 128, 2 layers) and behavior (GRU, d_model 128, "
-        f"context 16) models, untrained (same compute as trained). Inputs: 3 agents, "
-        f"{HISTORY} steps of 18-feature observations with past actions; /imagine H={HORIZON}, "
-        f"K={SAMPLES}. Each cell: at most {args.requests} requests (/imagine: half) or "
-        f"{args.seconds} s.",
+        "Servers: `after` = this commit; `before` = the `serving` package of "
+        f"`{args.before}` with the same models and training code; `off` = this commit with "
+        "batching off. Models: default-size world (d_model 128, 2 layers) and behavior (GRU, "
+        "d_model 128, context 16) models, untrained (same compute as trained). Inputs: 3 "
+        f"agents, {HISTORY} steps of 18-feature observations with past actions; /imagine "
+        f"H={HORIZON}, K={SAMPLES}; /act: all 3 agents as egos, planner defaults (H=6, K=3, "
+        f"pulse plans). Each cell: at most {args.requests} requests (/act and /imagine: a "
+        f"quarter) or {args.seconds} s. '1 after' = concurrency 1 right after the cell at 64.",
         "",
-        "## Floors",
+        "## Floors (in-process, p50)",
         "",
-        f"- compute, /predict_actions, in-process runtime path (request objects -> response "
-        f"objects): p50 {floors['predict_actions']['runtime_ms']:.2f} ms; bare model call "
-        f"{floors['predict_actions']['model_ms']:.2f} ms; per query when 64 are batched: "
-        f"{floors['predict_actions']['runtime_per_query_at_64_ms']:.2f} ms (model alone "
-        f"{floors['predict_actions']['model_per_query_at_64_ms']:.2f} ms)",
-        f"- compute, /imagine, in-process: p50 {floors['imagine']['runtime_ms']:.2f} ms",
-        f"- HTTP, /echo on the same server: c=1 {echo[1]['rps']:.0f} req/s p50 "
-        f"{echo[1]['p50_ms']:.2f} ms; c=64 {echo[64]['rps']:.0f} req/s",
+        f"- /predict_actions, runtime path (request objects -> response objects): "
+        f"{pa['runtime_ms']:.2f} ms; bare model call {pa['model_ms']:.2f} ms; per query in a "
+        f"batch of 64: {pa['runtime_per_query_at_64_ms']:.2f} ms (model alone "
+        f"{pa['model_per_query_at_64_ms']:.2f} ms)",
+        f"- /act (3 egos), runtime path: {ac['runtime_ms']:.2f} ms",
+        f"- /imagine, runtime path: {im['runtime_ms']:.2f} ms",
         "",
         "## Results",
         "",
         "| endpoint | server | concurrency | req/s | p50 ms | p99 ms | non-200 (503) |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [("echo", "batched", batched), ("predict_actions", "batched", batched)]
-    rows += [("predict_actions", "batching off", unbatched), ("imagine", "batched", batched)]
-    for name, label, res in rows:
-        for c in CONCURRENCY:
-            cell = res[(name, c)]
-            lines.append(
-                f"| {name} | {label} | {c} | {cell['rps']:.1f} | {cell['p50_ms']:.2f} | "
-                f"{cell['p99_ms']:.2f} | {cell['non_200']} ({cell['n_503']}) |"
-            )
-    pa, pu = batched, unbatched
-    target1 = floors["predict_actions"]["runtime_ms"] + echo[1]["p50_ms"] + 1
-    target1_im = floors["imagine"]["runtime_ms"] + echo[1]["p50_ms"] + 1
+    for endpoint, names in ENDPOINTS.items():
+        for name in names:
+            for label in CELL_LABELS:
+                cell = res.get((name, endpoint, label))
+                if cell is None:
+                    continue
+                lines.append(
+                    f"| {endpoint} | {name} | {label} | {cell['rps']:.1f} | "
+                    f"{cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['non_200']} "
+                    f"({cell['n_503']}) |"
+                )
+    lines += ["", "## Against the targets", ""]
+    for name in ("after", "before") if has_before else ("after",):
+        echo1, echo64 = res[(name, "echo", "1")], res[(name, "echo", "64")]
+        p1, p64 = res[(name, "predict_actions", "1")], res[(name, "predict_actions", "64")]
+        target = pa["runtime_ms"] + echo1["p50_ms"] + 1
+        ratio = p64["rps"] / echo64["rps"]
+        lines += [
+            f"- `{name}`, c=1 p50 <= compute + HTTP floor + 1 ms: /predict_actions "
+            f"{p1['p50_ms']:.2f} vs {pa['runtime_ms']:.2f} + {echo1['p50_ms']:.2f} + 1 = "
+            f"{target:.2f} ms ({'met' if p1['p50_ms'] <= target else 'NOT met'}); after the "
+            f"burst: {res[(name, 'predict_actions', '1 after')]['p50_ms']:.2f} ms",
+            f"- `{name}`, c=64 throughput >= 0.8x its HTTP floor: /predict_actions "
+            f"{p64['rps']:.0f} vs 0.8 x {echo64['rps']:.0f} = {0.8 * echo64['rps']:.0f} req/s "
+            f"({ratio:.2f}x, {'met' if ratio >= 0.8 else 'NOT met'})",
+        ]
+    if ("off", "predict_actions", "64") in res:
+        lines.append(
+            "- c=64, batching on vs off (`after` vs `off`): /predict_actions "
+            f"{res[('after', 'predict_actions', '64')]['rps']:.0f} vs "
+            f"{res[('off', 'predict_actions', '64')]['rps']:.0f} req/s = "
+            f"{res[('after', 'predict_actions', '64')]['rps'] / res[('off', 'predict_actions', '64')]['rps']:.2f}x"
+        )
     lines += [
-        "",
-        "## Against the targets",
-        "",
-        f"- c=1 p50 <= compute + HTTP floor + 1 ms: /predict_actions "
-        f"{pa[('predict_actions', 1)]['p50_ms']:.2f} ms vs {target1:.2f} ms "
-        f"({'met' if pa[('predict_actions', 1)]['p50_ms'] <= target1 else 'NOT met'}); "
-        f"/imagine {pa[('imagine', 1)]['p50_ms']:.2f} ms vs {target1_im:.2f} ms "
-        f"({'met' if pa[('imagine', 1)]['p50_ms'] <= target1_im else 'NOT met'})",
-        f"- c=64 batched throughput >= 0.8x HTTP floor: /predict_actions "
-        f"{pa[('predict_actions', 64)]['rps']:.0f} vs 0.8 x {echo[64]['rps']:.0f} = "
-        f"{0.8 * echo[64]['rps']:.0f} req/s "
-        f"({'met' if pa[('predict_actions', 64)]['rps'] >= 0.8 * echo[64]['rps'] else 'NOT met'})",
-        f"- c=64 batched vs batching off: /predict_actions "
-        f"{pa[('predict_actions', 64)]['rps'] / pu[('predict_actions', 64)]['rps']:.2f}x",
-        f"- refused (503) or other non-200 answers over the whole run: "
-        f"{sum(c['non_200'] for r in (batched, unbatched) for c in r.values())}",
+        f"- /act c=1 p50 {res[('after', 'act', '1')]['p50_ms']:.2f} ms vs compute "
+        f"{ac['runtime_ms']:.2f} + HTTP {res[('after', 'echo', '1')]['p50_ms']:.2f} + 1 = "
+        f"{ac['runtime_ms'] + res[('after', 'echo', '1')]['p50_ms'] + 1:.2f} ms",
+        f"- refused (503) over the whole run: {sum(c['n_503'] for c in res.values())}; "
+        f"other non-200: {sum(c['non_200'] - c['n_503'] for c in res.values())}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -289,6 +348,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="max requests per cell")
     parser.add_argument("--seconds", type=float, default=8.0, help="max seconds per cell")
+    parser.add_argument(
+        "--before", default="c29a2bd", help="git ref of the serving code to compare ('' = none)"
+    )
     parser.add_argument("--out", default="bench/results/serve.md")
     args = parser.parse_args()
 
@@ -306,13 +368,11 @@ def main() -> None:
     started = time.perf_counter()
     floors = compute_floor(store, bodies, repeats=200)
     print("compute floors (ms):", floors, flush=True)
-    batched = run_server("batched", True, bodies, args, tmp)
-    unbatched = run_server("unbatched", False, bodies, args, tmp)
+    results = run_servers(bodies, args, tmp)
     text = report(
         args,
         floors,
-        batched,
-        unbatched,
+        results,
         f"{load_before:.2f}",
         f"{os.getloadavg()[0]:.2f}",
         time.perf_counter() - started,

@@ -115,11 +115,17 @@ class ServerProcess:
         log_path: str | os.PathLike,
         host: str = "127.0.0.1",
         ready_timeout: float = 90.0,
+        code_dir: str | os.PathLike | None = None,
         **env_options: Any,
     ) -> None:
+        """``code_dir``: serve the ``serving`` package found there instead of this one
+        (benchmarks compare against an earlier version of it)."""
         self.host, self.port, self.log_path = host, port, Path(log_path)
         self.url = f"http://{host}:{port}"
         self.env = server_env(**env_options)
+        self.cwd = Path(code_dir) if code_dir else REPO_ROOT
+        if code_dir:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(code_dir), self.env["PYTHONPATH"]])
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen | None = None
 
@@ -132,7 +138,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             serve_command(self.host, self.port),
             env=self.env,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
