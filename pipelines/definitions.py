@@ -9,6 +9,8 @@ import dagster as dg
 from pipelines.assets import ingest_job, trajectory_dataset
 from pipelines.model_assets import (
     behavior_model,
+    closed_loop_evaluation,
+    production_models,
     retrain_schedule,
     staging_models,
     train_job,
@@ -33,7 +35,14 @@ def store_settings() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[trajectory_dataset, behavior_model, world_model, staging_models],
+    assets=[
+        trajectory_dataset,
+        behavior_model,
+        world_model,
+        staging_models,
+        closed_loop_evaluation,
+        production_models,
+    ],
     jobs=[ingest_job, train_job],
     sensors=[landing_sensor],
     schedules=[retrain_schedule],

@@ -16,7 +16,7 @@ from pipelines.assets import trajectory_dataset
 from pipelines.resources import ForesightStore
 from training.registry import ModelRegistry
 from training.train import TrainConfig
-from training.workflow import train_and_register
+from training.workflow import beats_reactive, run_arena_registered, train_and_register
 
 CHECK = "beats_baselines"
 
@@ -148,8 +148,80 @@ def staging_models(
     return dg.MaterializeResult(metadata={f"{name}@staging": v for name, v in moved.items()})
 
 
+class ArenaAssetConfig(dg.Config):
+    """The closed-loop evaluation of the staging models."""
+
+    env: str = "simple_spread"
+    episodes: int = 200
+    seed: int = 0
+    controllers: list[str] = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation"]
+
+
+@dg.asset(
+    group_name="models",
+    deps=[staging_models],
+    check_specs=[
+        dg.AssetCheckSpec("beats_reactive", asset="closed_loop_evaluation", blocking=True)
+    ],
+    description="Arena episodes with the staging models: anticipatory against reactive teams.",
+)
+def closed_loop_evaluation(
+    context: dg.AssetExecutionContext, config: ArenaAssetConfig, foresight_store: ForesightStore
+):
+    result = run_arena_registered(
+        config.env,
+        config.episodes,
+        list(config.controllers),
+        store=foresight_store.store(),
+        world_ref="world@staging",
+        behavior_ref="behavior@staging",
+        seed=config.seed,
+    )
+    passed, failures = beats_reactive(result)
+    table = {
+        t: {"mean_return": r["mean_return"], "ci95": list(r["ci95"])}
+        for t, r in result["controllers"].items()
+    }
+    context.log.info(f"arena: {table}")
+    yield dg.Output(
+        result["models"],
+        metadata={
+            "env": config.env,
+            "episodes": config.episodes,
+            "models": dg.MetadataValue.json(result["models"]),
+            "teams": dg.MetadataValue.json(table),
+            "report": dg.MetadataValue.json(result.get("files", {})),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="beats_reactive",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"failures": dg.MetadataValue.json(failures)},
+    )
+
+
+@dg.asset(
+    group_name="models",
+    ins={"closed_loop_evaluation": dg.AssetIn()},
+    description="Points the production alias at the staging models that beat the reactive teams.",
+)
+def production_models(
+    context: dg.AssetExecutionContext, foresight_store: ForesightStore, closed_loop_evaluation: dict
+) -> dg.MaterializeResult:
+    registry = ModelRegistry(foresight_store.store())
+    moved = {}
+    for role, ref in closed_loop_evaluation.items():
+        moved[role] = registry.promote(ref, "production")["to"]
+        context.log.info(f"{role}@production -> {moved[role]}")
+    return dg.MaterializeResult(metadata={f"{role}@production": v for role, v in moved.items()})
+
+
 train_job = dg.define_asset_job(
-    "train_job", selection=dg.AssetSelection.assets(behavior_model, world_model, staging_models)
+    "train_job",
+    selection=dg.AssetSelection.assets(
+        behavior_model, world_model, staging_models, closed_loop_evaluation, production_models
+    ),
 )
 
 retrain_schedule = dg.ScheduleDefinition(

@@ -72,6 +72,9 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
         monkeypatch.setenv(key, value)
     # The gate is tested elsewhere; a 3-step model would not pass it.
     monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (True, []))
+    from pipelines import model_assets
+
+    monkeypatch.setattr(model_assets, "beats_reactive", lambda result: (True, []))
 
     from pipelines.definitions import defs
     from pipelines.sensors import landing_sensor
@@ -99,7 +102,15 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
         "eval_max_starts": 32,
     }
     train = defs.resolve_job_def("train_job").execute_in_process(
-        run_config={"ops": {"behavior_model": {"config": tiny}, "world_model": {"config": tiny}}},
+        run_config={
+            "ops": {
+                "behavior_model": {"config": tiny},
+                "world_model": {"config": tiny},
+                "closed_loop_evaluation": {
+                    "config": {"episodes": 2, "controllers": ["greedy", "anticipatory"]}
+                },
+            }
+        },
         instance=instance,
     )
     assert train.success

@@ -7,7 +7,14 @@ import pytest
 
 from datasets import ingest_logs
 from datasets.sources.generate import generate_episodes
-from pipelines.model_assets import behavior_model, staging_models, world_model
+from pipelines import model_assets
+from pipelines.model_assets import (
+    behavior_model,
+    closed_loop_evaluation,
+    production_models,
+    staging_models,
+    world_model,
+)
 from pipelines.resources import ForesightStore
 from training import workflow
 from training.registry import ModelRegistry
@@ -83,3 +90,37 @@ def test_a_model_that_fails_its_check_is_never_promoted(spread, monkeypatch):
     assert registry.aliases("behavior") == {} and registry.aliases("world") == {}
     assert not result.success
     assert [e.passed for e in result.get_asset_check_evaluations()] == [False]
+
+
+ARENA = {"episodes": 2, "controllers": ["greedy", "anticipatory"]}
+
+
+@pytest.mark.parametrize("wins", [True, False])
+def test_production_needs_the_closed_loop_win(spread, monkeypatch, wins):
+    monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (True, []))
+    monkeypatch.setattr(
+        model_assets, "beats_reactive", lambda result: (wins, [] if wins else ["forced loss"])
+    )
+    result = dg.materialize(
+        [behavior_model, world_model, staging_models, closed_loop_evaluation, production_models],
+        resources={"foresight_store": ForesightStore(root=spread.root)},
+        run_config={
+            "ops": {
+                "behavior_model": {"config": TINY},
+                "world_model": {"config": TINY},
+                "closed_loop_evaluation": {"config": ARENA},
+            }
+        },
+        raise_on_error=False,
+    )
+    registry = ModelRegistry(spread)
+    assert registry.aliases("world").get("staging") == 1
+    meta = result.asset_materializations_for_node("closed_loop_evaluation")[0].metadata
+    assert set(meta["teams"].value) == {"greedy", "anticipatory"}
+    if wins:
+        assert result.success
+        assert registry.aliases("world")["production"] == 1
+        assert registry.aliases("behavior")["production"] == 1
+    else:
+        assert not result.success
+        assert "production" not in registry.aliases("world")
