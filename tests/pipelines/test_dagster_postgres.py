@@ -123,4 +123,6 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
     world = fresh.get_latest_materialization_event(dg.AssetKey("world_model"))
     assert world.asset_materialization.metadata["dataset"].value == "spread@0"
     checks = {e.asset_key.path[0]: e.passed for e in train.get_asset_check_evaluations()}
-    assert checks == {"behavior_model": True, "world_model": True}
+    assert checks == {"behavior_model": True, "world_model": True, "closed_loop_evaluation": True}
+    production = fresh.get_latest_materialization_event(dg.AssetKey("production_models"))
+    assert production.asset_materialization.metadata["world@production"].value == 1
