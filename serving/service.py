@@ -14,6 +14,9 @@ Configuration (environment, read at start-up):
     FORESIGHT_BATCHING         1 (default) | 0: adaptive batching off (for benchmarks)
     FORESIGHT_TORCH_THREADS    torch intra-op threads (default 1: small models answer
                                faster on one thread, and the event loop keeps a core)
+    FORESIGHT_INLINE_QUERIES   batches up to this many queries run on the event loop (4)
+    FORESIGHT_BATCH_CORK       1: BentoML's learned batching wait (default 0, see below)
+    FORESIGHT_TRACE_API        1: OpenTelemetry spans on the API routes (default 0)
 
 A reference that does not resolve stops the service at start-up with the reason.
 
@@ -21,7 +24,15 @@ Adaptive batching: /predict_actions and /predict_next queue requests for up to
 ``MAX_LATENCY_MS``; BentoML answers 503 to a request that would wait longer. An agent
 asks at decision time, so a late answer is worth little: 1 s is far above the measured
 latency at 64 concurrent clients (bench/results/serve.md) and low enough that an
-overloaded server sheds load quickly instead of queueing without bound.
+overloaded server sheds load quickly instead of queueing without bound. A batch leaves as
+soon as the model is free (:func:`_dispatch_when_free`), so at low load a request is not
+held back, and under load a batch holds what arrived while the previous one ran.
+
+Where the time of a request goes (bench/results/serve.md has the numbers): small batches
+run on the event loop, because handing ~1 ms of model work to a thread and back costs two
+wake-ups and GIL hand-offs (ms each on a loaded machine); /imagine, /act and large batches
+run in one model thread. /act plans with one :class:`~training.planning.Planner` built
+from the served models (rebuilt when a reload swaps them).
 """
 
 from __future__ import annotations

@@ -417,3 +417,24 @@ def test_api_key_middleware_guards_everything_but_health(monkeypatch):
     assert c.post("/x", json={}, headers={"Authorization": "Basic s3cret"}).status_code == 401
     assert c.post("/x", json={}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert c.get("/readyz").status_code == 200
+
+
+def test_batcher_dispatches_when_the_model_is_free():
+    """BentoML's learned cork wait is kept at 0 (see serving.service._dispatch_when_free)."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    import serving.service  # noqa: F401  (patches on import)
+
+    opt = Optimizer(max_latency=1.0)
+    for _ in range(10):  # batches that waited 80 ms: BentoML would hold the next one 80 ms
+        opt.log_outbound(n=32, wait=0.08, duration=0.01)
+    opt.trigger_refresh()
+    assert opt.wait == 0.0 and opt.o_a > 0
+
+
+def test_api_routes_skip_tracing_spans_unless_asked():
+    from serving.service import API_ROUTES, Foresight
+
+    excluded = Foresight.config["tracing"]["excluded_urls"]
+    assert {f"/{r}$" for r in API_ROUTES} == set(excluded) and "/act$" in excluded
+    assert not any("readyz" in u or "metrics" in u for u in excluded)
