@@ -37,6 +37,8 @@ class TrainAssetConfig(dg.Config):
     """Cap on optimizer steps per epoch; 0 means a full pass."""
     eval_max_starts: int = 2048
     """Held-out start points for rollout and imagination metrics."""
+    eval_samples: int = 16
+    """Imagined futures per start point."""
 
 
 def _train_config(config: TrainAssetConfig) -> TrainConfig:

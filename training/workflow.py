@@ -107,10 +107,12 @@ def train_and_register(
     behavior_ref: str | None = None,
     context1_baseline: bool = True,
     eval_max_starts: int = 2048,
+    eval_samples: int = 16,
 ) -> dict[str, Any]:
     """Train ``kind`` on a dataset version, evaluate it, write its report, register it.
 
-    ``eval_max_starts`` caps the held-out start points of rollouts and imagination.
+    ``eval_max_starts`` caps the held-out start points of rollouts and imagination;
+    ``eval_samples`` is the number of imagined futures per start.
     """
     from training.evaluate import evaluate, write_report
 
@@ -153,6 +155,7 @@ def train_and_register(
         seed=config.seed,
         device=config.device,
         max_starts=eval_max_starts,
+        n_samples=eval_samples,
     )
     passed, failures = quality_gate(kind, evaluation)
     model_name = name or kind

@@ -100,6 +100,7 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
         "max_steps_per_epoch": 2,
         "device": "cpu",
         "eval_max_starts": 32,
+        "eval_samples": 2,
     }
     train = defs.resolve_job_def("train_job").execute_in_process(
         run_config={
