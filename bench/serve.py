@@ -261,7 +261,7 @@ def run_servers(bodies: dict, args, tmp: Path) -> dict:
     return results
 
 
-def report(args, floors, res, load_before, load_after, seconds) -> str:
+def report(args, floors, res, models, load_before, load_after, seconds) -> str:
     has_before = ("before", "echo", "1") in res
     pa, ac, im = floors["predict_actions"], floors["act"], floors["imagine"]
     before_arg = args.before or "''"
@@ -280,8 +280,8 @@ def report(args, floors, res, load_before, load_after, seconds) -> str:
         "",
         "Servers: `after` = this commit; `before` = the `serving` package of "
         f"`{args.before}` with the same models and training code; `off` = this commit with "
-        "batching off. Models: default-size world (d_model 128, 2 layers) and behavior (GRU, "
-        "d_model 128, context 16) models, untrained (same compute as trained). Inputs: 3 "
+        f"batching off. Models: default-size world ({models['world']}) and behavior (GRU, "
+        f"{models['behavior']}) models, untrained (same compute as trained). Inputs: 3 "
         f"agents, {HISTORY} steps of 18-feature observations with past actions; /imagine "
         f"H={HORIZON}, K={SAMPLES}; /act: all 3 agents as egos, planner defaults (H=6, K=3, "
         f"pulse plans). Each cell: at most {args.requests} requests (/act and /imagine: a "
@@ -362,7 +362,12 @@ def main() -> None:
     from serving.testing import register_pair, spread_spec
 
     store = Store(str(tmp / "store"))
-    register_pair(store, spread_spec(), world_config={}, behavior_config={})
+    world, behavior = register_pair(store, spread_spec(), world_config={}, behavior_config={})
+    wc, bc = world.card["model_config"], behavior.card["model_config"]
+    models = {
+        "world": f"d_model {wc['d_model']}, {wc['n_layers']} layers",
+        "behavior": f"d_model {bc['d_model']}, context {bc['context']}",
+    }
     bodies = payloads(list(spread_spec().agents))
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -373,6 +378,7 @@ def main() -> None:
         args,
         floors,
         results,
+        models,
         f"{load_before:.2f}",
         f"{os.getloadavg()[0]:.2f}",
         time.perf_counter() - started,
