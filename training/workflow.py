@@ -301,7 +301,7 @@ def run_arena_registered(
     from training.arena import run_arena
 
     store = store or Store.from_env()
-    parts = {p for team in controllers for p in team.split("+")}
+    parts = {p for team in controllers for p in team.split("+")} - set(factories or {})
     needs_models = bool(parts & {"bc", "anticipatory", "anticipatory-known-reward"})
     world = behavior = world_card = behavior_card = None
     refs: dict[str, str] = {}

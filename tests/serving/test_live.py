@@ -154,3 +154,37 @@ def test_bentoml_build_packages_the_served_models(store):
     bento = bentoml.bentos.get(tag)
     tags = {str(m.tag).split(":")[0] for m in bento.info.all_models}
     assert tags == {"foresight-world", "foresight-behavior"}
+
+
+def test_arena_via_http_decides_through_the_service(server, store, monkeypatch):
+    from serving.remote import http_factories
+    from training.workflow import run_arena_registered
+
+    calls = {"act": 0, "predict_actions": 0}
+
+    def counting(name):
+        original = getattr(ForesightClient, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls[name] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(ForesightClient, name, counting(name))
+    result = run_arena_registered(
+        "simple_spread",
+        1,
+        ["anticipatory", "bc"],
+        store=store,
+        factories=http_factories(server.url, api_key=KEY),
+    )
+    assert {t: r["episodes"] for t, r in result["controllers"].items()} == {
+        "anticipatory": 1,
+        "bc": 1,
+    }
+    assert calls == {"act": 25, "predict_actions": 25}  # one call per step, all agents at once
+    assert result["models"] == {}  # nothing loaded locally: every decision came over HTTP
+    with pytest.raises(ValueError, match="no Foresight service ready"):
+        http_factories("http://127.0.0.1:9", api_key=KEY)

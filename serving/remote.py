@@ -1,0 +1,75 @@
+"""Arena controllers that decide through a live service: the real external-client path.
+
+``foresight arena --via-http URL`` plugs these in for ``anticipatory`` (``POST /act``) and
+``bc`` (``POST /predict_actions``), so every decision of those agents is an HTTP call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from serving.client import ForesightClient
+from training.arena import EpisodeInfo
+from training.planning import JointHistory
+
+
+def history_body(history: JointHistory) -> dict[str, Any]:
+    """A planner history as the service's ``obs`` / ``past_actions`` fields."""
+    obs = np.asarray(history.obs)
+    prev = np.asarray(history.prev_actions)
+    sizes = history.obs_sizes or {}
+    body_obs, past = {}, {}
+    for n, agent in enumerate(history.agent_ids):
+        width = sizes.get(agent, obs.shape[-1])
+        body_obs[agent] = obs[:, n, :width].astype(float).tolist()
+        # prev_actions[t] led to obs[t]; the service wants the action taken after each step.
+        past[agent] = prev[1:, n].tolist()
+    body: dict[str, Any] = {"obs": body_obs}
+    if obs.shape[0] > 1:
+        body["past_actions"] = past
+    return body
+
+
+class HttpAnticipatoryController:
+    """Asks ``POST /act`` for the actions of the agents it drives."""
+
+    def __init__(self, client: ForesightClient) -> None:
+        self.client = client
+
+    def reset(self, info: EpisodeInfo) -> None:
+        pass
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> Mapping[str, Any]:
+        body = history_body(history) | {"egos": list(agents), "start_step": history.start_step}
+        response = self.client.act(body)
+        return {agent: response.agents[agent].action for agent in agents}
+
+
+class HttpBehaviorController:
+    """The behavior model's most likely action, from ``POST /predict_actions``."""
+
+    def __init__(self, client: ForesightClient) -> None:
+        self.client = client
+
+    def reset(self, info: EpisodeInfo) -> None:
+        pass
+
+    def act(self, history: JointHistory, agents: Sequence[str]) -> Mapping[str, Any]:
+        [prediction] = self.client.predict_actions(
+            [history_body(history) | {"agents": list(agents)}]
+        )
+        return {agent: prediction.agents[agent].mode for agent in agents}
+
+
+def http_factories(url: str, api_key: str | None = None) -> dict[str, Any]:
+    """Arena factories for ``anticipatory`` and ``bc`` that call the service at ``url``."""
+    client = ForesightClient(url, api_key=api_key)
+    if not client.ready():
+        raise ValueError(f"no Foresight service ready at {url} (GET /readyz failed)")
+    return {
+        "anticipatory": lambda env, models: HttpAnticipatoryController(client),
+        "bc": lambda env, models: HttpBehaviorController(client),
+    }
