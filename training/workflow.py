@@ -37,7 +37,12 @@ def runs_root() -> Path:
 def run_dir(kind: str, dataset: str, version: int, config: TrainConfig, model_config: Any) -> Path:
     """One folder per (kind, dataset version, configs): ``--resume`` finds it again."""
     key = json.dumps(
-        {"train": config_dict(config), "model": model_config and config_dict(model_config)},
+        {
+            "train": config_dict(config),
+            "model": model_config
+            if model_config is None or isinstance(model_config, dict)
+            else config_dict(model_config),
+        },
         sort_keys=True,
         default=str,
     )
