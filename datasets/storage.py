@@ -218,34 +218,32 @@ class FileSystem:
             return sorted(str(p) for p in root.rglob("*") if p.is_file())
         bucket, key = split_s3(prefix)
         key = key.rstrip("/")
-        objects = self._call(
-            prefix,
-            lambda: list(
-                self._client.list_objects(
-                    bucket_name=bucket, prefix=key + "/" if key else None, recursive=True
-                )
-            ),
-        )
+        objects = self._list_objects(prefix, recursive=True)
         files = [f"s3://{bucket}/{o.object_name}" for o in objects if not o.is_dir]
         if not files and key and self.exists(prefix):
             return [prefix]
         return sorted(files)
+
+    def _list_objects(self, prefix: str, recursive: bool) -> list:
+        """Objects under an ``s3://`` prefix (treated as a folder)."""
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/")
+        return self._call(
+            prefix,
+            lambda: list(
+                self._client.list_objects(
+                    bucket_name=bucket, prefix=key + "/" if key else None, recursive=recursive
+                )
+            ),
+        )
 
     def list_dirs(self, prefix: str) -> list[str]:
         """The immediate sub-folders of ``prefix`` (S3: common prefixes), sorted."""
         if not is_s3(prefix):
             root = Path(prefix)
             return sorted(str(p) for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        bucket, key = split_s3(prefix)
-        key = key.rstrip("/")
-        objects = self._call(
-            prefix,
-            lambda: list(
-                self._client.list_objects(
-                    bucket_name=bucket, prefix=key + "/" if key else None, recursive=False
-                )
-            ),
-        )
+        bucket, _ = split_s3(prefix)
+        objects = self._list_objects(prefix, recursive=False)
         return sorted(f"s3://{bucket}/{o.object_name.rstrip('/')}" for o in objects if o.is_dir)
 
     def glob(self, pattern: str) -> list[str]:

@@ -428,6 +428,14 @@ def cmd_storage(args: argparse.Namespace) -> None:
 # -- parser ----------------------------------------------------------------------------------------
 
 
+def _verb(sub, name: str, help_text: str, fn: Callable) -> argparse.ArgumentParser:
+    """A sub-command that runs ``fn`` and takes ``--json``."""
+    q = sub.add_parser(name, help=help_text, description=help_text)
+    q.set_defaults(fn=fn)
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    return q
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foresight",
@@ -441,10 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(fn=fn)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
-        return p
+        return _verb(sub, name, help_text, fn)
 
     p = add("generate", cmd_generate, "record mpe2 episodes with scripted policies as JSONL logs")
     p.add_argument("--env", required=True, help="simple_spread, simple_reference or simple_tag")
@@ -466,10 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="verb", required=True)
 
     def dverb(name: str, help_text: str) -> argparse.ArgumentParser:
-        q = dsub.add_parser(name, help=help_text, description=help_text)
-        q.set_defaults(fn=cmd_datasets)
-        q.add_argument("--json", action="store_true", help="print one JSON object")
-        return q
+        return _verb(dsub, name, help_text, cmd_datasets)
 
     dverb("list", "datasets in the store")
     dverb("versions", "versions of a dataset").add_argument("name")
@@ -513,10 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="verb", required=True)
 
     def mverb(name: str, help_text: str) -> argparse.ArgumentParser:
-        q = msub.add_parser(name, help=help_text, description=help_text)
-        q.set_defaults(fn=cmd_models)
-        q.add_argument("--json", action="store_true", help="print one JSON object")
-        return q
+        return _verb(msub, name, help_text, cmd_models)
 
     mverb("list", "every model version with its aliases")
     mverb("show", "a version's card (lineage, config, metrics)").add_argument(

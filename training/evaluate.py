@@ -51,16 +51,11 @@ from training.data import (
     gather_window,
     sample_rows,
 )
+from training.train import select_device
 from training.world_model import ObsDistribution, _append_step, imagine
 
 ROLLOUT_HORIZONS = (1, 5, 10)
 IMAGINE_HORIZONS = (5, 10)
-
-
-def _select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _ratio(total: float, count: float) -> float:
@@ -254,7 +249,7 @@ def evaluate(
     check_model_spec(type(model).__name__, model.config.spec, spec)
     if behavior is not None:
         check_model_spec(type(behavior).__name__, behavior.config.spec, spec)
-    dev = _select_device(device)
+    dev = select_device(device)
     data = build_tensors(frame, spec, device=dev)
     eval_ids = list(episode_ids)
     if not eval_ids:
