@@ -27,7 +27,7 @@ def _env(name: str, default: str = ""):
 
 def store_settings() -> dict:
     return {
-        "root": _env("FORESIGHT_STORE", ".foresight"),
+        "root": _env("FORESIGHT_STORE"),
         "s3_endpoint": _env("FORESIGHT_S3_ENDPOINT"),
         "access_key": _env("AWS_ACCESS_KEY_ID"),
         "secret_key": _env("AWS_SECRET_ACCESS_KEY"),

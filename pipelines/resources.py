@@ -12,15 +12,17 @@ class ForesightStore(dg.ConfigurableResource):
     written in code. An empty ``s3_endpoint`` means a local folder.
     """
 
-    root: str = ".foresight"
+    root: str = ""
+    """Store root; empty means FORESIGHT_STORE at run time (default ./.foresight)."""
     s3_endpoint: str = ""
     access_key: str = ""
     secret_key: str = ""
 
     def store(self) -> Store:
         s3 = None
-        if self.root.startswith("s3://") and self.s3_endpoint:
+        if self.s3_endpoint:
             s3 = S3Config(
                 endpoint=self.s3_endpoint, access_key=self.access_key, secret_key=self.secret_key
             )
-        return Store(self.root, s3)
+        # An empty root reads FORESIGHT_STORE now, not when the definitions were imported.
+        return Store(self.root or None, s3)

@@ -73,6 +73,8 @@ def test_early_stopping_stops_when_validation_stalls(tiny, tmp_path):
 
 CRASH_SCRIPT = textwrap.dedent(
     """
+    import torch
+    torch.set_num_threads({threads})  # as in the parent: the reduction order changes the bits
     from tests.training.conftest import make_frame
     from training.train import TrainConfig, train
     from training.world_model import WorldModelConfig
@@ -87,7 +89,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
 def test_kill_and_resume_finishes_like_an_uninterrupted_run(tiny, tmp_path):
     workdir = tmp_path / "crashy"
-    script = CRASH_SCRIPT.format(workdir=str(workdir))
+    script = CRASH_SCRIPT.format(workdir=str(workdir), threads=torch.get_num_threads())
     env = {**os.environ, CRASH_ENV: "2"}
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
