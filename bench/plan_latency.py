@@ -40,5 +40,5 @@ for wcfg in [dict(), dict(d_model=64)]:
         wcfg or "default (d_model 128)",
         "threads",
         torch.get_num_threads(),
-        "median ms %.1f p90 %.1f" % (1000 * np.median(ts), 1000 * np.percentile(ts, 90)),
+        f"median ms {1000 * np.median(ts):.1f} p90 {1000 * np.percentile(ts, 90):.1f}",
     )
