@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 DEFAULT_EPISODES = 2_000
-DEMO_EPOCHS = {"behavior": 6, "world": 10}
+DEMO_EPOCHS = {"behavior": 6, "world": 25}
 """Epochs of the demo's training runs (early stopping may end them sooner)."""
 DEMO_MODELS = {"behavior": None, "world": {"d_model": 64, "reward_weight": 10.0}}
 """Model configs: a 64-wide world model keeps a planner decision near 50 ms on 2 CPU cores,
