@@ -176,7 +176,7 @@ def _bc(env: str, models: ArenaModels) -> Controller:
     return BehaviorCloningController(models.behavior)
 
 
-def _anticipatory(env: str, models: ArenaModels) -> Controller:
+def _anticipatory(env: str, models: ArenaModels, reward_fn=None) -> Controller:
     _need(models, "world", "behavior")
     planner = Planner(
         models.world,
@@ -184,6 +184,7 @@ def _anticipatory(env: str, models: ArenaModels) -> Controller:
         models.planner_config or PlannerConfig(),
         world_card=models.world_card,
         behavior_card=models.behavior_card,
+        reward_fn=reward_fn,
     )
     return AnticipatoryController(planner)
 
@@ -208,16 +209,7 @@ def _anticipatory_known_reward(env: str, models: ArenaModels) -> Controller:
     world model's reward head): how much of the gap is the learned reward's."""
     if env != "simple_spread":
         raise ValueError(f"anticipatory-known-reward knows simple_spread's reward only, not {env}")
-    _need(models, "world", "behavior")
-    planner = Planner(
-        models.world,
-        models.behavior,
-        models.planner_config or PlannerConfig(),
-        world_card=models.world_card,
-        behavior_card=models.behavior_card,
-        reward_fn=spread_reward,
-    )
-    return AnticipatoryController(planner)
+    return _anticipatory(env, models, reward_fn=spread_reward)
 
 
 DEFAULT_FACTORIES: dict[str, ControllerFactory] = {

@@ -211,21 +211,26 @@ def train_and_register(
     }
 
 
-def _write_report(store: Store, mv: ModelVersion, evaluation, history, writer) -> dict:
-    """Report JSON + PNGs under ``<store>/reports/<name>@<version>/``."""
-    rel = f"reports/{mv.name}@{mv.version}"
+def _write_to_store(store: Store, rel: str, write: Any) -> dict[str, str]:
+    """Run ``write(folder) -> {name: path}`` into ``<store>/<rel>``; on S3 via a temp folder."""
     if not store.is_s3:
-        return writer(evaluation, history, store.uri(rel))
+        return write(store.uri(rel))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = writer(evaluation, history, tmp)
         out = {}
-        for key, path in local.items():
+        for key, path in write(tmp).items():
             target = store.uri(rel, Path(path).name)
             store.fs.upload(path, target)
             out[key] = target
         return out
+
+
+def _write_report(store: Store, mv: ModelVersion, evaluation, history, writer) -> dict:
+    """Report JSON + PNGs under ``<store>/reports/<name>@<version>/``."""
+    return _write_to_store(
+        store, f"reports/{mv.name}@{mv.version}", lambda out: writer(evaluation, history, out)
+    )
 
 
 def evaluate_registered(
@@ -301,9 +306,8 @@ def run_arena_registered(
 
     Models are loaded only when a controller needs them (``bc``, ``anticipatory``).
     """
-    import tempfile
 
-    from training.arena import run_arena
+    from training.arena import run_arena, write_arena_report
 
     store = store or Store.from_env()
     parts = {p for team in controllers for p in team.split("+")} - set(factories or {})
@@ -319,28 +323,19 @@ def run_arena_registered(
             behavior_card, refs["behavior"] = mv.card, mv.ref
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rel = f"reports/arena/{env}-{stamp}"
-    with tempfile.TemporaryDirectory() as tmp:
-        out_dir = store.uri(rel) if not store.is_s3 else tmp
-        result = run_arena(
-            env,
-            episodes,
-            controllers,
-            seed,
-            world=world,
-            behavior=behavior,
-            world_card=world_card,
-            behavior_card=behavior_card,
-            factories=factories,
-            out_dir=out_dir,
-            progress=progress,
-        )
-        if store.is_s3:
-            files = {}
-            for key, path in result.get("files", {}).items():
-                target = store.uri(rel, Path(path).name)
-                store.fs.upload(path, target)
-                files[key] = target
-            result["files"] = files
+    result = run_arena(
+        env,
+        episodes,
+        controllers,
+        seed,
+        world=world,
+        behavior=behavior,
+        world_card=world_card,
+        behavior_card=behavior_card,
+        factories=factories,
+        progress=progress,
+    )
+    result["files"] = _write_to_store(store, rel, lambda out: write_arena_report(result, out))
     result["models"] = refs
     return result
 
