@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -228,25 +229,69 @@ def _train_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch_distributed(args: argparse.Namespace) -> None:
+    """``foresight train ... --nproc N``: the same command under torchrun, N processes."""
+    from datasets.catalog import resolve_ref
+
+    resolve_ref(args.dataset, _store(args))  # a bad reference: one clear error, not N
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "pipelines.cli",
+        *_without_nproc(args.argv),
+    ]
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.train import TrainConfig
+    from training.train import TrainConfig, init_distributed
     from training.workflow import train_and_register
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_distributed(args)
     config = TrainConfig(seed=args.seed, device=args.device)
     for key in ("epochs", "batch_size", "lr", "context"):
         value = getattr(args, key)
         if value is not None:
             setattr(config, key, value)
-    result = train_and_register(
-        args.kind,
-        args.dataset,
-        store=_store(args),
-        config=config,
-        name=args.name,
-        resume=args.resume,
-        progress=None if not args.json else False,
-    )
-    _emit(args, result, _train_text)
+    rk = init_distributed(args.device)  # under torchrun: join its process group
+    try:
+        result = train_and_register(
+            args.kind,
+            args.dataset,
+            store=_store(args),
+            config=config,
+            name=args.name,
+            resume=args.resume,
+            progress=None if not args.json else False,
+        )
+    finally:
+        if rk.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rk.main:
+        _emit(args, result, _train_text)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -501,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--name", default=None, help="registry name (default: the kind)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train with N processes (DistributedDataParallel via torchrun: NCCL on GPUs, "
+        "gloo on the CPU); --batch-size stays the global batch; rank 0 registers",
+    )
 
     p = add(
         "evaluate",
@@ -578,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from datasets.storage import StorageError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.fn(args)
     except (

@@ -8,11 +8,19 @@ deterministic on CPU, checkpoints every epoch (model, optimizer, RNG state, hist
 ``workdir/checkpoint.pt`` so ``resume=True`` continues after a crash, appends one JSON
 line of metrics per epoch to ``workdir/metrics.jsonl`` and stops early when the
 validation loss stops improving. The returned model holds the best epoch's weights.
+
+Distributed: started under ``torchrun`` (or ``foresight train --nproc N``), ``train`` runs
+DistributedDataParallel, NCCL on GPUs and gloo on the CPU. Every rank holds the whole
+dataset and draws the same shuffled order; each global batch of ``batch_size`` rows is dealt
+out across the ranks, so every training window is used exactly once per epoch across them
+and the optimizer sees the same global batch size as a single process. Validation is
+sharded and summed across ranks; only rank 0 writes the checkpoint and the metrics.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -24,6 +32,7 @@ from typing import Any, Literal
 
 import polars as pl
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
@@ -44,6 +53,9 @@ from training.world_model import WorldModel, WorldModelConfig
 ModelKind = Literal["world", "behavior"]
 CRASH_ENV = "FORESIGHT_TRAIN_CRASH_AFTER_EPOCH"
 """Test hook: when set to k, the process exits abruptly right after epoch k is saved."""
+TRACE_ENV = "FORESIGHT_TRAIN_TRACE"
+"""Test hook: a folder; each rank appends, per epoch, the (episode, step) of every window it
+trained on and a digest of its weights to ``trace-rank<r>.jsonl``."""
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
@@ -98,13 +110,116 @@ class TrainResult:
 
 
 def select_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU."""
+    """ "auto" -> CUDA when available, else CPU. Under torchrun, CUDA means this process's
+    ``LOCAL_RANK`` GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but CUDA is not available; use 'auto'")
     assert name in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {name!r}"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def ranks() -> Ranks:
+    """The current process group's rank and size (rank 0 of 1 outside one)."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def init_distributed(device: str = "auto") -> Ranks:
+    """Join the process group torchrun describes in the environment (``WORLD_SIZE`` > 1):
+    NCCL when training on CUDA, gloo on the CPU. Outside torchrun: rank 0 of 1, nothing
+    to join."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return ranks()
+    target = select_device(device)
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return ranks()
+
+
+def _batch_bounds(n: int, batch_size: int, world: int) -> list[int]:
+    """Where one epoch's ``n`` shuffled rows are cut into global batches (len = steps + 1).
+    A last batch too small to give each of the ``world`` ranks a row joins the one before."""
+    assert batch_size >= world, f"batch size {batch_size} is smaller than the {world} ranks"
+    assert n >= world, f"{n} training windows cannot be split across {world} ranks"
+    steps = math.ceil(n / batch_size)
+    if steps > 1 and n - (steps - 1) * batch_size < world:
+        steps -= 1
+    return [i * batch_size for i in range(steps)] + [n]
+
+
+def rank_batches(
+    order: torch.Tensor, batch_size: int, rank: int = 0, world: int = 1
+) -> list[torch.Tensor]:
+    """This rank's share of one epoch: ``order`` cut into global batches of ``batch_size``
+    rows, each dealt out round-robin across the ``world`` ranks.
+
+    Every row lands in exactly one rank's batch and every rank runs the same number of
+    steps (DDP needs that). With one rank this is plain slicing.
+    """
+    b = _batch_bounds(order.numel(), batch_size, world)
+    return [order[b[i] : b[i + 1]][rank::world] for i in range(len(b) - 1)]
+
+
+class _LossModule(nn.Module):
+    """The model's loss as a forward pass, so DistributedDataParallel can wrap it (DDP
+    synchronizes the gradients of what runs through its ``forward``)."""
+
+    def __init__(self, model: nn.Module, chunked: bool):
+        super().__init__()
+        self.model, self.chunked = model, chunked
+
+    def forward(self, window, targets):
+        if self.chunked:
+            return self.model.loss(window, targets, all_steps=True)
+        return self.model.loss(window, targets)
+
+
+def _all_reduce_sums(values: dict[str, float], device: torch.device, world: int) -> dict:
+    """Sum a dict of floats over the ranks (same keys on every rank)."""
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def _trace(data: TrajectoryTensors, rank: int, epoch: int, rows: list, model) -> None:
+    folder = os.environ.get(TRACE_ENV)
+    if not folder:
+        return
+    t = torch.cat(rows).cpu() if rows else torch.empty(0, dtype=torch.long)
+    episodes = data.episode[t.to(data.episode.device)].cpu().tolist()
+    steps = (t - data.ep_start[t.to(data.ep_start.device)].cpu()).tolist()
+    digest = hashlib.sha256()
+    for v in model.state_dict().values():
+        digest.update(v.detach().float().cpu().numpy().tobytes())
+    line = {
+        "epoch": epoch,
+        "rank": rank,
+        "windows": [[data.episode_ids[e], s] for e, s in zip(episodes, steps, strict=True)],
+        "weights": digest.hexdigest(),
+    }
+    with (Path(folder) / f"trace-rank{rank}.jsonl").open("a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _config_class(kind: str):
@@ -192,6 +307,21 @@ def evaluate_loss(
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
+def _validation_loss(model, data, rows, batch_size, autocast, rk: Ranks, device) -> dict:
+    """evaluate_loss over ``rows``, sharded across the ranks and summed back together."""
+    if rk.world == 1 or rows.numel() < rk.world:
+        return evaluate_loss(model, data, rows, batch_size, autocast)
+    shard = rows[rk.rank :: rk.world]
+    part = evaluate_loss(model, data, shard, batch_size, autocast)
+    sums = _all_reduce_sums(
+        {"n": float(shard.numel()), **{k: v * shard.numel() for k, v in part.items()}},
+        device,
+        rk.world,
+    )
+    n = sums.pop("n")
+    return {k: v / n for k, v in sums.items()}
+
+
 def _lr_at(step: int, total: int, config: TrainConfig) -> float:
     warmup = max(1, min(100, total // 10))
     if step < warmup:
@@ -232,6 +362,7 @@ def train(
     config and data split win over the arguments); otherwise training starts fresh.
     """
     config = config or TrainConfig()
+    rk = ranks()
     device = select_device(config.device)
     autocast = device.type == "cuda"
     workdir = Path(workdir)
@@ -266,14 +397,19 @@ def train(
 
     chunked = kind == "behavior" and model.context > 1
     batch_size = max(1, config.batch_size // model.context) if chunked else config.batch_size
-
-    def step_loss(window, targets):
-        if chunked:
-            return model.loss(window, targets, all_steps=True)
-        return model.loss(window, targets)
+    batch_size = max(batch_size, rk.world)  # every rank gets at least one window a step
+    step_loss: nn.Module = _LossModule(model, chunked)
+    if rk.world > 1:
+        # Same seed, same initial weights on every rank (DDP also broadcasts rank 0's); the
+        # normalizer comes from the same rows everywhere, so buffers need no per-step sync.
+        step_loss = nn.parallel.DistributedDataParallel(
+            step_loss,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,
+        )
 
     def epoch_steps(epoch_rows: torch.Tensor) -> int:
-        n = math.ceil(epoch_rows.numel() / batch_size)
+        n = len(_batch_bounds(epoch_rows.numel(), batch_size, rk.world)) - 1
         return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n
 
     total_steps = epoch_steps(_epoch_rows(kind, data, train_rows, model.context, 0)) * config.epochs
@@ -289,13 +425,14 @@ def train(
         start_epoch, step, history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         best_val, best_epoch, best_state = ckpt["best_val"], ckpt["best_epoch"], ckpt["best_model"]
     # metrics.jsonl always mirrors the checkpoint's history (no duplicate lines on resume).
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    if rk.main:
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
     bar = tqdm(
         total=total_steps,
         leave=False,
         initial=step,
-        disable=not _use_progress(progress),
+        disable=not rk.main or not _use_progress(progress),
         desc=f"train {kind}",
         unit="step",
     )
@@ -306,13 +443,15 @@ def train(
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         rows = _epoch_rows(kind, data, train_rows, model.context, epoch)
         order = rows[torch.randperm(rows.numel(), generator=gen).to(device)]
+        batches = rank_batches(order, batch_size, rk.rank, rk.world)
         steps_per_epoch = epoch_steps(rows)
+        bounds = _batch_bounds(rows.numel(), batch_size, rk.world)
         sums: dict[str, float] = {}
         data_time, samples = 0.0, 0
         t_epoch = time.perf_counter()
         for i in range(steps_per_epoch):
             t0 = time.perf_counter()
-            t = order[i * batch_size : (i + 1) * batch_size]
+            t = batches[i]
             window, targets = gather_window(data, t, model.context), gather_targets(data, t)
             sync()
             data_time += time.perf_counter() - t0
@@ -321,7 +460,12 @@ def train(
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 loss, parts = step_loss(window, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if rk.world > 1:
+                # DDP averages the ranks' gradients; weight each rank's mean by its share of
+                # the global batch so the step follows the global batch's mean loss.
+                (loss * (t.numel() * rk.world / (bounds[i + 1] - bounds[i]))).backward()
+            else:
+                loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             for k, v in {"loss": loss, **parts}.items():
@@ -331,10 +475,14 @@ def train(
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         train_time = time.perf_counter() - t_epoch
+        _trace(data, rk.rank, epoch + 1, batches[:steps_per_epoch], model)
+        if rk.world > 1:
+            sums = {k: v / rk.world for k, v in _all_reduce_sums(sums, device, rk.world).items()}
+            samples = int(_all_reduce_sums({"n": samples}, device, rk.world)["n"])
         record: dict[str, float] = {"epoch": epoch + 1, "step": step}
         record.update({f"train/{k}": v / steps_per_epoch for k, v in sums.items()})
         val = (
-            evaluate_loss(model, data, val_rows, config.eval_batch_size, autocast)
+            _validation_loss(model, data, val_rows, config.eval_batch_size, autocast, rk, device)
             if val_rows.numel()
             else {}
         )
@@ -349,30 +497,33 @@ def train(
         if score < best_val - config.min_delta:
             best_val, best_epoch = score, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_checkpoint(
-            ckpt_path,
-            {
-                "kind": kind,
-                "model_config": asdict(model_config),
-                "train_config": asdict(config),
-                "model": model.state_dict(),
-                "best_model": best_state,
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "history": history,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "train_episode_ids": train_ids,
-                "val_episode_ids": val_ids,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        if rk.main:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "kind": kind,
+                    "model_config": asdict(model_config),
+                    "train_config": asdict(config),
+                    "model": model.state_dict(),
+                    "best_model": best_state,
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "history": history,
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                    "train_episode_ids": train_ids,
+                    "val_episode_ids": val_ids,
+                    "rng": {
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all()
+                        if torch.cuda.is_available()
+                        else None,
+                    },
                 },
-            },
-        )
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            )
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         if os.environ.get(CRASH_ENV) == str(epoch + 1):
             os._exit(17)  # simulate a crash after this epoch's checkpoint
         if epoch + 1 - best_epoch >= config.patience:

@@ -22,7 +22,7 @@ from datasets.catalog import DatasetTable, resolve_ref
 from datasets.schema import DatasetSpec
 from datasets.storage import Store
 from training.registry import ModelRegistry, ModelVersion, RegistryError
-from training.train import TrainConfig, config_dict, load_model, model_state, train
+from training.train import TrainConfig, config_dict, load_model, model_state, ranks, train
 
 ModelKind = Literal["world", "behavior"]
 
@@ -117,7 +117,9 @@ def train_and_register(
     """Train ``kind`` on a dataset version, evaluate it, write its report, register it.
 
     ``eval_max_starts`` caps the held-out start points of rollouts and imagination;
-    ``eval_samples`` is the number of imagined futures per start.
+    ``eval_samples`` is the number of imagined futures per start. Under torchrun every rank
+    trains (DistributedDataParallel); only rank 0 evaluates and registers, and the other
+    ranks return ``{"rank": r, "model": None}``.
     """
     from training.evaluate import evaluate, write_report
 
@@ -146,6 +148,10 @@ def train_and_register(
             progress=progress,
         )
         extra["context1"] = one_step.model
+    rk = ranks()
+    if not rk.main:
+        # Distributed training: rank 0 evaluates and registers; the other ranks are done.
+        return {"rank": rk.rank, "model": None}
     if kind == "world":
         behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
     evaluation = evaluate(
