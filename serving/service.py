@@ -21,17 +21,20 @@ Configuration (environment, read at start-up):
 A reference that does not resolve stops the service at start-up with the reason.
 
 Adaptive batching: /predict_actions and /predict_next queue requests for up to
-``MAX_LATENCY_MS``; BentoML answers 503 to a request that would wait longer. An agent
-asks at decision time, so a late answer is worth little: 1 s is far above the measured
-latency at 64 concurrent clients (bench/results/serve.md) and low enough that an
-overloaded server sheds load quickly instead of queueing without bound. A batch leaves as
+``MAX_LATENCY_MS``; BentoML (1.4.39) answers 503 to the oldest queued request when its
+wait so far plus the predicted time of a batch of the whole queue reaches it. An agent
+asks at decision time, so a late answer is worth little: 1 s is 11x the p99 measured at
+64 concurrent clients (91 ms, bench/results/serve.md, no request refused) and low enough
+that an overloaded server sheds load quickly instead of queueing without bound. A batch leaves as
 soon as the model is free (:func:`_dispatch_when_free`), so at low load a request is not
 held back, and under load a batch holds what arrived while the previous one ran.
 
 Where the time of a request goes (bench/results/serve.md has the numbers): small batches
 run on the event loop, because handing ~1 ms of model work to a thread and back costs two
 wake-ups and GIL hand-offs (ms each on a loaded machine); /imagine, /act and large batches
-run in one model thread. /act plans with one :class:`~training.planning.Planner` built
+run in one model thread. The garbage collector is tuned at start-up
+(:meth:`Foresight.tune_garbage_collector`) and batched answers are written by orjson
+(:mod:`serving.fastio`). /act plans with one :class:`~training.planning.Planner` built
 from the served models (rebuilt when a reload swaps them).
 """
 
