@@ -13,8 +13,10 @@ Registers default-size (untrained, seeded) world and behavior models in a tempor
 
 and measures /echo (the HTTP floor), /predict_actions, /act and /imagine at concurrency 1,
 16, 64 and 1 again right after the burst of 64 ("1 after"): requests/s, p50/p99 latency,
-non-200 answers (503 = refused by the batcher). The servers take turns cell by cell, so
-they see the same machine load. Also measured in-process: the compute floor of the same
+non-200 answers (503 = refused by the batcher) and the server's CPU time per request (its
+process tree, from /proc: the number least moved by other load on the machine). /imagine
+also runs with batching off (it is not batchable: the same code). The servers take turns
+cell by cell, so they see the same machine load. Also measured in-process: the compute floor of the same
 inputs (serving.runtime, request objects -> response objects) and the bare model call.
 
 Each cell is bounded by --requests and --seconds; the client (a minimal asyncio HTTP/1.1
