@@ -13,8 +13,10 @@ Registers default-size (untrained, seeded) world and behavior models in a tempor
 
 and measures /echo (the HTTP floor), /predict_actions, /act and /imagine at concurrency 1,
 16, 64 and 1 again right after the burst of 64 ("1 after"): requests/s, p50/p99 latency,
-non-200 answers (503 = refused by the batcher). The servers take turns cell by cell, so
-they see the same machine load. Also measured in-process: the compute floor of the same
+non-200 answers (503 = refused by the batcher) and the server's CPU time per request (its
+process tree, from /proc: the number least moved by other load on the machine). /imagine
+also runs with batching off (it is not batchable: the same code). The servers take turns
+cell by cell, so they see the same machine load. Also measured in-process: the compute floor of the same
 inputs (serving.runtime, request objects -> response objects) and the bare model call.
 
 Each cell is bounded by --requests and --seconds; the client (a minimal asyncio HTTP/1.1
@@ -159,6 +161,32 @@ async def load(url: str, path: str, body: dict, concurrency: int, n: int, second
     }
 
 
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``root`` and its live descendants
+    (a server and its workers), from /proc; None where /proc is not there."""
+    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # fields[1]: parent pid; [11], [12]: user and system time in ticks
+        stats[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
 def compute_floor(store, bodies: dict, repeats: int) -> dict[str, dict[str, float]]:
     """In-process p50 of the same inputs: the runtime path and the bare model call."""
     from serving import runtime
@@ -208,7 +236,7 @@ ENDPOINTS = {  # endpoint -> servers that answer it
     "echo": ("after", "before"),
     "predict_actions": ("after", "before", "off"),
     "act": ("after",),
-    "imagine": ("after", "before"),
+    "imagine": ("after", "before", "off"),
 }
 
 
@@ -250,15 +278,26 @@ def run_servers(bodies: dict, args, tmp: Path) -> dict:
             for c, label in zip(CONCURRENCY, CELL_LABELS, strict=True):
                 n = args.requests if endpoint in ("echo", "predict_actions") else args.requests // 4
                 for name in live:
+                    pid = servers[name].process.pid
+                    cpu0 = tree_cpu_seconds(pid)
                     cell = asyncio.run(load(servers[name].url, path, body, c, n, args.seconds))
+                    cpu1 = tree_cpu_seconds(pid)
+                    cell["cpu_ms"] = (
+                        1000 * (cpu1 - cpu0) / cell["requests"] if cpu0 is not None else None
+                    )
                     results[(name, endpoint, label)] = cell
                     print(
                         f"{name:6s} {endpoint:16s} c={label:8s} {cell['rps']:7.1f} req/s  p50 "
                         f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.1f} ms  non-200 "
-                        f"{cell['non_200']}  load {os.getloadavg()[0]:.2f}",
+                        f"{cell['non_200']}  cpu/req {_ms(cell['cpu_ms'])} ms  "
+                        f"load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
     return results
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def report(args, floors, res, models, load_before, load_after, seconds) -> str:
@@ -298,8 +337,13 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
         "",
         "## Results",
         "",
-        "| endpoint | server | concurrency | req/s | p50 ms | p99 ms | non-200 (503) |",
-        "|---|---|---|---|---|---|---|",
+        "Server CPU = CPU time of the server's processes during the cell per request answered "
+        "(user + system, all threads: the event loop and the model thread): the number that "
+        "moves least with the machine's load.",
+        "",
+        "| endpoint | server | concurrency | req/s | p50 ms | p99 ms | non-200 (503) "
+        "| server CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for endpoint, names in ENDPOINTS.items():
         for name in names:
@@ -310,7 +354,7 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
                 lines.append(
                     f"| {endpoint} | {name} | {label} | {cell['rps']:.1f} | "
                     f"{cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['non_200']} "
-                    f"({cell['n_503']}) |"
+                    f"({cell['n_503']}) | {_ms(cell.get('cpu_ms'))} |"
                 )
     lines += ["", "## Against the targets", ""]
     for name in ("after", "before") if has_before else ("after",):
@@ -327,12 +371,29 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
             f"{p64['rps']:.0f} vs 0.8 x {echo64['rps']:.0f} = {0.8 * echo64['rps']:.0f} req/s "
             f"({ratio:.2f}x, {'met' if ratio >= 0.8 else 'NOT met'})",
         ]
-    if ("off", "predict_actions", "64") in res:
+    echo1, echo64 = res[("after", "echo", "1")], res[("after", "echo", "64")]
+    p64 = res[("after", "predict_actions", "64")]
+    if p64.get("cpu_ms") and echo64.get("cpu_ms"):
         lines.append(
-            "- c=64, batching on vs off (`after` vs `off`): /predict_actions "
-            f"{res[('after', 'predict_actions', '64')]['rps']:.0f} vs "
-            f"{res[('off', 'predict_actions', '64')]['rps']:.0f} req/s = "
-            f"{res[('after', 'predict_actions', '64')]['rps'] / res[('off', 'predict_actions', '64')]['rps']:.2f}x"
+            f"- `after`, c=64 server CPU per request: /echo {echo64['cpu_ms']:.2f} ms, "
+            f"/predict_actions {p64['cpu_ms']:.2f} ms: where the machine is the limit, "
+            f"/predict_actions can reach at most {echo64['cpu_ms'] / p64['cpu_ms']:.2f}x the "
+            "floor's throughput"
+        )
+    for endpoint, compute in (("predict_actions", pa["runtime_ms"]), ("imagine", im["runtime_ms"])):
+        if ("off", endpoint, "64") not in res:
+            continue
+        on, off = res[("after", endpoint, "64")], res[("off", endpoint, "64")]
+        exceeds = compute > echo1["p50_ms"]
+        applies = "applies" if exceeds else "does not apply"
+        if endpoint == "imagine":
+            applies = "would apply, but /imagine is not batchable"
+        lines.append(
+            f"- /{endpoint}: compute per request (batch 1) {compute:.2f} ms "
+            f"{'>' if exceeds else '<='} HTTP overhead (echo p50 at c=1) "
+            f"{echo1['p50_ms']:.2f} ms, so the 4x-over-unbatched target {applies}; "
+            f"c=64 batching on vs off: {on['rps']:.0f} vs {off['rps']:.0f} req/s = "
+            f"{on['rps'] / off['rps']:.2f}x"
         )
     lines += [
         f"- /act c=1 p50 {res[('after', 'act', '1')]['p50_ms']:.2f} ms vs compute "

@@ -413,26 +413,31 @@ def predict_actions(models: ModelSet, queries: list[S.ActionQuery]) -> list[S.Ac
         samples = (
             torch.stack([dist.sample() for _ in range(n_samples)], dim=1) if n_samples else None
         )  # (B, K, N[, A])
-        probs = dist.probs() if dist.discrete else None
-        mode = dist.mode()
+        # one tensor -> list conversion per batch; the answers are built unvalidated
+        # (model_construct): their values come from the model, with the declared types
+        none = [[None] * len(group[0].obs)] * len(group)  # (B, N)
+        probs = dist.probs().tolist() if dist.discrete else none
+        mean = none if dist.discrete else dist.mean.tolist()
+        std = none if dist.discrete else dist.std.tolist()
+        mode = _action_list(dist.mode(), dist.discrete)
         for b, (i, q) in enumerate(zip(idx, group, strict=True)):
-            wanted = q.agents or list(q.obs)
+            wanted = q.agents or q.obs
             agents = {}
             for n, agent in enumerate(q.obs):
                 if agent not in wanted:
                     continue
-                agents[agent] = S.ActionDistribution(
-                    probs=probs[b, n].tolist() if probs is not None else None,
-                    mean=None if dist.discrete else dist.mean[b, n].tolist(),
-                    std=None if dist.discrete else dist.std[b, n].tolist(),
-                    mode=_action_list(mode[b, n], dist.discrete),
+                agents[agent] = S.ActionDistribution.model_construct(
+                    probs=probs[b][n],
+                    mean=mean[b][n],
+                    std=std[b][n],
+                    mode=mode[b][n],
                     samples=(
                         _action_list(samples[b, : q.samples, n], dist.discrete)
                         if q.samples
                         else None
                     ),
                 )
-            out[i] = S.ActionPrediction(model=served.version, agents=agents)
+            out[i] = S.ActionPrediction.model_construct(model=served.version, agents=agents)
     return out  # type: ignore[return-value]
 
 

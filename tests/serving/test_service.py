@@ -438,3 +438,37 @@ def test_api_routes_skip_tracing_spans_unless_asked():
     excluded = Foresight.config["tracing"]["excluded_urls"]
     assert {f"/{r}$" for r in API_ROUTES} == set(excluded) and "/act$" in excluded
     assert not any("readyz" in u or "metrics" in u for u in excluded)
+
+
+def test_answers_are_written_as_pydantic_would(svc):
+    """serving.fastio writes the answer objects with orjson: the same JSON document."""
+    from pydantic import TypeAdapter
+
+    from serving.fastio import dumps
+    from serving.schemas import ActionPrediction, NextPrediction
+
+    queries = [
+        ActionQuery(obs=history(3), samples=2),
+        ActionQuery(obs=history(2), agents=["agent_1"]),
+    ]
+    answers = run(svc.predict_actions(queries))
+    expected = TypeAdapter(list[ActionPrediction]).dump_python(answers, mode="json")
+    assert json.loads(dumps(answers)) == expected
+    nxt = run(svc.predict_next([NextQuery(obs=history(2), action=dict.fromkeys(AGENTS, 1))]))
+    expected = TypeAdapter(list[NextPrediction]).dump_python(nxt, mode="json")
+    assert json.loads(dumps(nxt)) == expected
+
+
+def test_startup_hook_freezes_the_heap_and_shutdown_restores_the_collector(store):
+    import gc
+
+    from serving.service import GC_THRESHOLD, Foresight
+
+    before = gc.get_threshold()
+    instance = Foresight()
+    instance.tune_garbage_collector()
+    try:
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == GC_THRESHOLD
+    finally:
+        instance.shutdown()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
