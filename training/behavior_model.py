@@ -66,7 +66,10 @@ class BehaviorModelConfig:
     """Attention heads per block (centralized only)."""
     dropout: float = 0.2
     """Dropout on the history path (GRU input and state): long histories make episodes
-    easy to memorize; the experts read the current step without it."""
+    easy to memorize."""
+    expert_dropout: float = 0.1
+    """Dropout on the experts' hidden layers: their labels are noisy (agents that act at
+    random some of the time), which a wide MLP memorizes within a few epochs."""
     min_std: float = 1e-2
     """Smallest std of a continuous action component (raw action units)."""
     architecture: str = ARCHITECTURE
@@ -174,9 +177,10 @@ class BehaviorModel(nn.Module):
         self.n_experts = K = config.n_experts if self.discrete else 0
         if K:
             n, e = self.n_actions, config.expert_width
-            layers: list[nn.Module] = [nn.Linear(F_in, e), nn.GELU()]
+            q = config.expert_dropout
+            layers: list[nn.Module] = [nn.Linear(F_in, e), nn.GELU(), nn.Dropout(q)]
             for _ in range(config.expert_layers - 1):
-                layers += [nn.Linear(e, e), nn.GELU()]
+                layers += [nn.Linear(e, e), nn.GELU(), nn.Dropout(q)]
             self.experts = nn.Sequential(*layers, nn.Linear(e, K * n))
             self.gate = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, K))
         else:

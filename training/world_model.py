@@ -3,7 +3,7 @@
 Architecture (one network shared by all agents, attention between them):
 
     per agent n:  [obs_norm, action, present] for T steps, flattened, + feature mask
-                  -> MLP encoder -> token (d_model)            # (B, N, d)
+                  -> MLP encoder (+ residual MLP blocks) -> token (d_model)   # (B, N, d)
     optional:     global state history -> MLP -> one extra token
     tokens -> n_layers pre-LN transformer blocks over agents (no positional embedding,
               so the model is permutation-equivariant and runs on any agent count)
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from datasets.schema import DatasetSpec
 from training.data import Normalizer, Targets, Window
 
-ARCHITECTURE = "agent-transformer/1"
+ARCHITECTURE = "agent-transformer/2"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
 
 
@@ -41,10 +41,11 @@ class WorldModelConfig:
     """Steps of joint history the model reads (2 suffices for MPE: obs holds velocities)."""
     d_model: int = 128
     """Width of each agent token."""
-    encoder_layers: int = 1
-    """Residual MLP blocks after the per-agent encoder: the agent's own observation
-    already holds what its collisions depend on (others' relative positions), and a
-    deeper per-agent network resolves their sharp onset better than a wider one."""
+    encoder_layers: int = 2
+    """Depth of the per-agent encoder: its first MLP, then ``encoder_layers - 1`` residual
+    MLP blocks. An agent's own observation holds what its collisions depend on (the
+    others' relative positions); on simple_spread 2 cut the 1-step MSE from 0.12x to
+    0.106x persistence in 30 epochs, 3 was no better."""
     n_layers: int = 2
     """Transformer blocks across agents (collisions need one agent to see the others)."""
     n_heads: int = 4
