@@ -67,9 +67,10 @@ class BehaviorModelConfig:
     dropout: float = 0.2
     """Dropout on the history path (GRU input and state): long histories make episodes
     easy to memorize."""
-    expert_dropout: float = 0.1
+    expert_dropout: float = 0.25
     """Dropout on the experts' hidden layers: their labels are noisy (agents that act at
-    random some of the time), which a wide MLP memorizes within a few epochs."""
+    random some of the time), which a wide MLP memorizes within a few epochs (simple_spread,
+    2k episodes: held-out NLL 1.150 with 0.1, 1.116 with 0.25)."""
     min_std: float = 1e-2
     """Smallest std of a continuous action component (raw action units)."""
     architecture: str = ARCHITECTURE
