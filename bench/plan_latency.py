@@ -21,7 +21,7 @@ for wcfg in [dict(), dict(d_model=64)]:
     world = WorldModel(WorldModelConfig(spec=spec, **wcfg)).eval()
     beh = BehaviorModel(BehaviorModelConfig(spec=spec)).eval()
     planner = Planner(world, beh, PlannerConfig())
-    T = 16
+    T = beh.context  # a full window of history
     rng = np.random.default_rng(0)
     h = JointHistory(
         agent_ids=["agent_0", "agent_1", "agent_2"],

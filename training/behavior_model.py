@@ -1,13 +1,24 @@
 """Behavior model: for each agent, a distribution over its next action given its history.
 
 Decentralized (default): each agent's own history of (observation, previous action) only,
-which any other agent can compute from outside. A shared GRU reads it step by step, so
-with enough history it picks up an agent's style (how noisy it is, which target it
-heads for) that a single step cannot show.
+which any other agent can compute from outside.
 
-    per agent n, per step τ: [obs_norm, prev action, flags] -> MLP -> GRU -> h_n (d_model)
-    centralized=True: h_1..h_N -> transformer blocks across agents (joint history)
-    h_n -> head: categorical logits (discrete) or Gaussian mean/std (continuous)
+Discrete actions (``n_experts > 0``) use a mixture of experts, because that is how agent
+populations are usually built: a few decision rules applied to what the agent sees now,
+and a per-agent choice among them (and a noise level) that only its history reveals.
+
+    per agent n, per step τ:  x_τ = [obs_norm, feature mask, prev action, flags]
+    experts:   x_τ -> MLP -> K action distributions p_k(a | now)      (current step only)
+    evidence:  e_τ[k] = Σ_{σ<τ in the window} log p_k(a_σ | x_σ)       (how well each
+               expert explained the agent's own past actions: Bayes' rule over experts)
+    gate:      x_≤τ -> MLP -> GRU -> h_τ -> prior logits g_τ[k]
+    p(a_τ | history) = Σ_k softmax(g_τ + e_τ)[k] p_k(a_τ | now)
+
+With one step of history the evidence is empty and the model is a mixture of experts of
+the current step (the "1-step model"); every extra step can only sharpen the choice of
+expert, so the history model has a direct path to do at least as well. Continuous actions
+(or ``n_experts=0``) use one head on [h_τ, MLP(x_τ)] (Gaussian mean/std for continuous).
+``centralized=True`` lets the agents' GRU states attend to each other before the head.
 
 The model never reads ``window.action`` (the action at the last step is its target);
 only ``window.prev_action``.
@@ -26,16 +37,27 @@ from datasets.schema import DatasetSpec
 from training.data import Normalizer, Targets, Window
 from training.world_model import Block, action_features
 
+ARCHITECTURE = "gru-experts/2"
+"""Layout of the weights this module builds; a saved model of another layout cannot load."""
+
 
 @dataclass
 class BehaviorModelConfig:
     spec: dict | None = None
     """DatasetSpec.to_dict() of the training data; filled in by train(), fixes the sizes."""
-    context: int = 16
-    """Steps of an agent's own history read (style shows over many steps)."""
+    context: int = 25
+    """Steps of an agent's own history read (style shows over many steps; MPE episodes
+    last 25 steps, so 25 reads every step of them)."""
     d_model: int = 64
-    """Width of the step encoder and of the GRU state (128 memorizes simple_spread's 2k
-    episodes within 5 epochs; 64 with dropout generalizes better)."""
+    """Width of the step encoder, the experts and the GRU state."""
+    n_experts: int = 16
+    """Experts of the mixture (discrete actions); 0: one head on [GRU state, step]."""
+    expert_width: int = 256
+    """Hidden width of the experts' MLP (shared by all experts): the experts carry the
+    hard part, what each decision rule does with the observation."""
+    expert_layers: int = 3
+    """Hidden layers of the experts' MLP (rules like "go to the nearest landmark" select
+    before they act: 3 layers learn them clearly better than 2)."""
     centralized: bool = False
     """Condition on the joint history (attention across agents) instead of one agent's."""
     n_layers: int = 1
@@ -43,10 +65,16 @@ class BehaviorModelConfig:
     n_heads: int = 4
     """Attention heads per block (centralized only)."""
     dropout: float = 0.2
-    """Dropout on the step features and before the head: long histories make episodes
-    easy to memorize, so the history model needs it more than the 1-step one."""
+    """Dropout on the history path (GRU input and state): long histories make episodes
+    easy to memorize."""
+    expert_dropout: float = 0.25
+    """Dropout on the experts' hidden layers: their labels are noisy (agents that act at
+    random some of the time), which a wide MLP memorizes within a few epochs (simple_spread,
+    2k episodes: held-out NLL 1.150 with 0.1, 1.116 with 0.25)."""
     min_std: float = 1e-2
     """Smallest std of a continuous action component (raw action units)."""
+    architecture: str = ARCHITECTURE
+    """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
 
     def dataset_spec(self) -> DatasetSpec:
         assert self.spec is not None, "BehaviorModelConfig.spec is unset; train() fills it"
@@ -100,9 +128,37 @@ class ActionDistribution:
         return self.logits.softmax(-1)
 
 
+@dataclass
+class BehaviorState:
+    """What the model carries from one step to the next (for step-by-step use)."""
+
+    h: torch.Tensor
+    """(1, B*N, d) GRU state."""
+    evidence: torch.Tensor | None = None
+    """(B, N, K) summed log-likelihood of the agent's past actions under each expert."""
+    last_logp: torch.Tensor | None = None
+    """(B, N, K, n) each expert's action log-probabilities at the last step read."""
+    last_present: torch.Tensor | None = None
+    """(B, N) bool, the agent was present at the last step read."""
+
+    def index(self, rows: torch.Tensor) -> BehaviorState:
+        """The state of a batch whose row i is this batch's row ``rows[i]``."""
+        N = self.last_present.shape[1]
+        flat = (rows[:, None] * N + torch.arange(N, device=rows.device)).reshape(-1)
+        pick = lambda x: None if x is None else x[rows]  # noqa: E731
+        return BehaviorState(
+            self.h[:, flat], pick(self.evidence), pick(self.last_logp), pick(self.last_present)
+        )
+
+
 class BehaviorModel(nn.Module):
     def __init__(self, config: BehaviorModelConfig):
         super().__init__()
+        if config.architecture != ARCHITECTURE:
+            raise ValueError(
+                f"behavior model config has architecture {config.architecture!r}, this code "
+                f"builds {ARCHITECTURE!r}: retrain the model with this code version"
+            )
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete
@@ -112,47 +168,96 @@ class BehaviorModel(nn.Module):
         d = config.d_model
         self.register_buffer("obs_mean", torch.zeros(D))
         self.register_buffer("obs_std", torch.ones(D))
-        step_features = 2 * D + self.n_actions + 2  # obs, feature mask, prev action, 2 flags
-        p = config.dropout
-        self.step_encoder = nn.Sequential(nn.Linear(step_features, d), nn.GELU(), nn.Dropout(p))
+        F_in = 2 * D + self.n_actions + 2  # obs, feature mask, prev action, 2 flags
+        self.step_encoder = nn.Sequential(nn.Linear(F_in, d), nn.GELU())
         self.gru = nn.GRU(d, d, batch_first=True)
         if config.centralized:
             self.blocks = nn.ModuleList(
                 Block(d, config.n_heads, 4, 0.0) for _ in range(config.n_layers)
             )
-        out = self.n_actions if self.discrete else 2 * self.n_actions
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, out))
+        self.n_experts = K = config.n_experts if self.discrete else 0
+        if K:
+            n, e = self.n_actions, config.expert_width
+            q = config.expert_dropout
+            layers: list[nn.Module] = [nn.Linear(F_in, e), nn.GELU(), nn.Dropout(q)]
+            for _ in range(config.expert_layers - 1):
+                layers += [nn.Linear(e, e), nn.GELU(), nn.Dropout(q)]
+            self.experts = nn.Sequential(*layers, nn.Linear(e, K * n))
+            self.gate = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, K))
+        else:
+            out = self.n_actions if self.discrete else 2 * self.n_actions
+            self.head = nn.Sequential(
+                nn.LayerNorm(2 * d), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, out)
+            )
 
     def set_normalizer(self, norm: Normalizer) -> None:
         self.obs_mean.copy_(norm.obs_mean)
         self.obs_std.copy_(norm.obs_std)
 
-    def forward(self, w: Window) -> torch.Tensor:
-        """Head output at every step (B, T, N, n) logits, or (B, T, N, 2A) mean and raw std.
-        Position τ reads steps ≤ τ only (the GRU is causal)."""
+    def step_features(self, w: Window) -> torch.Tensor:
+        """(B, T, N, F) what the model reads of each step: observation, previous action."""
         B, T, N, D = w.obs.shape
-        assert T <= self.context, f"window has {T} steps, model reads at most {self.context}"
         assert D == self.obs_dim, f"window obs width {D} != model's {self.obs_dim}"
         fmask = w.feat_mask.float()  # (N, D)
         pres = w.present.float()[..., None]  # (B, T, N, 1)
         pv = w.prev_valid.float()[..., None]  # (B, T, N, 1)
         obs = (w.obs - self.obs_mean) / self.obs_std * fmask * pres  # (B, T, N, D)
         prev = action_features(w.prev_action, self.discrete, self.n_actions) * pv
-        x = torch.cat([obs, fmask.expand(B, T, N, D), prev, pv, pres], dim=-1)  # (B, T, N, F)
-        x = self.step_encoder(x).transpose(1, 2).reshape(B * N, T, -1)  # (B*N, T, d)
-        h, _ = self.gru(x)  # (B*N, T, d) the state after each step
-        h = h.view(B, N, T, -1).transpose(1, 2)  # (B, T, N, d)
+        return torch.cat([obs, fmask.expand(B, T, N, D), prev, pv, pres], dim=-1)  # (B, T, N, F)
+
+    def scan(
+        self, x: torch.Tensor, w: Window, state: BehaviorState | None = None
+    ) -> tuple[torch.Tensor, BehaviorState]:
+        """Head output at every step of ``w`` (B, T, N, out) and the state after its last
+        step. ``x``: step_features(w); ``state``: the state before w's first step (None:
+        w starts the history). Position τ reads steps ≤ τ only."""
+        B, T, N, _ = x.shape
+        p, d = self.config.dropout, self.config.d_model
+        enc = self.step_encoder(x)  # (B, T, N, d)
+        z = F.dropout(enc, p, self.training)
+        seq = z.transpose(1, 2).reshape(B * N, T, d)
+        h, h_last = self.gru(seq, None if state is None else state.h)  # (B*N, T, d)
+        h = h.view(B, N, T, d).transpose(1, 2)  # (B, T, N, d)
         if self.config.centralized:
             valid = w.present.reshape(B * T, N)
             valid = valid | ~valid.any(dim=1, keepdim=True)
-            h = h.reshape(B * T, N, -1)  # agents attend to each other at every step
+            h = h.reshape(B * T, N, d)  # agents attend to each other at every step
             for block in self.blocks:
                 h = block(h, valid)
-            h = h.view(B, T, N, -1)
-        h = F.dropout(h, self.config.dropout, self.training)
-        return self.head(h).float()
+            h = h.view(B, T, N, d)
+        h = F.dropout(h, p, self.training)
+        if not self.n_experts:
+            out = self.head(torch.cat([h, enc], dim=-1)).float()
+            return out, BehaviorState(h_last, last_present=w.present[:, -1])
+        K, n = self.n_experts, self.n_actions
+        logp = self.experts(x).float().view(B, T, N, K, n).log_softmax(-1)  # (B, T, N, K, n)
+        # Evidence: how well each expert explained the action taken at the step before.
+        if state is None or state.last_logp is None:
+            before = logp.new_zeros(B, 1, N, K, n)
+            before_ok = w.present.new_zeros(B, 1, N)
+            evidence0 = logp.new_zeros(B, N, K)
+        else:
+            before, before_ok = state.last_logp[:, None], state.last_present[:, None]
+            evidence0 = state.evidence
+        prev_logp = torch.cat([before, logp[:, :-1]], dim=1)  # (B, T, N, K, n)
+        prev_ok = torch.cat([before_ok, w.present[:, :-1]], dim=1) & w.prev_valid  # (B, T, N)
+        prev = w.prev_action.long().clamp(0, n - 1)[..., None, None].expand(B, T, N, K, 1)
+        ll = prev_logp.gather(-1, prev).squeeze(-1) * prev_ok[..., None]  # (B, T, N, K)
+        evidence = evidence0[:, None] + ll.cumsum(dim=1)  # (B, T, N, K)
+        weights = (self.gate(h).float() + evidence).log_softmax(-1)  # (B, T, N, K)
+        out = torch.logsumexp(weights[..., None] + logp, dim=-2)  # (B, T, N, n) log-probs
+        return out, BehaviorState(h_last, evidence[:, -1], logp[:, -1], w.present[:, -1])
 
-    def _distribution(self, out: torch.Tensor) -> ActionDistribution:
+    def forward(self, w: Window) -> torch.Tensor:
+        """Head output at every step (B, T, N, n) logits, or (B, T, N, 2A) mean and raw std.
+        Position τ reads steps ≤ τ only (the GRU and the evidence are causal)."""
+        assert w.context <= self.context, (
+            f"window has {w.context} steps, model reads at most {self.context}"
+        )
+        return self.scan(self.step_features(w), w)[0]
+
+    def distribution(self, out: torch.Tensor) -> ActionDistribution:
+        """The action distribution of head outputs (..., out)."""
         if self.discrete:
             return ActionDistribution(logits=out)
         mean, raw = out.chunk(2, dim=-1)
@@ -160,7 +265,7 @@ class BehaviorModel(nn.Module):
 
     def action_distribution(self, w: Window) -> ActionDistribution:
         """Each agent's next action at the last step of ``w``, batch dims (B, N)."""
-        return self._distribution(self(w.last(self.context))[:, -1])
+        return self.distribution(self(w.last(self.context))[:, -1])
 
     def loss(
         self, w: Window, tg: Targets, all_steps: bool = False
@@ -173,10 +278,10 @@ class BehaviorModel(nn.Module):
         """
         out = self(w)  # (B, T, N, out)
         if all_steps:
-            dist, action = self._distribution(out), w.action  # batch dims (B, T, N)
+            dist, action = self.distribution(out), w.action  # batch dims (B, T, N)
             valid = (w.present & w.time_valid[..., None]).float()
         else:
-            dist, action, valid = self._distribution(out[:, -1]), tg.action, tg.valid.float()
+            dist, action, valid = self.distribution(out[:, -1]), tg.action, tg.valid.float()
         count = valid.sum().clamp_min(1)
         nll = -(dist.log_prob(action) * valid).sum() / count
         parts = {"nll": nll}

@@ -64,6 +64,54 @@ def _throughput(result: TrainResult) -> dict[str, float]:
     }
 
 
+def measure_training(
+    out: str | Path,
+    data: str | None = None,
+    episodes: int = 2000,
+    seed: int = 0,
+    kinds: tuple[str, ...] = ("world", "behavior"),
+    train_config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Train each model kind with its default config and report the training throughput:
+    labels per second and the share of step time spent gathering batches (no evaluation)."""
+    out = Path(out)
+    frame, spec = load_dataset(data or _generated(out, episodes, seed))
+    config = train_config or TrainConfig(seed=seed)
+    configs = {"world": WorldModelConfig(), "behavior": BehaviorModelConfig()}
+    report: dict[str, Any] = {
+        "data": {"episodes": frame["episode_id"].n_unique(), "rows": frame.height},
+        "torch_threads": torch.get_num_threads(),
+        "train": asdict(config),
+    }
+    for kind in kinds:
+        result, seconds = _timed_train(
+            kind, frame, spec, config, configs[kind], out / f"train_{kind}"
+        )
+        epoch_s = sorted(h["time/epoch_s"] for h in result.history)
+        report[kind] = {
+            **_throughput(result),
+            "device": str(next(result.model.parameters()).device),
+            "wall_s": seconds,
+            "fastest_epoch_s": epoch_s[0],
+            "median_epoch_s": epoch_s[len(epoch_s) // 2],
+            "peak_train_samples_per_s": max(h["perf/train_samples_per_s"] for h in result.history),
+        }
+    (out / "training_throughput.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _generated(out: Path, episodes: int, seed: int) -> str:
+    """Mixed-policy simple_spread logs under ``out/data`` (generated once, then reused)."""
+    from datasets.sources.generate import generate_episodes
+
+    data_dir = out / "data"
+    if not (data_dir / SPEC_FILENAME).exists():
+        generate_episodes(
+            env="simple_spread", episodes=episodes, policy="mixed", out=str(data_dir), seed=seed
+        )
+    return str(data_dir)
+
+
 def run(
     out: str | Path,
     data: str | None = None,
@@ -74,15 +122,7 @@ def run(
     train_config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
-    if data is None:
-        from datasets.sources.generate import generate_episodes
-
-        data_dir = out / "data"
-        if not (data_dir / SPEC_FILENAME).exists():
-            generate_episodes(
-                env="simple_spread", episodes=episodes, policy="mixed", out=str(data_dir), seed=seed
-            )
-        data = str(data_dir)
+    data = data or _generated(out, episodes, seed)
     frame, spec = load_dataset(data)
     config = train_config or TrainConfig(seed=seed)
     world_config = world_config or WorldModelConfig()

@@ -53,7 +53,6 @@ import torch.nn.functional as F
 
 from datasets.schema import DatasetSpec
 from training.data import Window, describe_spec
-from training.world_model import action_features
 
 Action = int | list[float]
 
@@ -224,36 +223,22 @@ class _BehaviorStepper:
         m = behavior
         self.incremental = (
             incremental
-            and all(hasattr(m, a) for a in ("step_encoder", "gru", "head", "obs_mean", "obs_std"))
+            and all(hasattr(m, a) for a in ("step_features", "scan", "distribution"))
             and not getattr(m.config, "centralized", False)
-            and isinstance(getattr(m, "gru", None), torch.nn.GRU)
         )
         self.window = window.last(behavior.context)
         if self.incremental:
-            out, self.h = self._encode(self.window)  # out (B, N, out), h (1, B*N, d)
-            self.out = out
+            self.out, self.state = self._encode(self.window)  # out (B, N, out)
         else:
             self.out = None
 
-    def _features(self, w: Window) -> torch.Tensor:
-        m = self.model
-        B, T, N, D = w.obs.shape
-        fmask = w.feat_mask.float()  # (N, D)
-        pres = w.present.float()[..., None]  # (B, T, N, 1)
-        pv = w.prev_valid.float()[..., None]
-        obs = (w.obs - m.obs_mean) / m.obs_std * fmask * pres
-        prev = action_features(w.prev_action, m.discrete, m.n_actions) * pv
-        x = torch.cat([obs, fmask.expand(B, T, N, D), prev, pv, pres], dim=-1)  # (B, T, N, F)
-        return m.step_encoder(x).transpose(1, 2).reshape(B * N, T, -1)  # (B*N, T, d)
-
-    def _encode(self, w: Window, h0: torch.Tensor | None = None):
-        B, N = w.batch_size, w.num_agents
-        y, h = self.model.gru(self._features(w), h0)  # (B*N, T, d), (1, B*N, d)
-        return self.model.head(y[:, -1]).float().view(B, N, -1), h
+    def _encode(self, w: Window, state=None):
+        out, state = self.model.scan(self.model.step_features(w), w, state)  # (B, T, N, out)
+        return out[:, -1], state
 
     def distribution(self):
         if self.incremental:
-            return self.model._distribution(self.out)
+            return self.model.distribution(self.out)
         return self.model.action_distribution(self.window)
 
     def repeat(self, rows: torch.Tensor) -> _BehaviorStepper:
@@ -262,16 +247,14 @@ class _BehaviorStepper:
         new.model, new.incremental = self.model, self.incremental
         new.window = self.window.index(rows)
         if self.incremental:
-            N = self.window.num_agents
-            flat = (rows[:, None] * N + torch.arange(N, device=rows.device)).reshape(-1)
-            new.h = self.h[:, flat]
+            new.state = self.state.index(rows)
             new.out = self.out[rows]
         return new
 
     def advance(self, w_step: Window) -> None:
         """Feed one new step (a window of length 1 holding obs, prev action and flags)."""
         if self.incremental:
-            self.out, self.h = self._encode(w_step, self.h)
+            self.out, self.state = self._encode(w_step, self.state)
         else:
             self.window = _concat_step(self.window, w_step).last(self.model.context)
 

@@ -100,6 +100,34 @@ def git_sha(path: str | Path | None = None) -> str:
         return "unknown"
 
 
+LEGACY_ARCHITECTURES = {"world": "agent-transformer/1", "behavior": "gru/1"}
+"""The layout of each kind's cards saved before ``model_config["architecture"]`` existed."""
+
+
+def current_architectures() -> dict[str, str]:
+    """Model kind -> the weights layout this code builds (``model_config["architecture"]``)."""
+    from training.behavior_model import ARCHITECTURE as BEHAVIOR
+    from training.world_model import ARCHITECTURE as WORLD
+
+    return {"world": WORLD, "behavior": BEHAVIOR}
+
+
+def check_architecture(mv: ModelVersion) -> None:
+    """RegistryError when ``mv``'s card records another weights layout than this code builds."""
+    kind, config = mv.card.get("kind"), mv.card.get("model_config")
+    expected = current_architectures().get(kind)
+    if expected is None or not isinstance(config, dict):
+        return  # not a world/behavior model with a config: nothing to build, nothing to check
+    found = config.get("architecture", LEGACY_ARCHITECTURES[kind])
+    if found != expected:
+        raise RegistryError(
+            f"model {mv.ref} is a {kind} model of architecture {found!r}, but this code "
+            f"builds {kind} models of architecture {expected!r}; its weights cannot be "
+            f"loaded. Retrain it with this code (or load it with the code version that "
+            f"trained it: git {mv.card.get('git_sha', 'unknown')})"
+        )
+
+
 class ModelRegistry:
     """Register, list, resolve, load, promote, roll back and delete model versions."""
 
@@ -175,10 +203,15 @@ class ModelRegistry:
         return ModelVersion(parsed.name, version, self.card(parsed.name, version))
 
     def load(self, ref: str | ModelRef) -> tuple[dict[str, Any], ModelVersion]:
-        """The tensors (torch) of a version and its card."""
+        """The tensors (torch) of a version and its card.
+
+        Refuses (RegistryError naming both layouts) a version whose card records a weights
+        layout other than the one this code builds for its kind.
+        """
         from safetensors.torch import load
 
         mv = self.resolve(ref)
+        check_architecture(mv)
         data = self.store.fs.read_bytes(self._version_uri(mv.name, mv.version, WEIGHTS))
         return load(data), mv
 

@@ -3,7 +3,7 @@
 Architecture (one network shared by all agents, attention between them):
 
     per agent n:  [obs_norm, action, present] for T steps, flattened, + feature mask
-                  -> MLP encoder -> token (d_model)            # (B, N, d)
+                  -> MLP encoder (+ residual MLP blocks) -> token (d_model)   # (B, N, d)
     optional:     global state history -> MLP -> one extra token
     tokens -> n_layers pre-LN transformer blocks over agents (no positional embedding,
               so the model is permutation-equivariant and runs on any agent count)
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from datasets.schema import DatasetSpec
 from training.data import Normalizer, Targets, Window
 
+ARCHITECTURE = "agent-transformer/2"
+"""Layout of the weights this module builds; a saved model of another layout cannot load."""
+
 
 @dataclass
 class WorldModelConfig:
@@ -38,6 +41,11 @@ class WorldModelConfig:
     """Steps of joint history the model reads (2 suffices for MPE: obs holds velocities)."""
     d_model: int = 128
     """Width of each agent token."""
+    encoder_layers: int = 2
+    """Depth of the per-agent encoder: its first MLP, then ``encoder_layers - 1`` residual
+    MLP blocks. An agent's own observation holds what its collisions depend on (the
+    others' relative positions); on simple_spread 2 cut the 1-step MSE from 0.12x to
+    0.106x persistence in 30 epochs, 3 was no better."""
     n_layers: int = 2
     """Transformer blocks across agents (collisions need one agent to see the others)."""
     n_heads: int = 4
@@ -63,6 +71,8 @@ class WorldModelConfig:
     state_dropout: float = 0.25
     """Probability of hiding the global state while training, so imagination (which
     cannot predict the state) still works when it is missing."""
+    architecture: str = ARCHITECTURE
+    """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
 
     def dataset_spec(self) -> DatasetSpec:
         assert self.spec is not None, "WorldModelConfig.spec is unset; train() fills it"
@@ -199,9 +209,28 @@ class Block(nn.Module):
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
 
+class ResidualMLP(nn.Module):
+    """x + MLP(LayerNorm(x)): one more nonlinear layer per token, no mixing across tokens."""
+
+    def __init__(self, d_model: int, mlp_ratio: int, act: type = nn.GELU):
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model), act(), nn.Linear(mlp_ratio * d_model, d_model)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
+
+
 class WorldModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
+        if config.architecture != ARCHITECTURE:
+            raise ValueError(
+                f"world model config has architecture {config.architecture!r}, this code "
+                f"builds {ARCHITECTURE!r}: retrain the model with this code version"
+            )
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete
@@ -210,6 +239,9 @@ class WorldModel(nn.Module):
         self.state_dim = spec.state_dim
         self.context = T = config.context
         K, d = config.n_mixture, config.d_model
+        assert config.encoder_layers >= 1, (
+            f"encoder_layers must be >= 1, got {config.encoder_layers}"
+        )
         assert config.activation in ACTIVATIONS, f"activation must be one of {list(ACTIVATIONS)}"
         act = ACTIVATIONS[config.activation]
         # Normalization statistics of the training split (saved with the weights).
@@ -221,6 +253,9 @@ class WorldModel(nn.Module):
         self.register_buffer("reward_std", torch.ones(()))
         step_features = D + self.n_actions + 1  # obs, action, present flag
         self.encoder = nn.Sequential(nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d))
+        self.encoder_blocks = nn.ModuleList(
+            ResidualMLP(d, config.mlp_ratio, act) for _ in range(config.encoder_layers - 1)
+        )
         if self.state_dim:
             self.state_encoder = nn.Sequential(
                 nn.Linear(T * (self.state_dim + 1), d), act(), nn.Linear(d, d)
@@ -254,6 +289,8 @@ class WorldModel(nn.Module):
         steps = torch.cat([obs * pres, act, pres], dim=-1)  # (B, T, N, F)
         steps = steps.transpose(1, 2).reshape(B, N, -1)  # (B, N, T*F)
         x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1))  # (B, N, d)
+        for block in self.encoder_blocks:
+            x = block(x)
         valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
         if self.state_dim:
             if w.state is not None:

@@ -26,7 +26,7 @@ def tiny_models(env: str):
     spec = env_spec(env).to_dict()
     torch.manual_seed(0)
     world = WorldModel(WorldModelConfig(spec=spec, d_model=16, n_layers=1, n_heads=2, mlp_ratio=2))
-    behavior = BehaviorModel(BehaviorModelConfig(spec=spec, d_model=16, context=2))
+    behavior = BehaviorModel(BehaviorModelConfig(spec=spec, d_model=16, context=2, expert_width=32))
     return world.eval(), behavior.eval()
 
 

@@ -21,7 +21,7 @@ from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, 
 
 IDS = ["agent_0", "agent_1", "agent_2"]
 TINY_WORLD = dict(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)
-TINY_BEHAVIOR = dict(d_model=32, context=4)
+TINY_BEHAVIOR = dict(d_model=32, context=4, expert_width=32)
 FAST = dict(horizon=3, n_samples=2)
 
 

@@ -88,3 +88,26 @@ def test_half_written_version_is_invisible(store):
     with pytest.raises(ValueError):
         registry.register("world", tensors(4), {"metrics": {"bad": float("nan")}})
     assert registry.version_numbers("world") == [1, 2]
+
+
+@pytest.mark.parametrize("kind", ["world", "behavior"])
+def test_a_version_of_another_architecture_is_refused_naming_both(store, kind):
+    from training.registry import LEGACY_ARCHITECTURES, current_architectures
+
+    registry = ModelRegistry(store)
+    current = current_architectures()[kind]
+    ok = registry.register(
+        kind, tensors(1), {"kind": kind, "model_config": {"architecture": current}}
+    )
+    assert registry.load(ok.ref)[1].version == ok.version
+    other = registry.register(
+        kind, tensors(2), {"kind": kind, "model_config": {"architecture": "x/9"}}
+    )
+    with pytest.raises(RegistryError, match=f"architecture 'x/9'.*builds.*{current}"):
+        registry.load(other.ref)
+    legacy = registry.register(kind, tensors(3), {"kind": kind, "model_config": {"d_model": 8}})
+    if LEGACY_ARCHITECTURES[kind] == current:
+        registry.load(legacy.ref)  # saved before versions were recorded, same layout
+    else:
+        with pytest.raises(RegistryError, match=LEGACY_ARCHITECTURES[kind]):
+            registry.load(legacy.ref)

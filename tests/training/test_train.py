@@ -27,7 +27,7 @@ from training.world_model import WorldModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_WORLD = WorldModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)
-TINY_BEHAVIOR = BehaviorModelConfig(d_model=16, context=4)
+TINY_BEHAVIOR = BehaviorModelConfig(d_model=16, context=4, expert_width=32)
 FAST = TrainConfig(epochs=2, batch_size=64, seed=7, patience=10)
 
 

@@ -66,7 +66,9 @@ def test_runs_on_more_agents_and_is_permutation_equivariant():
 def _models(spec):
     torch.manual_seed(0)
     world = WorldModel(WorldModelConfig(spec=spec.to_dict(), **TINY)).eval()
-    behavior = BehaviorModel(BehaviorModelConfig(spec=spec.to_dict(), context=4, d_model=16)).eval()
+    behavior = BehaviorModel(
+        BehaviorModelConfig(spec=spec.to_dict(), context=4, d_model=16, expert_width=32)
+    ).eval()
     return world, behavior
 
 

@@ -1,0 +1,55 @@
+"""The behavior model's mixture of experts: causal, steppable, and it reads agents' styles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.behavior_model import BehaviorModel, BehaviorModelConfig
+from training.data import build_tensors, gather_window
+from training.train import TrainConfig, train
+
+
+def model(tiny, **kw) -> BehaviorModel:
+    torch.manual_seed(0)
+    config = BehaviorModelConfig(spec=tiny[1].to_dict(), d_model=16, expert_width=32, **kw)
+    return BehaviorModel(config).eval()
+
+
+def window(tiny, T: int = 6):
+    data = build_tensors(*tiny)
+    return gather_window(data, torch.tensor([5, 11, 30, 47]), T)
+
+
+@pytest.mark.parametrize("n_experts", [4, 0])
+def test_outputs_are_causal_and_a_split_scan_equals_one_scan(tiny, n_experts):
+    m, w = model(tiny, context=6, n_experts=n_experts), window(tiny)
+    out = m(w)  # (B, T, N, n)
+    changed = w._map(lambda x: x.clone())
+    changed.obs[:, 4:] += 1.0
+    changed.prev_action[:, 4:] = (changed.prev_action[:, 4:] + 1) % 5
+    assert torch.allclose(m(changed)[:, :4], out[:, :4], atol=1e-6), "step 4 leaked backwards"
+    x = m.step_features(w)
+    first, state = m.scan(x[:, :3], w._map(lambda v: v[:, :3]))
+    second, _ = m.scan(x[:, 3:], w._map(lambda v: v[:, 3:]), state)
+    assert torch.allclose(torch.cat([first, second], 1), out, atol=1e-5)
+
+
+def test_out_is_a_normalized_log_probability(tiny):
+    out = model(tiny, context=6)(window(tiny))
+    assert torch.allclose(out.logsumexp(-1), torch.zeros(()), atol=1e-5)
+
+
+def test_history_beats_one_step_on_agents_with_a_style(tiny, tmp_path):
+    """conftest's agents each repeat a preferred action (eps-noisy) for a whole episode:
+    history reveals it better than one step (whose velocity and last action hint at it)."""
+    frame, spec = tiny
+    config = TrainConfig(epochs=15, batch_size=96, lr=1e-2, seed=0, patience=20)
+    nll = {}
+    for context in (1, 8):
+        cfg = BehaviorModelConfig(context=context, d_model=16, n_experts=6, expert_width=32)
+        result = train(
+            "behavior", frame, spec, config, cfg, tmp_path / str(context), progress=False
+        )
+        nll[context] = min(h["val/nll"] for h in result.history)
+    assert nll[8] < nll[1] - 0.02, nll
