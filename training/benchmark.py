@@ -144,7 +144,13 @@ def run(
 
     start = time.perf_counter()
     world_eval = evaluate(
-        "world", world.model, frame, spec, world.val_episode_ids, behavior=behavior.model, seed=seed
+        "world",
+        world.model,
+        frame,
+        spec,
+        world.heldout_episode_ids,
+        behavior=behavior.model,
+        seed=seed,
     )
     behavior_eval = evaluate(
         "behavior",
@@ -173,6 +179,7 @@ def run(
             "rows": frame.height,
             "seed": seed,
             "val_episodes": len(world.val_episode_ids),
+            "world_eval_episodes": len(world.heldout_episode_ids),
         },
         "device": str(next(world.model.parameters()).device),
         "torch_threads": torch.get_num_threads(),

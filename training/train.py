@@ -90,6 +90,10 @@ class TrainConfig:
     """Windows per batch when computing the validation loss."""
     max_steps_per_epoch: int | None = None
     """Cap on optimizer steps per epoch (None: one full pass)."""
+    calibrate: bool = True
+    """World model: after training, fit a factor on each feature's predicted std so that
+    90% intervals hold 90% of the truth, on every other validation episode (those are then
+    left out of the evaluation: see TrainResult.heldout_episode_ids)."""
 
 
 @dataclass
@@ -108,6 +112,14 @@ class TrainResult:
     """Held-out episodes (never trained on): evaluate on these."""
     train_episode_ids: list[str] = field(default_factory=list)
     """Training episodes (fit baselines on these)."""
+    calib_episode_ids: list[str] = field(default_factory=list)
+    """Validation episodes the world model's stds were calibrated on (empty: none)."""
+
+    @property
+    def heldout_episode_ids(self) -> list[str]:
+        """Episodes nothing was fitted on (validation minus calibration): evaluate on these."""
+        calib = set(self.calib_episode_ids)
+        return [e for e in self.val_episode_ids if e not in calib]
 
 
 def select_device(name: str) -> torch.device:
@@ -532,6 +544,14 @@ def train(
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    calib_ids: list[str] = []
+    if kind == "world" and config.calibrate and len(val_ids) >= 2:
+        calib_ids = sorted(val_ids)[::2]
+        calib_rows = sample_rows(data, calib_ids)[: config.eval_batch_size * 8]
+        model.calibrate(
+            (gather_window(data, t, model.context), gather_targets(data, t))
+            for t in calib_rows.split(config.eval_batch_size)
+        )
     model.eval()
     return TrainResult(
         model=model,
@@ -542,6 +562,7 @@ def train(
         metrics_path=str(metrics_path),
         val_episode_ids=list(val_ids),
         train_episode_ids=list(train_ids),
+        calib_episode_ids=calib_ids,
     )
 
 

@@ -159,7 +159,7 @@ def train_and_register(
         result.model,
         frame,
         spec,
-        result.val_episode_ids,
+        result.heldout_episode_ids,
         behavior=behavior,
         extra_baselines=extra,
         train_episode_ids=result.train_episode_ids,
@@ -192,12 +192,17 @@ def train_and_register(
             "final": result.history[-1] if result.history else {},
             "n_train_episodes": len(result.train_episode_ids),
             "n_val_episodes": len(result.val_episode_ids),
+            "n_calibration_episodes": len(result.calib_episode_ids),
             "history": result.history,
         },
         "behavior_model_for_imagination": behavior_used,
     }
     registry = ModelRegistry(store)
-    split = {"train": result.train_episode_ids, "val": result.val_episode_ids}
+    split = {
+        "train": result.train_episode_ids,
+        "val": result.val_episode_ids,
+        "calibration": result.calib_episode_ids,
+    }
     mv = registry.register(
         model_name,
         model_state(result.model),
@@ -249,7 +254,8 @@ def evaluate_registered(
     """Evaluate a registered model on held-out episodes (of its own or another dataset).
 
     On its own dataset version the held-out episodes are the validation split recorded at
-    training time; on another version they are every episode the model never trained on.
+    training time minus the episodes a world model was calibrated on; on another version
+    they are every episode the model was never fitted on.
     """
     from training.evaluate import evaluate, write_report
 
@@ -261,7 +267,7 @@ def evaluate_registered(
     split = json.loads(
         store.fs.read_bytes(store.uri("models", mv.name, str(mv.version), SPLIT_FILE))
     )
-    trained_on = set(split["train"])
+    trained_on = set(split["train"]) | set(split.get("calibration", []))
     held_out = sorted(set(frame["episode_id"].unique().to_list()) - trained_on)
     if not held_out:
         raise ValueError(

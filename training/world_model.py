@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from datasets.schema import DatasetSpec
 from training.data import Normalizer, Targets, Window
 
-ARCHITECTURE = "agent-transformer/2"
+ARCHITECTURE = "agent-transformer/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
 
 
@@ -251,6 +251,9 @@ class WorldModel(nn.Module):
         self.register_buffer("dynamic", torch.ones(D, dtype=torch.bool))
         self.register_buffer("reward_mean", torch.zeros(()))
         self.register_buffer("reward_std", torch.ones(()))
+        # Per-feature factor on the predicted stds, fitted after training on episodes held
+        # out from the gradient steps (calibrate); 1 until then.
+        self.register_buffer("std_scale", torch.ones(D))
         step_features = D + self.n_actions + 1  # obs, action, present flag
         self.encoder = nn.Sequential(nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d))
         self.encoder_blocks = nn.ModuleList(
@@ -336,6 +339,39 @@ class WorldModel(nn.Module):
         return total, {"nll": nll, "reward_mse": r_mse, "term_bce": term}
 
     @torch.no_grad()
+    def calibrate(self, batches, level: float = 0.9) -> torch.Tensor:
+        """Fit ``std_scale`` so that, on the given (window, targets) batches, each dynamic
+        feature's true next value falls inside the predicted central ``level`` interval
+        ``level`` of the time (bisection on each feature's factor; the means are untouched).
+        Returns the fitted (D,) factors."""
+        was_training = self.training
+        self.eval()
+        pits, masks = [], []
+        for w, tg in batches:
+            logits, mu, std, _, _ = self(w.last(self.context))
+            delta = (tg.next_obs - w.obs[:, -1]) / self.delta_std  # (B, N, D)
+            pits.append((logits.softmax(-1), mu, std, delta))
+            masks.append((tg.next_valid[..., None] & w.feat_mask & self.dynamic).float())
+        self.train(was_training)
+        if not pits:
+            return self.std_scale
+        weight, mu, std, delta = (torch.cat(x) for x in zip(*pits, strict=True))
+        mask = torch.cat(masks)  # (M, N, D)
+        count = mask.sum(dim=(0, 1))  # (D,)
+        lo, hi = torch.full_like(count, -4.0), torch.full_like(count, 4.0)  # log factor
+        q = (1 - level) / 2
+        z = (delta[..., None] - mu) / std  # (M, N, D, K), in units of each component's std
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            cdf = (weight * 0.5 * (1 + torch.erf(z / (mid.exp()[:, None] * math.sqrt(2))))).sum(-1)
+            inside = ((cdf >= q) & (cdf <= 1 - q)).float() * mask
+            cover = inside.sum(dim=(0, 1)) / count.clamp_min(1)
+            lo, hi = torch.where(cover < level, mid, lo), torch.where(cover < level, hi, mid)
+        fitted = torch.where(count > 0, ((lo + hi) / 2).exp(), torch.ones_like(count))
+        self.std_scale.copy_(fitted)
+        return fitted
+
+    @torch.no_grad()
     def predict(self, w: Window) -> WorldPrediction:
         """The distribution of the next step, in raw units."""
         logits, mu, std, reward, term_logit = self(w.last(self.context))
@@ -343,7 +379,7 @@ class WorldModel(nn.Module):
         dyn = (self.dynamic & w.feat_mask)[..., None]  # (N, D, 1)
         dstd = self.delta_std[:, None]  # (D, 1)
         loc = torch.where(dyn, last + dstd * mu, last)  # (B, N, D, K)
-        scale = torch.where(dyn, dstd * std, torch.full_like(std, 1e-6))
+        scale = torch.where(dyn, dstd * std * self.std_scale[:, None], torch.full_like(std, 1e-6))
         return WorldPrediction(
             obs=ObsDistribution(logits, loc, scale),
             reward=reward * self.reward_std + self.reward_mean,

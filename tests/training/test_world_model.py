@@ -3,7 +3,13 @@ import torch
 
 from datasets.schema import ActionSpec, DatasetSpec
 from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.data import build_tensors, compute_normalizer, gather_window, sample_rows
+from training.data import (
+    build_tensors,
+    compute_normalizer,
+    gather_targets,
+    gather_window,
+    sample_rows,
+)
 from training.train import TrainConfig, train
 from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, imagine
 
@@ -143,3 +149,52 @@ def test_mixture_interval_and_log_prob():
     assert torch.allclose(two.mean(), torch.zeros(1, 1))
     lo, hi = two.interval(0.5)
     assert torch.allclose(two.cdf(hi) - two.cdf(lo), torch.tensor([[0.5]]), atol=1e-4)
+
+
+def _coverage(model, data, rows) -> torch.Tensor:
+    """Per-feature share of true next values inside the predicted 90% interval."""
+    rows = rows[rows < data.ep_end[rows]]
+    lo, hi = model.predict(gather_window(data, rows, model.context)).obs.interval(0.9)
+    truth = data.obs[rows + 1]
+    inside = ((truth >= lo) & (truth <= hi)).float()
+    dyn = model.dynamic & data.feat_mask  # (N, D)
+    return (inside * dyn).sum(dim=(0, 1)) / dyn.sum(0).clamp_min(1) / rows.numel()
+
+
+def test_calibration_fits_interval_coverage_on_its_own_episodes(tmp_path):
+    frame, spec = make_frame(episodes=60, steps=15, seed=2)
+    config = TrainConfig(epochs=2, batch_size=32, seed=0)
+    result = train("world", frame, spec, config, WorldModelConfig(**TINY), tmp_path, progress=False)
+    calib, heldout = set(result.calib_episode_ids), set(result.heldout_episode_ids)
+    assert calib and heldout and not calib & heldout
+    assert calib | heldout == set(result.val_episode_ids)
+    assert not calib & set(result.train_episode_ids)
+
+    data = build_tensors(frame, spec)
+    model = result.model
+    dyn_features = (model.dynamic & data.feat_mask).any(0)
+    fitted = model.std_scale.clone()
+    assert not torch.equal(fitted, torch.ones_like(fitted)), "calibration moved the stds"
+    cover = _coverage(model, data, sample_rows(data, result.calib_episode_ids))[dyn_features]
+    assert torch.allclose(cover, torch.full_like(cover, 0.9), atol=0.02), cover
+
+    # From deliberately overconfident stds, calibrating again lands on the same factors.
+    model.std_scale.fill_(0.05)
+    assert _coverage(model, data, sample_rows(data, result.calib_episode_ids)).max() < 0.5
+    calib_rows = sample_rows(data, result.calib_episode_ids)
+    model.calibrate(
+        [(gather_window(data, calib_rows, model.context), gather_targets(data, calib_rows))]
+    )
+    assert torch.allclose(model.std_scale, fitted, rtol=1e-3)
+
+    uncalibrated = train(
+        "world",
+        frame,
+        spec,
+        TrainConfig(epochs=2, batch_size=32, seed=0, calibrate=False),
+        WorldModelConfig(**TINY),
+        tmp_path / "raw",
+        progress=False,
+    )
+    assert uncalibrated.calib_episode_ids == []
+    assert torch.equal(uncalibrated.model.std_scale, torch.ones_like(fitted))
