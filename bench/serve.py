@@ -44,9 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from training.behavior_model import BehaviorModelConfig  # noqa: E402
+
 CONCURRENCY = (1, 16, 64, 1)  # the second 1: right after the burst of 64
 CELL_LABELS = ("1", "16", "64", "1 after")
-HISTORY = 16  # steps of history per query (the behavior model's default context)
+HISTORY = BehaviorModelConfig().context  # steps of history per query: what the model reads
 HORIZON, SAMPLES = 10, 8  # /imagine: a typical planning query
 SERVER_TORCH_THREADS = 1  # the service default (FORESIGHT_TORCH_THREADS)
 
@@ -255,13 +257,9 @@ def run_servers(bodies: dict, args, tmp: Path) -> dict:
     """Every endpoint on every server that has it, the servers taking turns cell by cell."""
     from serving.launch import ServerProcess
 
-    options = {
-        "after": {"batching": True},
-        "before": {"batching": True, "code_dir": old_code(args.before, tmp / "before")},
-        "off": {"batching": False},
-    }
-    if not args.before:
-        options.pop("before")
+    options = {"after": {"batching": True}, "off": {"batching": False}}
+    if args.before:
+        options["before"] = {"batching": True, "code_dir": old_code(args.before, tmp / "before")}
     results: dict = {}
     with ExitStack() as stack:
         servers = {
@@ -317,9 +315,15 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
         "machine is shared, absolute numbers move with it; the servers take turns cell by "
         "cell, so the comparisons between them hold.",
         "",
-        "Servers: `after` = this commit; `before` = the `serving` package of "
-        f"`{args.before}` with the same models and training code; `off` = this commit with "
-        f"batching off. Models: default-size world ({models['world']}) and behavior (GRU, "
+        "Servers: `after` = this commit; "
+        + (
+            f"`before` = the `serving` package of `{args.before}` with the same models and "
+            "training code; "
+            if args.before
+            else ""
+        )
+        + "`off` = this commit with "
+        f"batching off. Models: default-size world ({models['world']}) and behavior ("
         f"{models['behavior']}) models, untrained (same compute as trained). Inputs: 3 "
         f"agents, {HISTORY} steps of 18-feature observations with past actions; /imagine "
         f"H={HORIZON}, K={SAMPLES}; /act: all 3 agents as egos, planner defaults (H=6, K=3, "
@@ -427,7 +431,8 @@ def main() -> None:
     wc, bc = world.card["model_config"], behavior.card["model_config"]
     models = {
         "world": f"d_model {wc['d_model']}, {wc['n_layers']} layers",
-        "behavior": f"d_model {bc['d_model']}, context {bc['context']}",
+        "behavior": f"{bc.get('architecture', 'gru/1')}, d_model {bc['d_model']}, "
+        f"{bc.get('n_experts', 0)} experts, context {bc['context']}",
     }
     bodies = payloads(list(spread_spec().agents))
     load_before = os.getloadavg()[0]
