@@ -17,6 +17,13 @@ from pipelines.assets import ingest_job
 from pipelines.resources import ForesightStore
 
 
+def _hidden(uri: str, folder: str) -> bool:
+    """A dot-name below the dataset's landing folder (the store root itself may be one,
+    like the default ``.foresight``)."""
+    rel = uri[len(folder.rstrip("/")) :].lstrip("/")
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
 def new_landing_files(store, seen: dict[str, list[str]]) -> dict[str, list[str]]:
     """Log files per dataset folder under landing/ not in ``seen`` and not ingested yet.
 
@@ -36,7 +43,7 @@ def new_landing_files(store, seen: dict[str, list[str]]) -> dict[str, list[str]]
             if source_format(f)
             and not f.endswith(SPEC_FILENAME)
             and f not in known
-            and "/." not in f  # files being written (temp names) are skipped
+            and not _hidden(f, folder)  # files being written (temp names) are skipped
         ]
         if files:
             fresh[dataset] = files

@@ -64,6 +64,20 @@ def test_sensor_requests_each_new_file_exactly_once(store, tmp_path):
     assert third.run_requests[0].run_key != request.run_key
 
 
+def test_sensor_finds_files_in_a_store_under_a_dot_folder_and_skips_temp_names(tmp_path):
+    from datasets.storage import Store
+
+    store = Store(str(tmp_path / ".foresight"))  # the default store root is a dot-folder
+    landed = land(store, tmp_path, "a.jsonl", episodes(2))
+    store.fs.upload(landed, store.landing_uri("toy", ".b.jsonl"))  # a temp name: being written
+    result = landing_sensor(
+        dg.build_sensor_context(resources={"foresight_store": resource_for(store)})
+    )
+    assert [
+        r.run_config["ops"]["trajectory_dataset"]["config"]["files"] for r in result.run_requests
+    ] == [[landed]]
+
+
 def test_asset_ingests_landing_files_and_reports_metadata(store, tmp_path):
     uri = land(store, tmp_path, "a.jsonl", episodes(3))
     result = dg.materialize(
