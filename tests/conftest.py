@@ -10,6 +10,12 @@ from datasets.s3server import S3Server
 from datasets.storage import Store
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    """Training checkpoints go under the test's tmp folder, never into the checkout."""
+    monkeypatch.setenv("FORESIGHT_RUNS", str(tmp_path / "runs"))
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One `weed mini` for the whole session, on free loopback ports; stopped after."""
