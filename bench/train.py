@@ -11,22 +11,16 @@ baselines run ``python -m training.benchmark``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 
-from training.benchmark import measure_training
+from training.benchmark import benchmark_parser, measure_training
 from training.train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/bench_train", help="output folder")
-    parser.add_argument("--data", default=None, help="logs folder (default: generate)")
-    parser.add_argument("--episodes", type=int, default=2000, help="episodes to generate")
-    parser.add_argument("--seed", type=int, default=0, help="data and training seed")
+    parser = benchmark_parser(__doc__, "runs/bench_train")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--kinds", default="world,behavior", help="models to train")
     args = parser.parse_args(argv)
     config = replace(TrainConfig(seed=args.seed, device=args.device), epochs=args.epochs)

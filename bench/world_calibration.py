@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from training.benchmark import load_dataset
+from training.benchmark import load_dataset, world_targets
 from training.evaluate import evaluate
 from training.train import TrainConfig, train
 
@@ -55,11 +55,7 @@ def main() -> None:
             seed=args.seed,
         )
         model, baselines = ev["model"], ev["baselines"]
-        summary[name] = {k: model[k] for k in HEADLINE}
-        summary[name]["mse_vs_persistence"] = model["mse"] / baselines["persistence"]["mse"]
-        summary[name]["mse_vs_linear"] = model["mse"] / baselines["linear"]["mse"]
-        best = min(v["rollout_mse_10"] for v in baselines.values())
-        summary[name]["rollout_10_vs_best_baseline"] = model["rollout_mse_10"] / best
+        summary[name] = {k: model[k] for k in HEADLINE} | world_targets(model, baselines)
     summary["baselines"] = {k: {m: v[m] for m in HEADLINE if m in v} for k, v in baselines.items()}
     print(json.dumps(summary, indent=2))
 

@@ -199,14 +199,7 @@ def run(
         "behavior": behavior_eval["model"],
         "behavior_baselines": behavior_eval["baselines"],
         "targets": {
-            "world_mse_vs_persistence": wm["mse"] / wb["persistence"]["mse"],
-            "world_mse_vs_linear": wm["mse"] / wb["linear"]["mse"],
-            "rollout10_below_every_baseline": all(
-                wm["rollout_mse_10"] < b["rollout_mse_10"] for b in wb.values()
-            ),
-            "rollout10_vs_best_baseline": wm["rollout_mse_10"]
-            / min(b["rollout_mse_10"] for b in wb.values()),
-            "coverage_90": wm["coverage_90"],
+            **world_targets(wm, wb),
             "behavior_nll_vs_best_baseline": bm["nll"] / best_behavior_baseline,
             "behavior_nll_vs_context1": bm["nll"] / bb["context1"]["nll"],
         },
@@ -220,14 +213,32 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/benchmark", help="output folder")
+def world_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[str, Any]:
+    """Issue 3's world-model targets from one evaluation's ``model`` and ``baselines``."""
+    rollouts = [b["rollout_mse_10"] for b in baselines.values()]
+    return {
+        "world_mse_vs_persistence": model["mse"] / baselines["persistence"]["mse"],
+        "world_mse_vs_linear": model["mse"] / baselines["linear"]["mse"],
+        "rollout10_below_every_baseline": all(model["rollout_mse_10"] < r for r in rollouts),
+        "rollout10_vs_best_baseline": model["rollout_mse_10"] / min(rollouts),
+        "coverage_90": model["coverage_90"],
+    }
+
+
+def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options every training benchmark takes: where, which data, seed, device."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default=out, help="output folder")
     parser.add_argument("--data", default=None, help="logs folder (default: generate)")
     parser.add_argument("--episodes", type=int, default=2000, help="episodes to generate")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
-    parser.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__, "runs/benchmark")
+    parser.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
     args = parser.parse_args(argv)
     config = TrainConfig(seed=args.seed, device=args.device)
     if args.epochs is not None:

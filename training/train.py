@@ -489,9 +489,10 @@ def train(
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         train_time = time.perf_counter() - t_epoch
         _trace(data, rk.rank, epoch + 1, batches[:steps_per_epoch], model)
-        if rk.world > 1:
-            sums = {k: v / rk.world for k, v in _all_reduce_sums(sums, device, rk.world).items()}
-            samples = int(_all_reduce_sums({"n": samples}, device, rk.world)["n"])
+        if rk.world > 1:  # one collective: the ranks' loss sums (averaged) and label counts
+            total = _all_reduce_sums({**sums, "/samples": samples}, device, rk.world)
+            samples = int(total.pop("/samples"))
+            sums = {k: v / rk.world for k, v in total.items()}
         record: dict[str, float] = {"epoch": epoch + 1, "step": step}
         record.update({f"train/{k}": v / steps_per_epoch for k, v in sums.items()})
         val = (

@@ -346,24 +346,23 @@ class WorldModel(nn.Module):
         Returns the fitted (D,) factors."""
         was_training = self.training
         self.eval()
-        pits, masks = [], []
+        parts, masks = [], []
         for w, tg in batches:
             logits, mu, std, _, _ = self(w.last(self.context))
             delta = (tg.next_obs - w.obs[:, -1]) / self.delta_std  # (B, N, D)
-            pits.append((logits.softmax(-1), mu, std, delta))
+            parts.append((logits, mu, std, delta))
             masks.append((tg.next_valid[..., None] & w.feat_mask & self.dynamic).float())
         self.train(was_training)
-        if not pits:
+        if not parts:
             return self.std_scale
-        weight, mu, std, delta = (torch.cat(x) for x in zip(*pits, strict=True))
+        logits, mu, std, delta = (torch.cat(x) for x in zip(*parts, strict=True))
         mask = torch.cat(masks)  # (M, N, D)
         count = mask.sum(dim=(0, 1))  # (D,)
         lo, hi = torch.full_like(count, -4.0), torch.full_like(count, 4.0)  # log factor
         q = (1 - level) / 2
-        z = (delta[..., None] - mu) / std  # (M, N, D, K), in units of each component's std
         for _ in range(30):
             mid = (lo + hi) / 2
-            cdf = (weight * 0.5 * (1 + torch.erf(z / (mid.exp()[:, None] * math.sqrt(2))))).sum(-1)
+            cdf = ObsDistribution(logits, mu, std * mid.exp()[:, None]).cdf(delta)
             inside = ((cdf >= q) & (cdf <= 1 - q)).float() * mask
             cover = inside.sum(dim=(0, 1)) / count.clamp_min(1)
             lo, hi = torch.where(cover < level, mid, lo), torch.where(cover < level, hi, mid)
