@@ -171,7 +171,8 @@ def _batch_bounds(n: int, batch_size: int, world: int) -> list[int]:
     """Where one epoch's ``n`` shuffled rows are cut into global batches (len = steps + 1).
     A last batch too small to give each of the ``world`` ranks a row joins the one before."""
     assert batch_size >= world, f"batch size {batch_size} is smaller than the {world} ranks"
-    assert n >= world, f"{n} training windows cannot be split across {world} ranks"
+    if n < world:
+        raise ValueError(f"{n} training windows cannot be split across {world} processes")
     steps = math.ceil(n / batch_size)
     if steps > 1 and n - (steps - 1) * batch_size < world:
         steps -= 1
