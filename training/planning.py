@@ -98,9 +98,10 @@ class PlannerConfig:
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
-    """Advance the behavior model's GRU one step per imagined step (fast) instead of
-    re-reading its last ``context`` steps every step (exact, ~context times the work).
-    The two agree at the first step; later the GRU also remembers steps the window drops."""
+    """Advance the behavior model's state (its evidence for each style, and its GRU state
+    where it has one) one step per imagined step (fast) instead of re-reading its last
+    ``context`` steps every step (exact, ~context times the work). The two agree at the
+    first step; later the state also remembers steps the window drops."""
     sequential: bool = False
     """Egos plan in index order, later ones holding earlier ones to their chosen plans
     (one rollout batch per ego). False: one batch for all, each ego against the behavior
@@ -213,8 +214,9 @@ def check_same_dataset(
 class _BehaviorStepper:
     """The behavior model's action distribution, advanced one imagined step at a time.
 
-    The model's GRU reads the history once; each imagined step then costs one GRU cell
-    step instead of re-reading the whole window. Models without that structure (or
+    The model reads the history once and carries its state (the evidence for each style,
+    and the GRU state where it has one); each imagined step then costs one step of the
+    model instead of re-reading the whole window. Models without that structure (or
     centralized ones) fall back to re-running ``action_distribution`` on the window.
     """
 

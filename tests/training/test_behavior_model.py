@@ -53,3 +53,17 @@ def test_history_beats_one_step_on_agents_with_a_style(tiny, tmp_path):
         )
         nll[context] = min(h["val/nll"] for h in result.history)
     assert nll[8] < nll[1] - 0.02, nll
+
+
+def test_noise_levels_mix_equals_the_mixture_over_every_style(tiny):
+    """mix() never builds the (K, J, n) tensor; it must equal Σ_z w_z p_z(a) built in full."""
+    m = model(tiny, context=6, n_experts=4, noise_levels=3)
+    torch.manual_seed(1)
+    logp = torch.randn(7, 4, 5).log_softmax(-1)  # (batch, K, n)
+    weights = torch.randn(7, 4 * 3).log_softmax(-1)  # (batch, Z)
+    per_action = torch.stack(
+        [m.style_log_probs(logp[..., a]) for a in range(5)], dim=-1
+    )  # (batch, Z, n)
+    assert torch.allclose(per_action.logsumexp(-1), torch.zeros(()), atol=1e-5)
+    full = torch.logsumexp(weights[..., None] + per_action, dim=-2)
+    assert torch.allclose(m.mix(weights, logp), full, atol=1e-5)

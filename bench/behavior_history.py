@@ -1,0 +1,98 @@
+"""Behavior model with a history against its 1-step self and the simple baselines.
+
+    python bench/behavior_history.py --data DIR [--out runs/behavior_history] [--seed 0]
+        [--variant gate=gru --variant noise_levels=0 ...]
+
+Trains the behavior model with the default configs on the logs in DIR (a folder with
+``foresight_spec.json``, e.g. made by ``generate_episodes(..., policy="mixed")``), the
+same model with a context of 1 step, and one model per ``--variant`` (config fields
+changed from the default, comma-separated), all on the same split and seed. Evaluates the
+default model on the held-out episodes with every other model as an extra baseline, next
+to the marginal and repeat-last baselines, and prints one JSON object with issue 3's two
+behavior targets: NLL at least 30% below the best simple baseline, and below the 1-step
+model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+from training.behavior_model import BehaviorModelConfig
+from training.benchmark import load_dataset
+from training.evaluate import evaluate
+from training.train import TrainConfig, train
+
+
+def parse_variant(text: str) -> dict[str, object]:
+    """``"gate=gru,noise_levels=0"`` -> config overrides, typed like the default's fields."""
+    types = {
+        f.name: type(getattr(BehaviorModelConfig(), f.name)) for f in fields(BehaviorModelConfig)
+    }
+    out: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if name not in types or name in ("spec", "architecture"):
+            raise SystemExit(f"--variant: unknown behavior config field {name!r}")
+        cast = types[name]
+        out[name] = value.lower() in ("1", "true") if cast is bool else cast(value)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="logs folder with foresight_spec.json")
+    parser.add_argument("--out", default="runs/behavior_history", help="checkpoint folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", action="append", default=[], help="e.g. gate=gru")
+    args = parser.parse_args()
+
+    frame, spec = load_dataset(args.data)
+    config = TrainConfig(seed=args.seed)
+    base = BehaviorModelConfig()
+    models = {"history": base, "context1": replace(base, context=1)}
+    models |= {v: replace(base, **parse_variant(v)) for v in args.variant}
+    trained, summary = {}, {"train_seconds": {}, "epochs_run": {}, "best_epoch": {}}
+    for name, model_config in models.items():
+        started = time.perf_counter()
+        run_config = replace(config, context=model_config.context)
+        result = train("behavior", frame, spec, run_config, model_config, Path(args.out) / name)
+        summary["train_seconds"][name] = round(time.perf_counter() - started, 1)
+        summary["epochs_run"][name] = len(result.history)
+        summary["best_epoch"][name] = result.best_epoch
+        trained[name] = result
+    history = trained.pop("history")
+    assert all(r.val_episode_ids == history.val_episode_ids for r in trained.values())
+    ev = evaluate(
+        "behavior",
+        history.model,
+        frame,
+        spec,
+        history.val_episode_ids,
+        extra_baselines={name: r.model for name, r in trained.items()},
+        seed=args.seed,
+    )
+    model, baselines = ev["model"], ev["baselines"]
+    best_simple = min(baselines["marginal"]["nll"], baselines["repeat_last"]["nll"])
+    summary |= {
+        "episodes": {
+            "train": len(history.train_episode_ids),
+            "evaluation": len(history.val_episode_ids),
+        },
+        "model": model,
+        "baselines": baselines,
+        "targets": {
+            "nll_below_best_simple_baseline": round(1 - model["nll"] / best_simple, 4),
+            "nll_vs_context1": round(model["nll"] / baselines["context1"]["nll"], 4),
+            "met": model["nll"] <= 0.7 * best_simple
+            and model["nll"] < baselines["context1"]["nll"],
+        },
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
