@@ -60,9 +60,12 @@ class BehaviorModelConfig:
     """Width of the step encoder, the experts and the GRU state."""
     n_experts: int = 16
     """Experts of the mixture (discrete actions); 0: one head on [GRU state, step]."""
-    expert_width: int = 256
+    expert_width: int = 128
     """Hidden width of the experts' MLP (shared by all experts): the experts carry the
-    hard part, what each decision rule does with the observation."""
+    hard part, what each decision rule does with the observation. With noise levels
+    crossed in, 128 learns as well as 256 (simple_spread, 2k episodes: held-out NLL 1.0037
+    vs 1.0030) for less than half the compute, which the service pays on every history
+    step of every query."""
     expert_layers: int = 3
     """Hidden layers of the experts' MLP (rules like "go to the nearest landmark" select
     before they act: 3 layers learn them clearly better than 2)."""
