@@ -157,7 +157,7 @@ class BehaviorState:
     evidence: torch.Tensor | None = None
     """(B, N, Z) summed log-likelihood of the agent's past actions under each style."""
     last_logp: torch.Tensor | None = None
-    """(B, N, K, n) each expert's action log-probabilities at the last step read."""
+    """(B, N, n, K) each expert's action log-probabilities at the last step read."""
     last_present: torch.Tensor | None = None
     """(B, N) bool, the agent was present at the last step read."""
 
@@ -240,11 +240,17 @@ class BehaviorModel(nn.Module):
         return torch.cat([obs, fmask.expand(B, T, N, D), prev, pv, pres], dim=-1)  # (B, T, N, F)
 
     def scan(
-        self, x: torch.Tensor, w: Window, state: BehaviorState | None = None
+        self,
+        x: torch.Tensor,
+        w: Window,
+        state: BehaviorState | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, BehaviorState]:
         """Head output at every step of ``w`` (B, T, N, out) and the state after its last
         step. ``x``: step_features(w); ``state``: the state before w's first step (None:
-        w starts the history). Position τ reads steps ≤ τ only."""
+        w starts the history). Position τ reads steps ≤ τ only. ``last_only``: the output
+        at the last step only, (B, 1, N, out), for a fraction of the work (what a
+        prediction needs; training reads every step)."""
         B, T, N, _ = x.shape
         h_last = h = None
         if self.history_net:
@@ -254,6 +260,8 @@ class BehaviorModel(nn.Module):
             seq = z.transpose(1, 2).reshape(B * N, T, d)
             h, h_last = self.gru(seq, None if state is None else state.h)  # (B*N, T, d)
             h = h.view(B, N, T, d).transpose(1, 2)  # (B, T, N, d)
+            if last_only and not self.config.centralized:
+                h, enc = h[:, -1:], enc[:, -1:]
             if self.config.centralized:
                 valid = w.present.reshape(B * T, N)
                 valid = valid | ~valid.any(dim=1, keepdim=True)
@@ -261,55 +269,62 @@ class BehaviorModel(nn.Module):
                 for block in self.blocks:
                     h = block(h, valid)
                 h = h.view(B, T, N, d)
+                if last_only:
+                    h, enc = h[:, -1:], enc[:, -1:]
             h = F.dropout(h, p, self.training)
             if not self.n_experts:
                 out = self.head(torch.cat([h, enc], dim=-1)).float()
                 return out, BehaviorState(h_last, last_present=w.present[:, -1])
         K, n = self.n_experts, self.n_actions
-        logp = self.experts(x).float().view(B, T, N, K, n).log_softmax(-1)  # (B, T, N, K, n)
+        # (B, T, N, n, K): actions before experts, so that the softmax over the n actions
+        # runs across rows of K (over a last dim of 5 it is ~12x slower on the CPU).
+        logp = self.experts(x).float().view(B, T, N, n, K).log_softmax(-2)
         # Evidence: how well each style explained the action taken at the step before.
         if state is None or state.last_logp is None:
-            before = logp.new_zeros(B, 1, N, K, n)
+            before = logp.new_zeros(B, 1, N, n, K)
             before_ok = w.present.new_zeros(B, 1, N)
             evidence0 = None
         else:
             before, before_ok = state.last_logp[:, None], state.last_present[:, None]
             evidence0 = state.evidence
-        prev_logp = torch.cat([before, logp[:, :-1]], dim=1)  # (B, T, N, K, n)
+        prev_logp = torch.cat([before, logp[:, :-1]], dim=1)  # (B, T, N, n, K)
         prev_ok = torch.cat([before_ok, w.present[:, :-1]], dim=1) & w.prev_valid  # (B, T, N)
-        prev = w.prev_action.long().clamp(0, n - 1)[..., None, None].expand(B, T, N, K, 1)
-        ll = self.style_log_probs(prev_logp.gather(-1, prev).squeeze(-1))  # (B, T, N, Z)
-        evidence = (ll * prev_ok[..., None]).cumsum(dim=1)
+        prev = w.prev_action.long().clamp(0, n - 1)[..., None, None].expand(B, T, N, 1, K)
+        ll = self.style_log_probs(prev_logp.gather(-2, prev).squeeze(-2))  # (B, T, N, Z)
+        ll = ll * prev_ok[..., None]
+        evidence = ll.sum(dim=1, keepdim=True) if last_only else ll.cumsum(dim=1)
         if evidence0 is not None:
             evidence = evidence + evidence0[:, None]
         prior = self.prior if h is None else self.gate(h).float()  # (Z,) or (B, T, N, Z)
         weights = (prior + evidence).log_softmax(-1)  # (B, T, N, Z) log-posterior
-        out = self.mix(weights, logp)  # (B, T, N, n) log-probs
+        out = self.mix(weights, logp[:, -1:] if last_only else logp)  # (B, T, N, n) log-probs
         return out, BehaviorState(h_last, evidence[:, -1], logp[:, -1], w.present[:, -1])
 
     def style_log_probs(self, logp: torch.Tensor) -> torch.Tensor:
         """(..., K) expert log-probabilities of an action -> (..., Z) those of every latent
-        style z = (expert k, noise level j): log[(1 - ε_j) p_k(a) + ε_j / n]."""
+        style z = (expert k, noise level j): log[(1 - ε_j) p_k(a) + ε_j / n]. (In
+        probability space: one multiply-add and one log, a fraction of ``logaddexp``'s
+        work; ε_j / n > 0 keeps the log finite.)"""
         if not self.noise_levels:
             return logp
-        log_eps = F.logsigmoid(self.noise_logit)  # (J,)
-        log_keep = F.logsigmoid(-self.noise_logit)  # log(1 - ε_j)
-        mixed = torch.logaddexp(logp[..., None] + log_keep, log_eps - math.log(self.n_actions))
+        keep = torch.sigmoid(-self.noise_logit)  # 1 - ε_j, (J,)
+        floor = torch.sigmoid(self.noise_logit) / self.n_actions  # ε_j / n
+        mixed = torch.addcmul(floor, logp.exp()[..., None], keep).log()  # (..., K, J)
         return mixed.flatten(-2)  # (..., K*J)
 
     def mix(self, weights: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-        """log Σ_z w_z p_z(a) for every action a: (..., Z) log-weights and (..., K, n) expert
+        """log Σ_z w_z p_z(a) for every action a: (..., Z) log-weights and (..., n, K) expert
         log-probs -> (..., n). With noise levels, Σ_kj w_kj [(1 - ε_j) p_k + ε_j / n] is
         Σ_k (Σ_j w_kj (1 - ε_j)) p_k + (Σ_kj w_kj ε_j) / n: no (K, J, n) tensor is built."""
         if not self.noise_levels:
-            return torch.logsumexp(weights[..., None] + logp, dim=-2)
+            return torch.logsumexp(weights[..., None, :] + logp, dim=-1)
         K, J = self.n_experts, self.noise_levels
         w = weights.unflatten(-1, (K, J))  # (..., K, J)
         log_keep = F.logsigmoid(-self.noise_logit)
         log_eps = F.logsigmoid(self.noise_logit)
         keep = torch.logsumexp(w + log_keep, dim=-1)  # (..., K)
         noise = torch.logsumexp(w + log_eps, dim=(-2, -1))  # (...)
-        acting = torch.logsumexp(keep[..., None] + logp, dim=-2)  # (..., n)
+        acting = torch.logsumexp(keep[..., None, :] + logp, dim=-1)  # (..., n)
         return torch.logaddexp(acting, (noise - math.log(self.n_actions))[..., None])
 
     def forward(self, w: Window) -> torch.Tensor:
@@ -329,7 +344,8 @@ class BehaviorModel(nn.Module):
 
     def action_distribution(self, w: Window) -> ActionDistribution:
         """Each agent's next action at the last step of ``w``, batch dims (B, N)."""
-        return self.distribution(self(w.last(self.context))[:, -1])
+        w = w.last(self.context)
+        return self.distribution(self.scan(self.step_features(w), w, last_only=True)[0][:, -1])
 
     def loss(
         self, w: Window, tg: Targets, all_steps: bool = False
@@ -340,12 +356,12 @@ class BehaviorModel(nn.Module):
         window. ``all_steps=True`` (training): the action at every valid step of the
         window from the steps up to it; the window's actions are the targets.
         """
-        out = self(w)  # (B, T, N, out)
         if all_steps:
-            dist, action = self.distribution(out), w.action  # batch dims (B, T, N)
+            dist, action = self.distribution(self(w)), w.action  # batch dims (B, T, N)
             valid = (w.present & w.time_valid[..., None]).float()
         else:
-            dist, action, valid = self.distribution(out[:, -1]), tg.action, tg.valid.float()
+            out = self.scan(self.step_features(w), w, last_only=True)[0][:, -1]
+            dist, action, valid = self.distribution(out), tg.action, tg.valid.float()
         count = valid.sum().clamp_min(1)
         nll = -(dist.log_prob(action) * valid).sum() / count
         parts = {"nll": nll}

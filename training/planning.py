@@ -235,7 +235,8 @@ class _BehaviorStepper:
             self.out = None
 
     def _encode(self, w: Window, state=None):
-        out, state = self.model.scan(self.model.step_features(w), w, state)  # (B, T, N, out)
+        x = self.model.step_features(w)
+        out, state = self.model.scan(x, w, state, last_only=True)  # (B, 1, N, out)
         return out[:, -1], state
 
     def distribution(self):

@@ -59,11 +59,28 @@ def test_noise_levels_mix_equals_the_mixture_over_every_style(tiny):
     """mix() never builds the (K, J, n) tensor; it must equal Σ_z w_z p_z(a) built in full."""
     m = model(tiny, context=6, n_experts=4, noise_levels=3)
     torch.manual_seed(1)
-    logp = torch.randn(7, 4, 5).log_softmax(-1)  # (batch, K, n)
+    logp = torch.randn(7, 5, 4).log_softmax(-2)  # (batch, n, K)
     weights = torch.randn(7, 4 * 3).log_softmax(-1)  # (batch, Z)
-    per_action = torch.stack(
-        [m.style_log_probs(logp[..., a]) for a in range(5)], dim=-1
-    )  # (batch, Z, n)
+    per_action = torch.stack([m.style_log_probs(logp[:, a]) for a in range(5)], dim=-1)
+    eps = torch.sigmoid(m.noise_logit)  # (J,)
+    explicit = ((1 - eps) * logp[:, 0, :, None].exp() + eps / 5).log().flatten(-2)
+    assert torch.allclose(per_action[..., 0], explicit, atol=1e-6)  # (batch, Z)
     assert torch.allclose(per_action.logsumexp(-1), torch.zeros(()), atol=1e-5)
     full = torch.logsumexp(weights[..., None] + per_action, dim=-2)
     assert torch.allclose(m.mix(weights, logp), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_experts": 0}, {"gate": "gru"}, {"centralized": True}])
+def test_last_only_scan_equals_the_last_step_of_a_full_scan(tiny, kw):
+    m, w = model(tiny, context=6, **kw), window(tiny)
+    x = m.step_features(w)
+    full, state = m.scan(x, w)
+    last, last_state = m.scan(x, w, last_only=True)
+    assert last.shape[1] == 1
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+    if state.evidence is not None:
+        assert torch.allclose(last_state.evidence, state.evidence, atol=1e-5)
+    # and from a carried state, as the planner steps it
+    head, mid = m.scan(x[:, :4], w._map(lambda v: v[:, :4]))
+    tail, _ = m.scan(x[:, 4:], w._map(lambda v: v[:, 4:]), mid, last_only=True)
+    assert torch.allclose(tail[:, 0], full[:, -1], atol=1e-5)
