@@ -19,9 +19,11 @@ from pathlib import Path
 DEFAULT_EPISODES = 2_000
 DEMO_EPOCHS = {"behavior": 6, "world": 25}
 """Epochs of the demo's training runs (early stopping may end them sooner)."""
-DEMO_MODELS = {"behavior": None, "world": {"d_model": 64, "reward_weight": 10.0}}
-"""Model configs: a 64-wide world model keeps a planner decision near 50 ms on 2 CPU cores,
-and a heavier reward loss makes its predicted returns good enough to plan with."""
+DEMO_MODELS = {"behavior": None, "world": {"reward_weight": 10.0}}
+"""Model configs: the default sizes, with a heavier reward loss for the world model so that
+its predicted returns are good enough to plan with. (A 64-wide world model trains in half
+the time but, after 25 epochs on the demo data, failed its gate against the linear
+baseline: MSE 0.00424 vs 0.00404, and its planner scored -39.7 against -33.9 here.)"""
 DEMO_ARENA_EPISODES = 40
 
 
