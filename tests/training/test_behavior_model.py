@@ -84,3 +84,25 @@ def test_last_only_scan_equals_the_last_step_of_a_full_scan(tiny, kw):
     head, mid = m.scan(x[:, :4], w._map(lambda v: v[:, :4]))
     tail, _ = m.scan(x[:, 4:], w._map(lambda v: v[:, 4:]), mid, last_only=True)
     assert torch.allclose(tail[:, 0], full[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("centralized", [False, True])
+def test_only_the_centralized_model_reads_the_other_agents(tiny, centralized):
+    """Decentralized: agent 0's prediction is a function of its own history alone (what
+    another agent can compute from outside); centralized: of the joint history."""
+    m, w = model(tiny, context=6, centralized=centralized), window(tiny)
+    changed = w._map(lambda x: x.clone())
+    changed.obs[:, :, 1:] += 1.0
+    changed.prev_action[:, :, 1:] = (changed.prev_action[:, :, 1:] + 2) % 5
+    same = torch.allclose(m(changed)[:, :, 0], m(w)[:, :, 0], atol=1e-6)
+    assert same != centralized
+
+
+def test_a_centralized_model_trains(tiny, tmp_path):
+    frame, spec = tiny
+    config = TrainConfig(epochs=3, batch_size=96, lr=1e-2, seed=0, patience=20)
+    cfg = BehaviorModelConfig(context=8, d_model=16, n_experts=4, expert_width=32, centralized=True)
+    result = train("behavior", frame, spec, config, cfg, tmp_path, progress=False)
+    losses = [h["train/loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    assert result.model.history_net and result.model.config.centralized
