@@ -260,17 +260,17 @@ class BehaviorModel(nn.Module):
             seq = z.transpose(1, 2).reshape(B * N, T, d)
             h, h_last = self.gru(seq, None if state is None else state.h)  # (B*N, T, d)
             h = h.view(B, N, T, d).transpose(1, 2)  # (B, T, N, d)
-            if last_only and not self.config.centralized:
-                h, enc = h[:, -1:], enc[:, -1:]
+            present = w.present
+            if last_only:  # the attention below mixes agents within a step, never steps
+                h, enc, present = h[:, -1:], enc[:, -1:], present[:, -1:]
             if self.config.centralized:
-                valid = w.present.reshape(B * T, N)
+                S = h.shape[1]
+                valid = present.reshape(B * S, N)
                 valid = valid | ~valid.any(dim=1, keepdim=True)
-                h = h.reshape(B * T, N, d)  # agents attend to each other at every step
+                h = h.reshape(B * S, N, d)  # agents attend to each other at every step
                 for block in self.blocks:
                     h = block(h, valid)
-                h = h.view(B, T, N, d)
-                if last_only:
-                    h, enc = h[:, -1:], enc[:, -1:]
+                h = h.view(B, S, N, d)
             h = F.dropout(h, p, self.training)
             if not self.n_experts:
                 out = self.head(torch.cat([h, enc], dim=-1)).float()
@@ -360,8 +360,7 @@ class BehaviorModel(nn.Module):
             dist, action = self.distribution(self(w)), w.action  # batch dims (B, T, N)
             valid = (w.present & w.time_valid[..., None]).float()
         else:
-            out = self.scan(self.step_features(w), w, last_only=True)[0][:, -1]
-            dist, action, valid = self.distribution(out), tg.action, tg.valid.float()
+            dist, action, valid = self.action_distribution(w), tg.action, tg.valid.float()
         count = valid.sum().clamp_min(1)
         nll = -(dist.log_prob(action) * valid).sum() / count
         parts = {"nll": nll}

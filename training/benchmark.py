@@ -171,7 +171,6 @@ def run(
 
     wm, wb = world_eval["model"], world_eval["baselines"]
     bm, bb = behavior_eval["model"], behavior_eval["baselines"]
-    best_behavior_baseline = min(bb["marginal"]["nll"], bb["repeat_last"]["nll"])
     summary = {
         "data": {
             "source": data,
@@ -200,8 +199,7 @@ def run(
         "behavior_baselines": behavior_eval["baselines"],
         "targets": {
             **world_targets(wm, wb),
-            "behavior_nll_vs_best_baseline": bm["nll"] / best_behavior_baseline,
-            "behavior_nll_vs_context1": bm["nll"] / bb["context1"]["nll"],
+            **behavior_targets(bm, bb),
         },
         "configs": {
             "train": asdict(config),
@@ -222,6 +220,17 @@ def world_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[s
         "rollout10_below_every_baseline": all(model["rollout_mse_10"] < r for r in rollouts),
         "rollout10_vs_best_baseline": model["rollout_mse_10"] / min(rollouts),
         "coverage_90": model["coverage_90"],
+    }
+
+
+def behavior_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[str, float]:
+    """Issue 3's behavior-model targets (NLL ratios) from one evaluation's ``model`` and
+    ``baselines``: against the best simple baseline (marginal, repeat-last) and against
+    the same model with a context of 1 step (``baselines["context1"]``)."""
+    best_simple = min(baselines["marginal"]["nll"], baselines["repeat_last"]["nll"])
+    return {
+        "behavior_nll_vs_best_baseline": model["nll"] / best_simple,
+        "behavior_nll_vs_context1": model["nll"] / baselines["context1"]["nll"],
     }
 
 
