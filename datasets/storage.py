@@ -13,12 +13,12 @@ go through the functions here, which use the minio SDK on S3.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -276,6 +276,56 @@ class FileSystem:
             length=len(data),
         )
 
+    # -- conditional writes: the building block for safe concurrent writers ---------------
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a token naming this exact content; None when it is absent.
+
+        Pass the token to :meth:`write_if` to replace the object only if nobody changed it in
+        between (S3: the ETag; local: the sha256 of the bytes, checked under a file lock).
+        """
+        if not is_s3(uri):
+            try:
+                data = Path(uri).read_bytes()
+            except FileNotFoundError:
+                return None
+            return data, hashlib.sha256(data).hexdigest()
+        bucket, key = split_s3(uri)
+        try:
+            response = self._call(uri, self._client.get_object, bucket_name=bucket, object_name=key)
+        except FileNotFoundError:
+            return None
+        try:
+            return response.read(), response.headers.get("ETag", "")
+        finally:
+            response.close()
+            response.release_conn()
+
+    def write_if(self, uri: str, data: bytes, token: str | None) -> bool:
+        """Write ``data`` only if the object is still as :meth:`read_versioned` saw it.
+
+        ``token=None`` means "only if it does not exist yet" (exclusive create). Returns False,
+        writing nothing, when another writer got there first; the write itself is atomic.
+        """
+        if not is_s3(uri):
+            return _local_write_if(Path(uri), data, token)
+        from minio.error import S3Error
+
+        bucket, key = split_s3(uri)
+        headers = {"If-None-Match": "*"} if token is None else {"If-Match": token}
+        try:
+            self._client._put_object(bucket, key, data, headers=headers)
+        except S3Error as exc:
+            if exc.code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                return False
+            if exc.code == "NoSuchKey" and token is not None:
+                return False
+            raise _s3_error(self.s3, uri, exc) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("urllib3", "minio")) or isinstance(exc, OSError):
+                raise _s3_error(self.s3, uri, exc) from exc
+            raise
+        return True
+
     def upload(self, local_path: str, uri: str) -> None:
         if not is_s3(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +357,33 @@ class FileSystem:
         bucket, _ = split_s3(uri)
         if not self._call(uri, self._client.bucket_exists, bucket_name=bucket):
             self._call(uri, self._client.make_bucket, bucket_name=bucket)
+
+
+def _local_write_if(path: Path, data: bytes, token: str | None) -> bool:
+    """Compare-and-swap of a local file: the check and the rename happen under one flock."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if token is None:
+            if current is not None:
+                return False
+        elif current is None or hashlib.sha256(current).hexdigest() != token:
+            return False
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return True
+
+
+class ConflictError(StorageError):
+    """A conditional update kept losing to other writers and gave up."""
 
 
 class _S3Stream(io.RawIOBase):
@@ -390,5 +467,26 @@ class Store:
 
         self.fs.write_bytes(self.uri(rel), json.dumps(data, indent=2, sort_keys=True).encode())
 
-    def iter_files(self, rel: str) -> Iterator[str]:
-        yield from self.fs.list_files(self.uri(rel))
+    def update_json(self, rel: str, change, attempts: int = 50) -> dict:
+        """Read-modify-write of a JSON document that no concurrent writer can lose.
+
+        ``change(data)`` gets the current document (None when absent), returns the new one and
+        may raise to abort; it is re-run on the fresh document whenever another writer won the
+        race, so every update that returns is in the final state. Returns what was written.
+        """
+        import json
+        import random
+        import time
+
+        uri = self.uri(rel)
+        for attempt in range(attempts):
+            found = self.fs.read_versioned(uri)
+            current, token = (json.loads(found[0]), found[1]) if found else (None, None)
+            new = change(current)
+            body = json.dumps(new, indent=2, sort_keys=True).encode()
+            if self.fs.write_if(uri, body, token):
+                return new
+            time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+        raise ConflictError(
+            f"could not update {uri} after {attempts} attempts: other writers kept changing it"
+        )
