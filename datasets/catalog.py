@@ -23,8 +23,8 @@ import pyarrow as pa
 from datasets.schema import DatasetSpec
 from datasets.storage import StorageError, Store
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 QUARANTINE_SUFFIX = "__quarantine"
 META_KEY = "foresight"
 

@@ -26,8 +26,8 @@ from typing import Any
 
 from datasets.storage import Store
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 
