@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -63,16 +64,30 @@ def load_frame(ref: str, store: Store) -> tuple[DatasetTable, int, pl.DataFrame,
 
 
 def quality_gate(kind: ModelKind, result: dict[str, Any]) -> tuple[bool, list[str]]:
-    """Does the model beat every baseline on the headline metrics? (passed, failures)."""
+    """Does the model beat every baseline on the headline metrics? (passed, failures).
+
+    World models are judged on ``mse`` and ``rollout_mse_10``, behavior models on ``nll``;
+    lower is better. The gate decides promotion, so anything it cannot measure refuses: a
+    NaN metric (the model's or a baseline's), or a headline metric no baseline reports.
+    """
+    if kind not in ("world", "behavior"):
+        raise ValueError(f"kind must be 'world' or 'behavior', got {kind!r}")
     model, baselines = result["model"], result["baselines"]
     metrics = ["mse", "rollout_mse_10"] if kind == "world" else ["nll"]
     failures = []
     for metric in metrics:
-        for name, values in baselines.items():
-            if metric in values and not model[metric] < values[metric]:
-                failures.append(
-                    f"{metric}: model {model[metric]:.4g} does not beat {name} {values[metric]:.4g}"
-                )
+        mine = _number(model.get(metric))
+        if math.isnan(mine):
+            failures.append(f"{metric}: model has no value (NaN or missing): cannot compare")
+            continue
+        compared = [(n, _number(v[metric])) for n, v in baselines.items() if metric in v]
+        if not compared:
+            failures.append(f"{metric}: no baseline reports it: nothing to beat")
+        for name, theirs in compared:
+            if math.isnan(theirs):
+                failures.append(f"{metric}: {name} is NaN: cannot compare")
+            elif not mine < theirs:
+                failures.append(f"{metric}: model {mine:.4g} does not beat {name} {theirs:.4g}")
     return not failures, failures
 
 
@@ -352,16 +367,40 @@ def run_arena_registered(
     return result
 
 
-def beats_reactive(result: dict[str, Any], team: str = "anticipatory") -> tuple[bool, list[str]]:
-    """Does ``team`` beat every reactive controller (greedy, bc) with disjoint 95% intervals?"""
+REACTIVE = ("greedy", "bc")
+"""The reactive teams the anticipatory team must beat on the way to production."""
+
+
+def beats_reactive(
+    result: dict[str, Any], team: str = "anticipatory", against: tuple[str, ...] = REACTIVE
+) -> tuple[bool, list[str]]:
+    """Does ``team`` beat every reactive team with disjoint 95% intervals? (passed, failures).
+
+    Disjoint means ``team``'s interval lies wholly above the other's: its low end above the
+    other's high end. The gate decides promotion, so what it cannot establish refuses:
+    ``team`` or any team of ``against`` that did not play, and NaN returns or intervals.
+    """
     teams = result["controllers"]
+    failures = [f"{name} did not play" for name in (team, *against) if name not in teams]
     if team not in teams:
-        return False, [f"{team} did not play"]
-    low = teams[team]["ci95"][0]
-    failures = [
-        f"{team} {teams[team]['mean_return']:.2f} (95% CI low {low:.2f}) does not beat {other} "
-        f"{teams[other]['mean_return']:.2f} (95% CI high {teams[other]['ci95'][1]:.2f})"
-        for other in ("greedy", "bc")
-        if other in teams and not low > teams[other]["ci95"][1]
-    ]
+        return False, failures
+    low, mean = _number(teams[team]["ci95"][0]), _number(teams[team]["mean_return"])
+    if math.isnan(low) or math.isnan(mean):
+        failures.append(f"{team} has a NaN return or interval: cannot compare")
+    for other in against:
+        if other not in teams or math.isnan(low):
+            continue
+        high, theirs = _number(teams[other]["ci95"][1]), _number(teams[other]["mean_return"])
+        if math.isnan(high) or math.isnan(theirs):
+            failures.append(f"{other} has a NaN return or interval: cannot compare")
+        elif not low > high:
+            failures.append(
+                f"{team} {mean:.2f} (95% CI low {low:.2f}) does not beat {other} "
+                f"{theirs:.2f} (95% CI high {high:.2f})"
+            )
     return not failures, failures
+
+
+def _number(value: Any) -> float:
+    """A metric as a float; None (a NaN that went through JSON) becomes NaN."""
+    return math.nan if value is None else float(value)
