@@ -18,13 +18,17 @@ because the quarantine is read through the ingest ids of completed ingests.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from datasets.catalog import META_KEY, QUARANTINE_ARROW, DatasetTable
+from datasets.lease import Lease
 from datasets.readers import (
     SUPPORTED_SUFFIXES,
     iter_chunks,
@@ -56,6 +61,13 @@ BUCKET_BYTES = 256 << 20
 """Source bytes per episode bucket; bounds the memory of the episode-level checks."""
 GZIP_RATIO = 6
 """Assumed expansion of .gz sources when sizing buckets."""
+LEASE_FOLDER = "leases/datasets"
+"""Under the store root: one lease object per dataset, held while an ingest commits."""
+STAGING_PREFIX = "foresight-ingest-"
+"""Staging folders under FORESIGHT_SCRATCH (default: the system temp folder)."""
+STAGING_ORPHAN_SECONDS = 3600.0
+"""A staging folder without an owner file is swept only once it is this old (it may be
+one that is being created right now)."""
 
 
 class IngestError(RuntimeError):
@@ -91,6 +103,8 @@ class IngestResult:
     spec: dict[str, Any] | None = None
     spec_origin: str = ""
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """What went oddly but did not fail the ingest (a read-back error after a commit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +120,7 @@ class IngestResult:
             "spec": self.spec,
             "spec_origin": self.spec_origin,
             "seconds": round(self.seconds, 3),
+            "notes": self.notes,
         }
 
 
@@ -238,8 +253,10 @@ class _Staging:
         self.buckets = buckets
         self.bucket_files: list[list[str]] = [[] for _ in range(buckets)]
         self.reject_files: list[str] = []
-        self.tainted: set[str] = set()
-        """Episodes that lost a row to a row-level check."""
+        self.tainted: dict[int, set[str]] = {}
+        """Per source file, the episodes that lost a row to a row-level check there."""
+        self.dropped: set[int] = set()
+        """Source files another ingest committed meanwhile: none of their rows go in."""
         self._seq = 0
 
     def _path(self, kind: str) -> str:
@@ -278,6 +295,60 @@ class _Staging:
         return pl.scan_ipc(files) if files else None
 
 
+def _staging_root() -> Path:
+    return Path(os.environ.get("FORESIGHT_SCRATCH") or tempfile.gettempdir())
+
+
+@contextmanager
+def _staging_folder() -> Iterator[str]:
+    """A local staging folder, removed on the way out whatever happens.
+
+    Its owner file stays locked (flock) while the ingest runs; the kernel drops the lock
+    when the process dies, which is how :func:`sweep_stale_staging` tells dead from alive.
+    """
+    root = _staging_root()
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    owner = open(path / ".owner", "wb")  # noqa: SIM115 - held for the whole ingest
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        owner.write(f"{os.getpid()}\n".encode())
+        owner.flush()
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        owner.close()
+
+
+def sweep_stale_staging() -> list[str]:
+    """Remove staging folders left by ingests that died (killed, power loss); their paths."""
+    swept = []
+    for path in sorted(_staging_root().glob(f"{STAGING_PREFIX}*")):
+        if not path.is_dir():
+            continue
+        try:
+            owner = open(path / ".owner", "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            try:
+                old = time.time() - path.stat().st_mtime > STAGING_ORPHAN_SECONDS
+            except FileNotFoundError:
+                continue
+            if old:
+                shutil.rmtree(path, ignore_errors=True)
+                swept.append(str(path))
+            continue
+        except OSError:
+            continue
+        with owner:
+            try:
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its ingest is still running
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(str(path))
+    return swept
+
+
 def _rows_as_json(rows: pl.DataFrame) -> list[str]:
     return [json.dumps(r, default=str)[:2000] for r in rows.select(ALL_COLUMNS).to_dicts()]
 
@@ -313,21 +384,43 @@ def ingest_logs(
     """Ingest log files into ``dataset``; see the module docstring for the guarantees."""
     start = time.perf_counter()
     store = store or Store.from_env()
-    fs = store.fs
     table = DatasetTable(store, dataset)
-    result = IngestResult(dataset=table.name, ingest_id=uuid.uuid4().hex[:16])
-    files = expand_sources(sources, fs)
+    files = expand_sources(sources, store.fs)
     try:
         store.ensure()
     except StorageError:
         raise
     except Exception as exc:
         raise StorageError(f"cannot prepare the store at {store.root}: {exc}") from exc
-    dataset_spec, origin = resolve_spec(table, files, fs, spec)
-    result.spec, result.spec_origin = dataset_spec.to_dict(), origin
+    sweep_stale_staging()
+    result = _ingest_once(store, table.name, files, spec, progress, held=None)
+    if result is None:  # the dataset's spec changed under us: redo it all holding the lease
+        with dataset_lease(store, table.name) as lease:
+            result = _ingest_once(store, table.name, files, spec, progress, held=lease)
+    assert result is not None
+    result.seconds = time.perf_counter() - start
+    return result
 
-    # Skip files already ingested (same checksum). Files whose size matches an ingested one
-    # (or another source of this ingest) are hashed first; the rest are hashed as parsed.
+
+def dataset_lease(store: Store, name: str) -> Lease:
+    """The lease every ingest commit into ``name`` holds (see :mod:`datasets.lease`)."""
+    return Lease(store, f"{LEASE_FOLDER}/{name}.json")
+
+
+def _table_state(table: DatasetTable) -> tuple[int | None, int | None]:
+    """What the ledger checks depend on: the latest dataset and quarantine versions."""
+    quarantine = table.quarantine_history()
+    return table.latest_version(), (quarantine[-1]["version"] if quarantine else None)
+
+
+def _new_files(
+    table: DatasetTable, files: list[str], fs: FileSystem, result: IngestResult
+) -> list[tuple[str, str | None]]:
+    """Files not ingested yet (by checksum), each with its sha256 when it had to be hashed.
+
+    Files whose size matches an ingested one (or another source of this ingest) are hashed
+    first; the rest are hashed as they are parsed.
+    """
     ingested = table.ingested_checksums()
     sizes = {f: fs.size(f) for f in files}
     known_sizes = Counter(sizes.values())
@@ -343,29 +436,84 @@ def ingest_logs(
                 continue
             seen[digest] = f
         todo.append((f, digest))
+    return todo
 
+
+def _ingest_once(
+    store: Store,
+    name: str,
+    files: list[str],
+    spec: DatasetSpec | str | None,
+    progress: bool,
+    held: Lease | None,
+) -> IngestResult | None:
+    """One try: read and check outside the lease (unless ``held``), commit under it.
+
+    Returns None, having written nothing, when the dataset's spec changed between the read
+    and the commit: the caller then runs the whole ingest again holding the lease.
+    """
+    fs = store.fs
+    table = DatasetTable(store, name)
+    result = IngestResult(dataset=table.name, ingest_id=uuid.uuid4().hex[:16])
+    base_spec = table.spec()
+    dataset_spec, origin = resolve_spec(table, files, fs, spec)
+    result.spec, result.spec_origin = dataset_spec.to_dict(), origin
+    todo = _new_files(table, files, fs, result)
     if not todo:
-        result.seconds = time.perf_counter() - start
         return result
 
-    with store.local_scratch() as scratch:
+    with _staging_folder() as scratch:
         staging = _Staging(scratch, _bucket_count(fs, [f for f, _ in todo]))
         per_file = _read_sources(todo, fs, dataset_spec, staging, result, progress)
-        existing = table.episode_ids()
-        bad = _check_episodes(staging, existing, per_file)
-        _fault("before-quarantine-commit")
-        q_total = _commit_quarantine(table, staging, bad, todo, result, per_file)
-        _fault("before-commit")
-        accepted = sum(f["accepted"] for f in per_file)
-        result.files = per_file
-        result.read = sum(f["read"] for f in per_file)
-        result.accepted = accepted
-        result.quarantined = q_total
-        assert result.read == result.accepted + result.quarantined, result
-        if accepted:
-            result.version = _commit_rows(table, staging, bad, dataset_spec, result)
-    result.seconds = time.perf_counter() - start
+        state = _table_state(table)
+        bad = _check_episodes(staging, table.episode_ids())
+        lease = held or dataset_lease(store, name).acquire()
+        try:
+            _fault("after-lease")
+            if held is None and _table_state(fresh := DatasetTable(store, name)) != state:
+                # Another ingest committed since we looked: check again as a serial run would.
+                if fresh.spec() != base_spec:
+                    return None
+                table = fresh
+                ingested = table.ingested_checksums()
+                for i, f in enumerate(per_file):
+                    if f["sha256"] in ingested:
+                        staging.dropped.add(i)
+                        result.already_ingested.append(f["uri"])
+                if len(staging.dropped) == len(per_file):
+                    return result
+                bad = _check_episodes(staging, table.episode_ids())
+            _commit(table, staging, bad, todo, dataset_spec, result, per_file, lease)
+        finally:
+            if held is None:
+                lease.release()
     return result
+
+
+def _commit(
+    table: DatasetTable,
+    staging: _Staging,
+    bad: list[pl.DataFrame],
+    todo: list[tuple[str, str | None]],
+    spec: DatasetSpec,
+    result: IngestResult,
+    per_file: list[dict[str, Any]],
+    lease: Lease,
+) -> None:
+    """Under the lease: the quarantine commit, then the dataset commit."""
+    _fault("before-quarantine-commit")
+    lease.check()
+    kept = [f for i, f in enumerate(per_file) if i not in staging.dropped]
+    q_total = _commit_quarantine(table, staging, bad, todo, result, per_file, kept)
+    _fault("before-commit")
+    result.files = kept
+    result.read = sum(f["read"] for f in kept)
+    result.accepted = sum(f["accepted"] for f in kept)
+    result.quarantined = q_total
+    assert result.read == result.accepted + result.quarantined, result
+    if result.accepted:
+        lease.check()
+        result.version = _commit_rows(table, staging, bad, spec, result)
 
 
 def _read_sources(
@@ -400,7 +548,9 @@ def _read_sources(
                 staging.add_rows(valid)
                 rejects = chunk.rejected
                 if invalid.height:
-                    staging.tainted.update(invalid["episode_id"].drop_nulls().to_list())
+                    staging.tainted.setdefault(index, set()).update(
+                        invalid["episode_id"].drop_nulls().to_list()
+                    )
                     rejects = pl.concat(
                         [
                             rejects,
@@ -439,11 +589,16 @@ def _read_sources(
     return per_file
 
 
-def _check_episodes(
-    staging: _Staging, existing: pl.Series, per_file: list[dict[str, Any]]
-) -> list[pl.DataFrame]:
-    """Pass 2: per bucket, the rows (``_ord, _file, reason``) that whole-episode checks reject."""
-    tainted = pl.Series(sorted(staging.tainted), dtype=pl.String)
+def _check_episodes(staging: _Staging, existing: pl.Series) -> list[pl.DataFrame]:
+    """Pass 2: per bucket, the rows (``_ord, _file, reason``) that whole-episode checks reject.
+
+    Rows of dropped files are left out, as if those files had never been given.
+    """
+    tainted_ids = set().union(
+        *(ids for i, ids in staging.tainted.items() if i not in staging.dropped)
+    )
+    tainted = pl.Series(sorted(tainted_ids), dtype=pl.String)
+    dropped = pl.Series(sorted(staging.dropped), dtype=pl.Int32)
     out: list[pl.DataFrame] = []
     for b in range(staging.buckets):
         scan = staging.scan_bucket(b)
@@ -451,13 +606,12 @@ def _check_episodes(
             out.append(pl.DataFrame(schema={"_ord": pl.Int64, "reason": pl.String}))
             continue
         keys = (
-            scan.select("episode_id", "step", "agent_id", "_ord")
+            scan.filter(~pl.col("_file").is_in(dropped.implode()))
+            .select("episode_id", "step", "agent_id", "_ord")
             .with_columns(pl.col("episode_id").is_in(tainted.implode()).alias("_tainted"))
             .collect()
         )
         out.append(check_episodes(keys, existing))
-    for f in per_file:
-        f["accepted"] = f["staged"]
     return out
 
 
@@ -468,13 +622,23 @@ def _commit_quarantine(
     todo: list[tuple[str, str | None]],
     result: IngestResult,
     per_file: list[dict[str, Any]],
+    kept: list[dict[str, Any]],
 ) -> int:
-    """Write every rejected row of this ingest to the quarantine table; returns the count."""
+    """Write every rejected row of this ingest's kept files to the quarantine; the count."""
     from deltalake import CommitProperties, write_deltalake
 
     uris = [u for u, _ in todo]
+    dropped = pl.Series(sorted(staging.dropped), dtype=pl.Int32).implode()
+    row_rejects = [
+        frame.filter(~pl.col("_file").is_in(dropped))
+        for frame in (pl.read_ipc(path) for path in staging.reject_files)
+    ]
+    reasons: Counter[str] = Counter()
+    for frame in row_rejects:
+        reasons.update(frame["reason"].to_list())
     episode_rejects: list[pl.DataFrame] = []
-    reasons = Counter(result.reasons)
+    for f in per_file:
+        f["accepted"] = f["staged"]
     for b, rows in enumerate(bad):
         if rows.is_empty():
             continue
@@ -497,13 +661,12 @@ def _commit_quarantine(
     for f in per_file:
         f["quarantined"] = f["rejected"] + (f["staged"] - f["accepted"])
     result.reasons = dict(reasons.most_common(20))
-    total = sum(f["quarantined"] for f in per_file)
+    total = sum(f["quarantined"] for f in kept)
     if total == 0:
         return 0
 
     def batches() -> Iterator[pa.RecordBatch]:
-        frames = [pl.read_ipc(p) for p in staging.reject_files]
-        for frame in frames + episode_rejects:
+        for frame in row_rejects + episode_rejects:
             out = frame.select(
                 pl.lit(result.ingest_id).alias("ingest_id"),
                 pl.col("_file")
@@ -515,9 +678,8 @@ def _commit_quarantine(
             )
             yield from out.to_arrow().cast(QUARANTINE_ARROW).to_batches()
 
-    accepted = sum(f["accepted"] for f in per_file)
-    meta = _ingest_meta(table, result, per_file)
-    meta["quarantine_only"] = accepted == 0
+    meta = _ingest_meta(table, result, kept)
+    meta["quarantine_only"] = sum(f["accepted"] for f in kept) == 0
     write_deltalake(
         table.quarantine_uri,
         pa.RecordBatchReader.from_batches(QUARANTINE_ARROW, batches()),
@@ -553,7 +715,7 @@ def _commit_rows(
     result: IngestResult,
 ) -> int:
     """Pass 3: stream the accepted rows of every bucket into one Delta commit."""
-    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake import CommitProperties, write_deltalake
 
     schema = arrow_schema(spec)
     casts = {
@@ -561,6 +723,8 @@ def _commit_rows(
         "reward": pl.Float32,
         "action": pl.Int32 if spec.action.discrete else pl.List(pl.Float32),
     }
+
+    dropped = pl.Series(sorted(staging.dropped), dtype=pl.Int32).implode()
 
     def batches() -> Iterator[pa.RecordBatch]:
         written = 0
@@ -570,7 +734,7 @@ def _commit_rows(
             for path in staging.bucket_files[b]:
                 frame = (
                     pl.scan_ipc(path)
-                    .filter(~pl.col("_ord").is_in(drop))
+                    .filter(~pl.col("_ord").is_in(drop) & ~pl.col("_file").is_in(dropped))
                     .select(ALL_COLUMNS)
                     .with_columns(pl.col(c).cast(t) for c, t in casts.items())
                     .collect()
@@ -582,17 +746,53 @@ def _commit_rows(
                     if written:
                         _fault("mid-write")
 
+    before = table.latest_version()
     meta = _ingest_meta(table, result, result.files)
-    write_deltalake(
-        table.uri,
-        pa.RecordBatchReader.from_batches(schema, batches()),
-        mode="append",
-        storage_options=table.store.storage_options(),
-        commit_properties=CommitProperties(custom_metadata={META_KEY: meta}),
-    )
-    version = DeltaTable(table.uri, storage_options=table.store.storage_options()).version()
+    try:
+        write_deltalake(
+            table.uri,
+            pa.RecordBatchReader.from_batches(schema, batches()),
+            mode="append",
+            storage_options=table.store.storage_options(),
+            commit_properties=CommitProperties(custom_metadata={META_KEY: meta}),
+        )
+    except InjectedFault:
+        raise
+    except Exception as exc:
+        # The commit may have landed before the error (a lost reply): it is reported as it is.
+        try:
+            version = _committed_version(table, result.ingest_id)
+        except Exception:
+            version = None
+        if version is None:
+            raise
+        result.notes.append(f"the commit of version {version} reported an error: {exc}")
+        return version
     table.__dict__.pop("history", None)  # the cached history is stale now
+    try:
+        _fault("read-back")
+        version = _committed_version(table, result.ingest_id)
+    except Exception as exc:  # committed, but the read-back failed: still committed
+        version = None
+        result.notes.append(f"committed, but reading the new version back failed: {exc}")
+    if version is None:
+        # Under the lease nobody else commits, so ours is the next version.
+        version = 0 if before is None else before + 1
     return version
+
+
+def _committed_version(table: DatasetTable, ingest_id: str) -> int | None:
+    """The version of the commit carrying ``ingest_id``, read fresh; None if there is none.
+
+    Under the lease ours is among the last few commits, so only those are read.
+    """
+    from deltalake import DeltaTable
+
+    delta = DeltaTable(table.uri, storage_options=table.store.storage_options())
+    for commit in delta.history(limit=8):
+        if (commit.get(META_KEY) or {}).get("ingest_id") == ingest_id:
+            return int(commit["version"])
+    return None
 
 
 def describe_result(result: IngestResult) -> str:
@@ -610,6 +810,7 @@ def describe_result(result: IngestResult) -> str:
         )
     for reason, n in list(result.reasons.items())[:10]:
         lines.append(f"  quarantined {n:>7} x {reason}")
+    lines.extend(f"note: {note}" for note in result.notes)
     if result.spec_origin.startswith("inferred"):
         lines.append(f"spec {result.spec_origin}: {json.dumps(result.spec)}")
     return "\n".join(lines)

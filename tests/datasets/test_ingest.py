@@ -189,7 +189,12 @@ def test_killed_ingest_process_leaves_no_partial_version(store, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", episodes(2))
     ingest_logs([str(tmp_path / "a.jsonl")], "toy", store)
     write_jsonl(tmp_path / "b.jsonl", episodes(40, prefix="b"))
-    env = {**os.environ, "FORESIGHT_FAULT": "kill:mid-write", "FORESIGHT_STORE": store.root}
+    env = {
+        **os.environ,
+        "FORESIGHT_FAULT": "kill:mid-write",
+        "FORESIGHT_STORE": store.root,
+        "FORESIGHT_LEASE_TTL": "2",  # the killed holder's lease lapses soon
+    }
     proc = subprocess.run(
         [
             sys.executable,
