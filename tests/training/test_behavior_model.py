@@ -104,5 +104,8 @@ def test_a_centralized_model_trains(tiny, tmp_path):
     cfg = BehaviorModelConfig(context=8, d_model=16, n_experts=4, expert_width=32, centralized=True)
     result = train("behavior", frame, spec, config, cfg, tmp_path, progress=False)
     losses = [h["train/loss"] for h in result.history]
-    assert losses[-1] < losses[0], losses
+    val = [h["val/nll"] for h in result.history]
+    # a real fall, not noise: about 0.35 nats of train loss, 0.24 of validation NLL
+    assert losses[-1] < losses[0] - 0.15, losses
+    assert min(val) < val[0] - 0.1, val
     assert result.model.history_net and result.model.config.centralized

@@ -26,7 +26,15 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     config = TrainConfig(epochs=1, batch_size=64)
     world = train("world", frame, spec, config, TINY_WORLD, workdir=root / "w", progress=False)
-    beh = train("behavior", frame, spec, config, TINY_BEHAVIOR, workdir=root / "b", progress=False)
+    beh = train(
+        "behavior",
+        frame,
+        spec,
+        TrainConfig(epochs=3, batch_size=64, lr=1e-2),
+        TINY_BEHAVIOR,
+        workdir=root / "b",
+        progress=False,
+    )
     ctx1 = train(
         "behavior",
         frame,
@@ -88,8 +96,10 @@ def test_behavior_evaluation_includes_the_context1_model(trained, tmp_path):
     assert set(result["baselines"]) == {"marginal", "repeat_last", "context1"}
     for metrics in result["baselines"].values():
         assert set(metrics) == set(result["model"]) == {"nll", "accuracy"}
-    # the tiny model already knows each agent mostly repeats its preferred action
-    assert result["model"]["nll"] < result["baselines"]["marginal"]["nll"]
+    # 3 epochs teach the tiny model that each agent mostly repeats its preferred action: well
+    # below the marginal (~1.63 nats here), and below uniform (log 5 = 1.61), which the
+    # marginal does not beat on held-out episodes
+    assert result["model"]["nll"] < result["baselines"]["marginal"]["nll"] - 0.3, result
     paths = write_report(result, {"behavior": beh.history, "context1": ctx1.history}, tmp_path)
     assert open(paths["behavior_nll"], "rb").read(4) == b"\x89PNG"
 

@@ -7,8 +7,15 @@ import math
 
 import pytest
 
+from datasets import ingest_logs
+from datasets.storage import Store
 from training.arena import DEFAULT_FACTORIES, run_arena
-from training.workflow import beats_reactive, quality_gate
+from training.behavior_model import BehaviorModelConfig
+from training.registry import ModelRegistry
+from training.train import TrainConfig
+from training.workflow import beats_reactive, quality_gate, train_and_register
+
+from .conftest import make_frame
 
 NAN = math.nan
 
@@ -167,3 +174,25 @@ def test_the_gate_on_a_real_arena(anticipation, wins):
     assert passed is wins, failures
     if not wins:
         assert any("does not beat greedy" in f for f in failures), failures
+
+
+def test_a_trained_behavior_model_passes_its_own_gate(tmp_path):
+    """Trained for real through the workflow, the tiny behavior model beats the marginal,
+    repeat-last and context-1 baselines, and the card records the gate it passed."""
+    frame, spec = make_frame(episodes=60, steps=15, seed=3)
+    frame.write_parquet(tmp_path / "synthetic.parquet")
+    store = Store(str(tmp_path / "store"))
+    ingest_logs([str(tmp_path / "synthetic.parquet")], "synthetic", store, spec=spec)
+    out = train_and_register(
+        "behavior",
+        "synthetic",
+        store,
+        TrainConfig(epochs=4, batch_size=64, lr=3e-3, device="cpu"),
+        BehaviorModelConfig(d_model=16, context=4, expert_width=32),
+        progress=False,
+    )
+    assert set(out["baselines"]) == {"marginal", "repeat_last", "context1"}
+    assert out["quality_gate"] == {"passed": True, "failures": []}, out["baselines"]
+    card = ModelRegistry(store).resolve(out["model"]).card
+    assert card["quality_gate"]["passed"] is True
+    assert quality_gate("behavior", {"model": card["metrics"], "baselines": card["baselines"]})[0]

@@ -185,7 +185,9 @@ def test_sequential_planning_holds_earlier_egos_to_their_plans():
     cfg = PlannerConfig(horizon=2, n_samples=4, team_reward=False, sequential=True)
     d0, d1 = Planner(world, behavior, cfg).decide(history(), ["agent_0", "agent_1"])
     assert d0.action == 2 and d1.action == 2
-    assert dict(d1.candidate_scores)[2] == pytest.approx(2.0 * 1 + 0.95 * 0, abs=1.0)
+    # agent_0 holds 2 over both steps; agent_1 holding 2 matches it at both: 1 + 0.95 * 1
+    assert dict(d1.candidate_scores)[2] == pytest.approx(1.0 + 0.95 * 1.0)
+    assert d1.predicted_return == pytest.approx(1.0 + 0.95 * 1.0)
 
 
 @pytest.mark.parametrize("T", [2, 6])

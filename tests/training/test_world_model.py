@@ -10,7 +10,9 @@ from training.data import (
     gather_window,
     sample_rows,
 )
+from training.evaluate import evaluate
 from training.train import TrainConfig, train
+from training.workflow import quality_gate
 from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, imagine
 
 from .conftest import make_frame
@@ -161,8 +163,9 @@ def _coverage(model, data, rows) -> torch.Tensor:
     return (inside * dyn).sum(dim=(0, 1)) / dyn.sum(0).clamp_min(1) / rows.numel()
 
 
-def test_calibration_fits_interval_coverage_on_its_own_episodes(tmp_path):
-    frame, spec = make_frame(episodes=60, steps=15, seed=2)
+def test_calibrated_intervals_cover_90_percent_of_held_out_episodes(tmp_path):
+    # 600 episodes: 45 held out, enough that each feature's coverage is known to +-0.02
+    frame, spec = make_frame(episodes=600, steps=15, seed=4)
     config = TrainConfig(epochs=2, batch_size=32, seed=0)
     result = train("world", frame, spec, config, WorldModelConfig(**TINY), tmp_path, progress=False)
     calib, heldout = set(result.calib_episode_ids), set(result.heldout_episode_ids)
@@ -175,8 +178,9 @@ def test_calibration_fits_interval_coverage_on_its_own_episodes(tmp_path):
     dyn_features = (model.dynamic & data.feat_mask).any(0)
     fitted = model.std_scale.clone()
     assert not torch.equal(fitted, torch.ones_like(fitted)), "calibration moved the stds"
-    cover = _coverage(model, data, sample_rows(data, result.calib_episode_ids))[dyn_features]
-    assert torch.allclose(cover, torch.full_like(cover, 0.9), atol=0.02), cover
+    # measured on episodes the factors were not fitted on
+    cover = _coverage(model, data, sample_rows(data, result.heldout_episode_ids))[dyn_features]
+    assert torch.allclose(cover, torch.full_like(cover, 0.9), atol=0.05), cover
 
     # From deliberately overconfident stds, calibrating again lands on the same factors.
     model.std_scale.fill_(0.05)
@@ -198,3 +202,27 @@ def test_calibration_fits_interval_coverage_on_its_own_episodes(tmp_path):
     )
     assert uncalibrated.calib_episode_ids == []
     assert torch.equal(uncalibrated.model.std_scale, torch.ones_like(fitted))
+
+
+def test_world_model_beats_the_linear_baseline_on_one_step_mse(tmp_path):
+    """Linear least squares is the gate's hardest baseline: the synthetic dynamics are
+    linear except for the repulsion between near agents, which only the model can learn."""
+    frame, spec = make_frame(episodes=120, steps=15, seed=3)
+    config = TrainConfig(epochs=40, batch_size=64, lr=3e-3, seed=0)
+    model_config = WorldModelConfig(d_model=64, n_layers=1, n_heads=2, mlp_ratio=2)
+    result = train("world", frame, spec, config, model_config, tmp_path, progress=False)
+    evaluation = evaluate(
+        "world",
+        result.model,
+        frame,
+        spec,
+        result.heldout_episode_ids,
+        train_episode_ids=result.train_episode_ids,
+        max_starts=64,
+        n_samples=2,
+    )
+    mse, linear = evaluation["model"]["mse"], evaluation["baselines"]["linear"]["mse"]
+    assert mse < 0.8 * linear, (mse, linear)  # about 0.5x measured
+    # the gate's 1-step check passes; its 10-step rollout check is not asserted: at this size
+    # the model's compounding error still loses to linear's there (about 1.3x)
+    assert not [f for f in quality_gate("world", evaluation)[1] if f.startswith("mse:")]
