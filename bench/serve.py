@@ -257,9 +257,14 @@ def run_servers(bodies: dict, args, tmp: Path) -> dict:
     """Every endpoint on every server that has it, the servers taking turns cell by cell."""
     from serving.launch import ServerProcess
 
-    options = {"after": {"batching": True}, "off": {"batching": False}}
+    bench = {"extra": {"FORESIGHT_BENCH_ENDPOINTS": "1"}}  # /echo is off in the product API
+    options = {"after": {"batching": True, **bench}, "off": {"batching": False, **bench}}
     if args.before:
-        options["before"] = {"batching": True, "code_dir": old_code(args.before, tmp / "before")}
+        options["before"] = {
+            "batching": True,
+            "code_dir": old_code(args.before, tmp / "before"),
+            **bench,
+        }
     results: dict = {}
     with ExitStack() as stack:
         servers = {

@@ -3,9 +3,11 @@
     serve(port=3000, world="world@production", behavior="behavior@production")
 
 runs ``bentoml serve serving.service:Foresight`` in a child process with the references in
-its environment. The references are checked here first: ``bentoml serve`` restarts a
-worker whose start-up fails, forever, so a reference that does not resolve would otherwise
-show up only as a loop of tracebacks.
+its environment. The models are loaded here first, weights included: ``bentoml serve``
+restarts a worker whose start-up fails, forever, so a reference that does not resolve or a
+truncated ``weights.safetensors`` would otherwise show up only as a loop of tracebacks.
+SIGTERM and SIGINT are forwarded to the server's whole process group, and ``serve``
+returns once the server is gone and its port closed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +55,28 @@ def check_refs(refs: Mapping[str, str], store: Store | None = None) -> dict[str,
     return resolved
 
 
+def check_models(refs: Mapping[str, str], store: Store | None = None) -> dict[str, str]:
+    """Resolve and load each role's model, weights included, or ModelLoadError naming the
+    version: what the server's worker would do at start-up, once, in this process."""
+    from serving.runtime import load_model_ref
+
+    store = store or Store.from_env()
+    resolved = check_refs(refs, store)
+    for role in ROLES:
+        try:
+            load_model_ref(role, resolved[role], store, export=False)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # a truncated or corrupt weights file, a bad config
+            raise ModelLoadError(
+                f"{role} model {refs[role]!r} resolves to {resolved[role]}, which cannot be "
+                f"loaded: {type(exc).__name__}: {exc}. Register the version again, or serve "
+                f"another (`foresight models rollback {resolved[role].split('@')[0]}`, "
+                f"--{role})"
+            ) from exc
+    return resolved
+
+
 def server_env(
     world: str | None = None,
     behavior: str | None = None,
@@ -79,6 +104,46 @@ def serve_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
 
 
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(child: subprocess.Popen, sig: int, grace: float = 15.0) -> int:
+    """Send ``sig`` to the child's process group, wait for the group to go (SIGKILL after
+    ``grace`` seconds); the child's exit code."""
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    try:
+        code = child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        code = None
+    while _group_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # workers exit after their arbiter
+    if code is None or _group_alive(child.pid):
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        code = child.wait() if code is None else code
+    return code
+
+
 def serve(
     port: int = 3000,
     host: str = "127.0.0.1",
@@ -87,23 +152,43 @@ def serve(
     api_key: str | None = None,
     reload_seconds: float | None = None,
 ) -> int:
-    """Serve until interrupted (what ``foresight serve`` calls); the child's exit code.
+    """Serve until the server exits or we get SIGTERM/SIGINT (what ``foresight serve``
+    calls); the server's exit code, 0 after a forwarded signal.
 
-    Raises ModelLoadError before starting when a reference does not resolve.
+    Raises ModelLoadError before starting when a model does not resolve or load. The
+    server runs in its own process group, so a signal reaches its workers too; we return
+    once the whole group is gone and the port is closed.
     """
     env = server_env(world, behavior, api_key, reload_seconds)
     if env.get(SOURCE_ENV, "registry") == "registry":
-        check_refs({role: env[ENV_REFS[role]] for role in ROLES})
-    child = subprocess.Popen(serve_command(host, port), env=env, cwd=REPO_ROOT)
+        check_models({role: env[ENV_REFS[role]] for role in ROLES})
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return child.wait()
-    except KeyboardInterrupt:
-        child.send_signal(signal.SIGINT)
-        try:
-            return child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            return child.wait()
+        child = subprocess.Popen(
+            serve_command(host, port), env=env, cwd=REPO_ROOT, start_new_session=True
+        )
+        while not received:
+            try:
+                code = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if received:
+            code = stop_group(child, received[0])
+        elif _group_alive(child.pid):  # the arbiter died: take its workers with it
+            stop_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while port_open(host, port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0 if received else code
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class ServerProcess:
@@ -133,7 +218,7 @@ class ServerProcess:
         import httpx
 
         if self.env.get(SOURCE_ENV, "registry") == "registry":
-            check_refs({role: self.env[ENV_REFS[role]] for role in ROLES})
+            check_models({role: self.env[ENV_REFS[role]] for role in ROLES})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             serve_command(self.host, self.port),
@@ -158,13 +243,10 @@ class ServerProcess:
         raise RuntimeError(f"bentoml serve on {self.url} did not become ready:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # its own session: the server and workers
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None and (
+            self.process.poll() is None or _group_alive(self.process.pid)
+        ):
+            stop_group(self.process, signal.SIGINT)  # its own session: the server and workers
         if getattr(self, "_log", None):
             self._log.close()
 
@@ -176,10 +258,12 @@ class ServerProcess:
 
 
 def openapi_spec() -> dict[str, Any]:
-    """The service's OpenAPI document (what ``/docs.json`` serves), without importing models."""
+    """The service's OpenAPI document (what ``/docs.json`` serves), without importing models;
+    without the benchmarking endpoints, as the product API."""
+    from serving.middleware import public_spec
     from serving.service import Foresight
 
-    return Foresight.openapi_spec.asdict()
+    return public_spec(Foresight.openapi_spec.asdict())
 
 
 def comparable_spec(spec: dict[str, Any]) -> dict[str, Any]:

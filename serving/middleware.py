@@ -1,33 +1,125 @@
-"""ASGI middleware in front of the API: API key, body size limit, readable 4xx messages.
+"""ASGI middleware in front of the API: API key, limits against hostile clients, readable
+errors.
 
-- ``FORESIGHT_API_KEY`` set: every request except the health and metrics endpoints needs
-  ``Authorization: Bearer <key>``, else 401.
+Every setting is read from the environment when the middleware is built (when the ASGI
+app starts), so tests set them with ``monkeypatch.setenv`` (:class:`Limits`):
+
+- ``FORESIGHT_API_KEY`` set: every request except the health endpoints needs
+  ``Authorization: Bearer <key>``, else 401; ``/metrics`` too unless
+  ``FORESIGHT_METRICS_OPEN=1``.
 - A body larger than ``FORESIGHT_MAX_BODY_BYTES`` (default 8 MiB) gets 413 before any of
-  it is parsed.
+  it is parsed; a body not received within ``FORESIGHT_BODY_TIMEOUT_S`` (default 15 s)
+  gets 408 and the connection is closed.
+- One client address may have ``FORESIGHT_MAX_CLIENT_REQUESTS`` requests in progress
+  (default 128), body reading included, else 429: clients that open many connections and
+  stall cannot take the service from the others.
+- ``FORESIGHT_MAX_REQUESTS`` (default 512) requests may be in the service at once once
+  their bodies are in; ``/act`` and ``/imagine`` together ``FORESIGHT_HEAVY_QUEUE``
+  (default 4: one running, the others waiting). Past either: 503 with ``Retry-After`` at
+  once. Bodies are read before these limits count a request, so slow senders hold no
+  place in them (BentoML's own ``max_concurrency`` counts from the headers on, which is
+  why the service does not use it).
+- ``/echo`` (the benchmarks' HTTP floor) answers 404 and is left out of ``/docs.json``
+  unless ``FORESIGHT_BENCH_ENDPOINTS=1``.
 - BentoML's 4xx bodies (a pydantic error list, or ``[{"error": ...}]``) become one shape:
-  ``{"error": "<field>: <problem>; ...", "detail": [...]}``.
+  ``{"error": "<field>: <problem>; ...", "detail": [...]}``; every 503 says "overloaded"
+  and carries ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+HEAVY_PATHS = frozenset({"/act", "/imagine"})
+BENCH_PATHS = frozenset({"/echo"})
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+RETRY_AFTER_S = 1
+
+
+def _env_number(name: str, default: float, kind=int, minimum: float = 0):
+    raw = os.environ.get(name, str(default))
+    try:
+        value = kind(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} must be a{'n int' if kind is int else ' number'}, got {raw!r}"
+        ) from exc
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def max_body_bytes() -> int:
-    raw = os.environ.get("FORESIGHT_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"FORESIGHT_MAX_BODY_BYTES must be an int, got {raw!r}") from exc
-    if value < 1024:
-        raise ValueError(f"FORESIGHT_MAX_BODY_BYTES must be >= 1024, got {value}")
-    return value
+    return _env_number("FORESIGHT_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int, 1024)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the middleware enforces (see the module doc for the environment names)."""
+
+    api_key: str | None = None
+    metrics_open: bool = False
+    """``/metrics`` without the API key (a scraper on a trusted network)."""
+    bench_endpoints: bool = False
+    """Serve ``/echo``, which only benchmarks need."""
+    max_body: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = 15.0
+    """Longest a request body may take to arrive: 8 MiB at ~0.5 MB/s."""
+    max_client_requests: int = 128
+    """Requests in progress per client address; 2x the benchmarks' 64 concurrent clients."""
+    max_requests: int = 512
+    """Requests in the service at once (bodies read)."""
+    heavy_queue: int = 4
+    """/act and /imagine in progress at once: a max-size /act takes ~1 s of model time, so
+    a request admitted waits at most a few seconds; the others get 503 at once."""
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            api_key=os.environ.get("FORESIGHT_API_KEY") or None,
+            metrics_open=os.environ.get("FORESIGHT_METRICS_OPEN", "0") == "1",
+            bench_endpoints=os.environ.get("FORESIGHT_BENCH_ENDPOINTS", "0") == "1",
+            max_body=max_body_bytes(),
+            body_timeout_s=_env_number("FORESIGHT_BODY_TIMEOUT_S", 15.0, float, 0.1),
+            max_client_requests=_env_number("FORESIGHT_MAX_CLIENT_REQUESTS", 128, int, 1),
+            max_requests=_env_number("FORESIGHT_MAX_REQUESTS", 512, int, 1),
+            heavy_queue=_env_number("FORESIGHT_HEAVY_QUEUE", 4, int, 1),
+        )
+
+    @property
+    def open_paths(self) -> frozenset[str]:
+        return HEALTH_PATHS | ({"/metrics"} if self.metrics_open else set())
+
+    @property
+    def hidden_paths(self) -> frozenset[str]:
+        return frozenset() if self.bench_endpoints else BENCH_PATHS
+
+
+def public_spec(spec: dict[str, Any], hidden: frozenset[str] = BENCH_PATHS) -> dict[str, Any]:
+    """The OpenAPI document without the ``hidden`` paths and the component schemas BentoML
+    generated for them (``<api>__Input`` and the titles of their answers)."""
+    drop: set[str] = set()
+    for path in hidden & set(spec.get("paths", {})):
+        for op in spec["paths"][path].values():
+            drop.add(f"{op.get('x-bentoml-name')}__Input")
+            for response in op.get("responses", {}).values():
+                for content in response.get("content", {}).values():
+                    title = content.get("schema", {}).get("title")
+                    if title and title.endswith("IODescriptor"):
+                        drop.add(title)
+    components = dict(spec.get("components", {}))
+    components["schemas"] = {
+        n: v for n, v in components.get("schemas", {}).items() if n not in drop
+    }
+    paths = {p: v for p, v in spec.get("paths", {}).items() if p not in hidden}
+    return {**spec, "paths": paths, "components": components}
 
 
 def _field_message(item: dict[str, Any]) -> str:
@@ -76,33 +168,108 @@ async def _send_json(send, status: int, body: dict[str, Any], headers=()) -> Non
     await send({"type": "http.response.body", "body": data})
 
 
+class BodyTimeout(Exception):
+    """The request body did not arrive within the limit."""
+
+
 class ForesightMiddleware:
-    def __init__(self, app) -> None:
+    """Auth, limits and error shapes for every HTTP request (see the module doc)."""
+
+    def __init__(self, app, limits: Limits | None = None) -> None:
         self.app = app
-        self.api_key = os.environ.get("FORESIGHT_API_KEY") or None
-        self.max_body = max_body_bytes()
+        self.limits = limits or Limits.from_env()
+        self.api_key = self.limits.api_key
+        self.max_body = self.limits.max_body
+        self._per_client: Counter[str] = Counter()
+        self._in_service = 0
+        self._heavy = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if self.api_key and path not in OPEN_PATHS and not self._authorized(scope):
+        limits = self.limits
+        if path in HEALTH_PATHS:  # never limited: an orchestrator must see the truth
+            return await self.app(scope, receive, send)
+        if path in limits.hidden_paths:
+            return await _send_json(send, 404, {"error": f"{path}: not found", "detail": []})
+        if self.api_key and path not in limits.open_paths and not self._authorized(scope):
             return await _send_json(
                 send,
                 401,
                 {"error": "Authorization: missing or wrong API key; send 'Bearer <key>'"},
                 [(b"www-authenticate", b"Bearer")],
             )
+        client = (scope.get("client") or ("?", 0))[0]
+        if self._per_client[client] >= limits.max_client_requests:
+            return await _send_json(
+                send,
+                429,
+                {
+                    "error": f"too many requests in progress from {client} (limit "
+                    f"{limits.max_client_requests}); wait for answers before sending more",
+                    "detail": [],
+                },
+                [(b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")],
+            )
+        self._per_client[client] += 1
+        try:
+            await self._admit(scope, receive, send, path)
+        finally:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
+
+    async def _admit(self, scope, receive, send, path: str) -> None:
+        """Read the body (bounded in size and time), then take a place in the service."""
+        limits = self.limits
         if scope.get("method") in ("POST", "PUT", "PATCH"):
-            body, too_big = await self._read_body(scope, receive)
+            try:
+                async with asyncio.timeout(limits.body_timeout_s):
+                    body, too_big = await self._read_body(scope, receive)
+            except TimeoutError:
+                return await _send_json(
+                    send,
+                    408,
+                    {
+                        "error": f"body: not received within {limits.body_timeout_s:g} s",
+                        "detail": [],
+                    },
+                    [(b"connection", b"close")],
+                )
             if too_big:
                 return await _send_json(
                     send,
                     413,
                     {"error": f"body: request body exceeds the limit of {self.max_body} bytes"},
+                    [(b"connection", b"close")],
                 )
             receive = self._replay(body, receive)
-        return await self.app(scope, receive, self._rewrite_errors(send))
+        heavy = path in HEAVY_PATHS
+        if self._in_service >= limits.max_requests or (heavy and self._heavy >= limits.heavy_queue):
+            what = (
+                "/act and /imagine" if heavy and self._heavy >= limits.heavy_queue else "requests"
+            )
+            limit = limits.heavy_queue if what != "requests" else limits.max_requests
+            return await _send_json(
+                send,
+                503,
+                {
+                    "error": f"overloaded: {limit} {what} already in progress; retry after "
+                    f"{RETRY_AFTER_S} s",
+                    "detail": [],
+                },
+                [(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
+        self._in_service += 1
+        self._heavy += heavy
+        try:
+            if path == "/docs.json" and limits.hidden_paths:
+                send = self._public_docs(send, limits.hidden_paths)
+            return await self.app(scope, receive, self._rewrite_errors(send))
+        finally:
+            self._in_service -= 1
+            self._heavy -= heavy
 
     def _authorized(self, scope) -> bool:
         for name, value in scope.get("headers", ()):
@@ -136,6 +303,31 @@ class ForesightMiddleware:
         return b"".join(chunks), False
 
     @staticmethod
+    def _public_docs(send, hidden: frozenset[str]):
+        """Send ``/docs.json`` without the hidden paths."""
+        state: dict[str, Any] = {}
+
+        async def wrapped(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                state["start"], state["chunks"] = message, []
+                return
+            if "start" in state and message["type"] == "http.response.body":
+                state["chunks"].append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                spec = public_spec(json.loads(b"".join(state.pop("chunks"))), hidden)
+                start = state.pop("start")
+                headers = [
+                    (k, v)
+                    for k, v in start.get("headers", [])
+                    if k.lower() not in (b"content-length", b"content-type")
+                ]
+                return await _send_json(send, 200, spec, headers)
+            return await send(message)
+
+        return wrapped
+
+    @staticmethod
     def _replay(body: bytes, receive):
         sent = False
 
@@ -155,7 +347,7 @@ class ForesightMiddleware:
         async def wrapped(message) -> None:
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if 400 <= status < 500 and status not in (401, 413):
+                if (400 <= status < 500 and status not in (401, 413)) or status == 503:
                     state["start"] = message
                     state["chunks"] = []
                     return
@@ -175,6 +367,10 @@ class ForesightMiddleware:
                     for k, v in start.get("headers", [])
                     if k.lower() not in (b"content-length", b"content-type")
                 ]
+                if start["status"] == 503:  # BentoML's batcher: "an unexpected error ..."
+                    body["error"] = f"overloaded: the model queue is full; retry ({body['error']})"
+                    if not any(k.lower() == b"retry-after" for k, _ in headers):
+                        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
                 return await _send_json(send, start["status"], body, headers)
             return await send(message)
 

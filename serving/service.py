@@ -9,7 +9,11 @@ Configuration (environment, read at start-up):
     FORESIGHT_STORE            the store holding the registry (default ./.foresight)
     FORESIGHT_RELOAD_SECONDS   alias polling period, 0 = off  (default 30)
     FORESIGHT_API_KEY          when set, every API call needs `Authorization: Bearer <key>`
+                               (/metrics too unless FORESIGHT_METRICS_OPEN=1)
     FORESIGHT_MAX_BODY_BYTES   largest request body           (default 8 MiB)
+    FORESIGHT_BODY_TIMEOUT_S, FORESIGHT_MAX_CLIENT_REQUESTS, FORESIGHT_MAX_REQUESTS,
+    FORESIGHT_HEAVY_QUEUE, FORESIGHT_BENCH_ENDPOINTS: limits against hostile clients
+                               and the /echo endpoint (see serving.middleware)
     FORESIGHT_MODEL_SOURCE     registry (default) | bento (the versions packaged in a bento)
     FORESIGHT_BATCHING         1 (default) | 0: adaptive batching off (for benchmarks)
     FORESIGHT_TORCH_THREADS    torch intra-op threads (default 1: small models answer
@@ -17,6 +21,10 @@ Configuration (environment, read at start-up):
     FORESIGHT_INLINE_QUERIES   batches up to this many queries run on the event loop (4)
     FORESIGHT_BATCH_CORK       1: BentoML's learned batching wait (default 0, see below)
     FORESIGHT_TRACE_API        1: OpenTelemetry spans on the API routes (default 0)
+
+Every flag is read when the service is built (``Foresight()``, the middleware when the
+ASGI app starts), so tests set them with ``monkeypatch.setenv``; only FORESIGHT_TRACE_API
+is read at import, because it is part of the service's BentoML configuration.
 
 A reference that does not resolve stops the service at start-up with the reason.
 
@@ -29,10 +37,13 @@ that an overloaded server sheds load quickly instead of queueing without bound. 
 soon as the model is free (:func:`_dispatch_when_free`), so at low load a request is not
 held back, and under load a batch holds what arrived while the previous one ran.
 
+/act and /imagine run in their own thread behind a bounded queue (the middleware answers
+503 when it is full), so a burst of them never delays the batched endpoints.
+
 Where the time of a request goes (bench/results/serve.md has the numbers): small batches
 run on the event loop, because handing ~1 ms of model work to a thread and back costs two
-wake-ups and GIL hand-offs (ms each on a loaded machine); /imagine, /act and large batches
-run in one model thread. The garbage collector is tuned at start-up
+wake-ups and GIL hand-offs (ms each on a loaded machine); large batches run in one model
+thread, /imagine and /act in another. The garbage collector is tuned at start-up
 (:meth:`Foresight.tune_garbage_collector`) and batched answers are written by orjson
 (:mod:`serving.fastio`). /act plans with one :class:`~training.planning.Planner` built
 from the served models (rebuilt when a reload swaps them).
@@ -77,19 +88,17 @@ MAX_LATENCY_MS = 1000
 """Longest a batched request may wait before BentoML answers 503 (see the module doc)."""
 MAX_BATCH_SIZE = 64
 """Queries per model call; larger requests are split across calls by BentoML."""
-BATCHING = os.environ.get("FORESIGHT_BATCHING", "1") != "0"
-"""Read at import: the flag is fixed when the service class is built."""
+BATCHED_ROUTES = ("predict_actions", "predict_next")
 DEFAULT_RELOAD_SECONDS = 30.0
-BATCH_CORK = os.environ.get("FORESIGHT_BATCH_CORK", "0") == "1"
-"""1: BentoML's learned cork wait (see :func:`_dispatch_when_free`); default off."""
 TRACE_API = os.environ.get("FORESIGHT_TRACE_API", "0") == "1"
 """1: OpenTelemetry spans on the API routes too (set it when tracing is configured)."""
 API_ROUTES = ("predict_actions", "predict_next", "imagine", "act", "models", "reload", "echo")
 GC_THRESHOLD = 50_000
 """Net container allocations between young-generation collections (Python's default: 700);
 see :meth:`Foresight.tune_garbage_collector`."""
-INLINE_MAX_QUERIES = int(os.environ.get("FORESIGHT_INLINE_QUERIES", "4"))
-"""Batches up to this many queries run on the event loop; larger ones in the model thread.
+DEFAULT_INLINE_QUERIES = 4
+"""Batches up to this many queries (FORESIGHT_INLINE_QUERIES) run on the event loop;
+larger ones in the model thread.
 
 A small batch costs ~1 ms of model time, less than the two thread hand-offs it would
 otherwise take (each one a wake-up plus a wait for the GIL: 0.1 ms on an idle machine,
@@ -104,8 +113,9 @@ JSONList = Annotated[list[T], ContentType("application/json")]
 list's JSON schema on every response to find it (~3 ms per request, measured)."""
 
 
-def _dispatch_when_free() -> None:
-    """Keep BentoML's adaptive batcher from holding a lone request back.
+def _dispatch_when_free(enabled: bool = True) -> None:
+    """Keep BentoML's adaptive batcher from holding a lone request back (``enabled``), or
+    give it back its learned wait (FORESIGHT_BATCH_CORK=1).
 
     The batcher (``CorkDispatcher``) holds a request until the queue's wait reaches its
     ``Optimizer.wait``, the average wait of the last 50 batches. Under load every request
@@ -123,7 +133,12 @@ def _dispatch_when_free() -> None:
     from bentoml._internal.marshal.dispatcher import Optimizer
 
     refresh = Optimizer.trigger_refresh
-    if getattr(refresh, "_foresight", False):
+    patched = getattr(refresh, "_foresight", False)
+    if not enabled:
+        if patched:
+            Optimizer.trigger_refresh = refresh.__wrapped__
+        return
+    if patched:
         return
 
     @functools.wraps(refresh)
@@ -135,8 +150,7 @@ def _dispatch_when_free() -> None:
     Optimizer.trigger_refresh = trigger_refresh
 
 
-if not BATCH_CORK:
-    _dispatch_when_free()
+_dispatch_when_free()  # the default; Foresight() applies FORESIGHT_BATCH_CORK
 
 
 def _reload_seconds() -> float:
@@ -153,7 +167,9 @@ def _reload_seconds() -> float:
     name="foresight",
     workers=1,
     threads=1,
-    traffic={"timeout": 60, "max_concurrency": 512},
+    # No BentoML max_concurrency: it counts a request from its headers on, so clients that
+    # stall mid-body filled it (every request got 429). serving.middleware limits instead.
+    traffic={"timeout": 60},
     # Tracing samples nothing unless configured, yet its middleware opens a span per
     # request and per body chunk sent or received (~0.2 ms a request, measured): the API
     # routes skip it unless FORESIGHT_TRACE_API=1. Health and metrics routes keep it.
@@ -164,9 +180,15 @@ class Foresight:
 
     def __init__(self) -> None:
         torch.set_num_threads(int(os.environ.get("FORESIGHT_TORCH_THREADS", "1")))
+        self.batching = os.environ.get("FORESIGHT_BATCHING", "1") != "0"
+        for route in BATCHED_ROUTES:  # BentoML reads the flag per request
+            Foresight.apis[route].batchable = self.batching
+        _dispatch_when_free(os.environ.get("FORESIGHT_BATCH_CORK", "0") != "1")
+        self.inline_max = int(os.environ.get("FORESIGHT_INLINE_QUERIES", DEFAULT_INLINE_QUERIES))
         self.host = runtime.ModelHost(runtime.refs_from_env())
         self.host.start_polling(_reload_seconds())
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="foresight-model")
+        self._heavy_thread = ThreadPoolExecutor(1, thread_name_prefix="foresight-heavy")
         for route in API_ROUTES:  # bind once: BentoML's per-request lookup of an API method
             if hasattr(type(self), route):  # re-reads its signature (~0.1 ms, measured)
                 self.__dict__[route] = getattr(self, route)
@@ -195,40 +217,44 @@ class Foresight:
             gc.set_threshold(*self._gc_threshold)
         self.host.close()
         self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._heavy_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
-        """``fn(*args)`` on the event loop when ``inline``, else in the one model thread
-        (large batches, /imagine, /act: all model work beyond a few ms is serialized there,
-        on FORESIGHT_TORCH_THREADS threads)."""
+    async def _run(
+        self, fn: Callable[..., T], *args: Any, inline: bool = False, heavy: bool = False
+    ) -> T:
+        """``fn(*args)`` on the event loop when ``inline``; else in the model thread (large
+        batches) or, when ``heavy``, the heavy thread (/imagine, /act: seconds of work that
+        must not hold the batches back), each on FORESIGHT_TORCH_THREADS threads."""
         if inline:
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+        pool = self._heavy_thread if heavy else self._model_thread
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def __is_ready__(self) -> bool:
         return self.host.current is not None
 
     @bentoml.api(
         route="/predict_actions",
-        batchable=BATCHING,
+        batchable=True,  # Foresight() applies FORESIGHT_BATCHING
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
     async def predict_actions(self, queries: ActionQueries) -> JSONList[ActionPrediction]:
         """Per-agent next-action distributions (probabilities, or mean and std), one answer
         per query, in order."""
-        inline = len(queries) <= INLINE_MAX_QUERIES
+        inline = len(queries) <= self.inline_max
         return await self._run(runtime.predict_actions, self.host.current, queries, inline=inline)
 
     @bentoml.api(
         route="/predict_next",
-        batchable=BATCHING,
+        batchable=True,  # Foresight() applies FORESIGHT_BATCHING
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=MAX_LATENCY_MS,
     )
     async def predict_next(self, queries: NextQueries) -> JSONList[NextPrediction]:
         """Next joint observation (mean and std, or samples), rewards and termination
         probability for a joint action, one answer per query, in order."""
-        inline = len(queries) <= INLINE_MAX_QUERIES
+        inline = len(queries) <= self.inline_max
         return await self._run(runtime.predict_next, self.host.current, queries, inline=inline)
 
     @bentoml.api(route="/imagine", input_spec=ImagineRequest)
@@ -236,7 +262,7 @@ class Foresight:
         """K sampled futures of H steps; agents with a plan follow it, the others the
         behavior model."""
         req = ImagineRequest.model_construct(**request)
-        return await self._run(runtime.imagine_futures, self.host.current, req)
+        return await self._run(runtime.imagine_futures, self.host.current, req, heavy=True)
 
     @bentoml.api(route="/act", input_spec=ActRequest)
     async def act(self, **request) -> ActResponse:
@@ -244,7 +270,7 @@ class Foresight:
         the other first actions, and the predicted next actions of the others."""
         req = ActRequest.model_construct(**request)
         try:
-            return await self._run(runtime.act, self.host.current, req)
+            return await self._run(runtime.act, self.host.current, req, heavy=True)
         except runtime.ActInputError as exc:
             raise BadInput(str(exc)) from exc
         except runtime.PlannerUnavailable as exc:
@@ -278,7 +304,8 @@ class Foresight:
 
     @bentoml.api(route="/echo")
     async def echo(self, message: str = "") -> EchoResponse:
-        """Returns its input: the cost of HTTP and JSON alone (benchmarks, smoke tests)."""
+        """Returns its input: the cost of HTTP and JSON alone. Benchmarks only: 404 unless
+        FORESIGHT_BENCH_ENDPOINTS=1 (serving.middleware)."""
         return EchoResponse(message=message)
 
 

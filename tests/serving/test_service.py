@@ -381,10 +381,73 @@ def test_asgi_endpoints_and_health(client):
     r = client.post("/act", json={"obs": history(3), "past_actions": past(3), "egos": AGENTS})
     assert r.status_code == 200 and list(r.json()["agents"]) == AGENTS
     assert client.post("/models").json()["models"][0]["role"] == "world"
-    assert client.post("/echo", json={"message": "hi"}).json() == {"message": "hi"}
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
         assert client.get(path).status_code == 200, path
     assert "bentoml_service_request" in client.get("/metrics").text
+    # the benchmarks' /echo is not part of the product API unless asked for
+    assert client.post("/echo", json={"message": "hi"}).status_code == 404
+    assert "/echo" not in client.get("/docs.json").json()["paths"]
+
+
+def test_bench_endpoints_only_when_benchmarking_asks(monkeypatch):
+    """The middleware in front of a stand-in app serving the real spec (a second BentoML
+    app in one process would register its metrics twice)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from serving.middleware import ForesightMiddleware
+    from serving.service import Foresight
+
+    spec = Foresight.openapi_spec.asdict()
+    inner = Starlette(
+        routes=[
+            Route("/echo", lambda r: JSONResponse({"message": "hi"}), methods=["POST"]),
+            Route("/docs.json", lambda r: JSONResponse(spec)),
+        ]
+    )
+    monkeypatch.delenv("FORESIGHT_BENCH_ENDPOINTS", raising=False)
+    product = TestClient(ForesightMiddleware(inner))
+    assert product.post("/echo", json={}).status_code == 404
+    assert "/echo" not in product.get("/docs.json").json()["paths"]
+    monkeypatch.setenv("FORESIGHT_BENCH_ENDPOINTS", "1")
+    bench = TestClient(ForesightMiddleware(inner))
+    assert bench.post("/echo", json={}).json() == {"message": "hi"}
+    served = bench.get("/docs.json").json()
+    assert (
+        "/echo" in served["paths"] and "EchoResponseIODescriptor" in served["components"]["schemas"]
+    )
+
+
+def test_flags_are_read_when_the_service_is_built(store, monkeypatch):
+    """FORESIGHT_BATCHING and friends take effect at construction, no module reload."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from serving.service import Foresight
+
+    def built():
+        instance = Foresight()
+        instance.shutdown()
+        return instance
+
+    monkeypatch.setenv("FORESIGHT_BATCHING", "0")
+    monkeypatch.setenv("FORESIGHT_INLINE_QUERIES", "9")
+    monkeypatch.setenv("FORESIGHT_BATCH_CORK", "1")
+    try:
+        instance = built()
+        assert not instance.batching and instance.inline_max == 9
+        assert not Foresight.apis["predict_actions"].batchable
+        assert not Foresight.apis["predict_next"].batchable
+        assert not getattr(Optimizer.trigger_refresh, "_foresight", False)  # learned wait back
+    finally:
+        monkeypatch.delenv("FORESIGHT_BATCHING")
+        monkeypatch.delenv("FORESIGHT_INLINE_QUERIES")
+        monkeypatch.delenv("FORESIGHT_BATCH_CORK")
+        instance = built()
+    assert instance.batching and instance.inline_max == 4
+    assert Foresight.apis["predict_actions"].batchable
+    assert getattr(Optimizer.trigger_refresh, "_foresight", False)
 
 
 def test_oversized_body_gets_413(client):
@@ -409,7 +472,8 @@ def test_api_key_middleware_guards_everything_but_health(monkeypatch):
     from serving.middleware import ForesightMiddleware
 
     ok = lambda request: PlainTextResponse("ok")  # noqa: E731
-    inner = Starlette(routes=[Route(p, ok, methods=["GET", "POST"]) for p in ("/x", "/readyz")])
+    paths = ("/x", "/readyz", "/metrics")
+    inner = Starlette(routes=[Route(p, ok, methods=["GET", "POST"]) for p in paths])
     monkeypatch.setenv("FORESIGHT_API_KEY", "s3cret")
     c = TestClient(ForesightMiddleware(inner))
     assert c.post("/x", json={}).status_code == 401
@@ -417,6 +481,10 @@ def test_api_key_middleware_guards_everything_but_health(monkeypatch):
     assert c.post("/x", json={}, headers={"Authorization": "Basic s3cret"}).status_code == 401
     assert c.post("/x", json={}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert c.get("/readyz").status_code == 200
+    assert c.get("/metrics").status_code == 401  # metrics need the key too
+    assert c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    monkeypatch.setenv("FORESIGHT_METRICS_OPEN", "1")  # unless a scraper is trusted
+    assert TestClient(ForesightMiddleware(inner)).get("/metrics").status_code == 200
 
 
 def test_batcher_dispatches_when_the_model_is_free():
