@@ -226,12 +226,18 @@ class DatasetTable:
     def set_tag(self, tag: str, version: int) -> None:
         if not TAG_RE.match(tag) or tag.isdigit():
             raise DatasetError(f"invalid tag {tag!r}: letters, digits, '_', '-', '.'; not a number")
-        data = self.store.read_json(self.tags_rel) or {"tags": {}, "log": []}
-        data.setdefault("log", []).append(
-            {"tag": tag, "from": data["tags"].get(tag), "to": version, "at": time.time()}
-        )
-        data["tags"][tag] = version
-        self.store.write_json(self.tags_rel, data)
+
+        def change(data: dict | None) -> dict:
+            data = data or {"tags": {}, "log": []}
+            data.setdefault("tags", {})
+            data.setdefault("log", []).append(
+                {"tag": tag, "from": data["tags"].get(tag), "to": version, "at": time.time()}
+            )
+            data["tags"][tag] = version
+            return data
+
+        # A conditional read-modify-write: concurrent taggers never lose each other's moves.
+        self.store.update_json(self.tags_rel, change)
 
 
 QUARANTINE_SCHEMA = {
