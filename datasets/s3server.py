@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -147,6 +148,12 @@ class S3Server:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server at once, as a crash would (for fault tests); no clean shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
 
     def __enter__(self) -> S3Server:
         return self.start() if self.process is None else self

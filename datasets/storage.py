@@ -5,9 +5,21 @@
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (``AWS_REGION`` optional). Any S3 server
 works: MinIO in production, SeaweedFS in tests.
 
-Paths are URIs throughout: a local path, or ``s3://bucket/key``. Delta Lake tables and polars
-get :meth:`Store.storage_options`; plain objects (landing files, registry JSON, spec files)
-go through the functions here, which use the minio SDK on S3.
+Paths are URIs throughout: a local path, or ``s3://bucket/key``. Delta Lake tables get
+:meth:`Store.storage_options` (polars: :meth:`Store.polars_storage_options`); plain objects
+(landing files, registry JSON, spec files) go through the functions here, which use the minio
+SDK on S3.
+
+Every S3 call is bounded, so a server that accepts connections and never answers fails the
+call instead of hanging it:
+
+- ``FORESIGHT_S3_CONNECT_TIMEOUT`` (seconds, default 5): to open a connection.
+- ``FORESIGHT_S3_READ_TIMEOUT`` (seconds, default 30): minio waits at most this long for the
+  next bytes of an answer; Delta Lake and polars (object_store) for a whole request.
+- ``FORESIGHT_S3_RETRIES`` (default 2): retries after a failed attempt. object_store retries
+  until ``retries x (connect + read)`` seconds have passed since the first attempt.
+
+One call thus gives up after about ``(retries + 1) x (connect + read)`` seconds at most.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +42,10 @@ DEFAULT_STORE = "./.foresight"
 
 class StorageError(RuntimeError):
     """The store (or a source) cannot be reached, read or written."""
+
+
+class StorageConfigError(StorageError):
+    """The storage settings (environment variables) are missing or malformed."""
 
 
 def is_s3(uri: str) -> bool:
@@ -54,21 +70,69 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def _env_number(name: str, default: float, minimum: float) -> float:
+    """A positive number from the environment; a clear error naming the variable otherwise."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:  # also refuses NaN
+        raise StorageConfigError(f"{name}={raw!r} is not a number >= {minimum:g} (seconds or a count)")
+    return value
+
+
+def connect_timeout_from_env() -> float:
+    """Seconds to open a connection to the S3 server (``FORESIGHT_S3_CONNECT_TIMEOUT``)."""
+    return _env_number("FORESIGHT_S3_CONNECT_TIMEOUT", 5.0, 0.1)
+
+
+def read_timeout_from_env() -> float:
+    """Seconds to wait for an answer (``FORESIGHT_S3_READ_TIMEOUT``)."""
+    return _env_number("FORESIGHT_S3_READ_TIMEOUT", 30.0, 0.1)
+
+
+def retries_from_env() -> int:
+    """Retries after a failed S3 attempt (``FORESIGHT_S3_RETRIES``)."""
+    return int(_env_number("FORESIGHT_S3_RETRIES", 2, 0))
+
+
 @dataclass(frozen=True)
 class S3Config:
-    """Where the S3 server is and how to sign requests to it."""
+    """Where the S3 server is, how to sign requests to it and how long to wait for it."""
 
     endpoint: str
     """Full URL, e.g. ``http://127.0.0.1:8333``."""
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    connect_timeout: float = field(default_factory=connect_timeout_from_env)
+    """Seconds to open a connection; a dead host fails fast."""
+    read_timeout: float = field(default_factory=read_timeout_from_env)
+    """Seconds to wait for an answer; a server that accepts and never answers fails too."""
+    retries: int = field(default_factory=retries_from_env)
+    """Retries after a failed attempt (connection errors, timeouts, 5xx)."""
+
+    @property
+    def retry_budget(self) -> float:
+        """Seconds after the first attempt in which object_store may still retry."""
+        return self.retries * (self.connect_timeout + self.read_timeout)
+
+    def bounds(self) -> str:
+        """The timeouts in force, as the variables that set them (for error messages)."""
+        return (
+            f"FORESIGHT_S3_CONNECT_TIMEOUT={self.connect_timeout:g}s, "
+            f"FORESIGHT_S3_READ_TIMEOUT={self.read_timeout:g}s, "
+            f"FORESIGHT_S3_RETRIES={self.retries}"
+        )
 
     @classmethod
     def from_env(cls) -> S3Config:
         endpoint = os.environ.get("FORESIGHT_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         if not endpoint:
-            raise StorageError(
+            raise StorageConfigError(
                 "an s3:// location needs FORESIGHT_S3_ENDPOINT (e.g. http://127.0.0.1:8333); "
                 "`foresight storage up` starts a local S3 server and prints what to export"
             )
@@ -77,7 +141,7 @@ class S3Config:
         access = os.environ.get("AWS_ACCESS_KEY_ID")
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
         if not access or not secret:
-            raise StorageError(
+            raise StorageConfigError(
                 f"S3 endpoint {endpoint} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to be set"
             )
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -94,27 +158,48 @@ class S3Config:
         return urlparse(self.endpoint).netloc
 
     def storage_options(self) -> dict[str, str]:
-        """Options for deltalake (object_store) and polars; etag conditional puts for commits."""
+        """Options for deltalake (object_store): etag conditional puts for commits, bounded waits.
+
+        ``timeout``/``connect_timeout`` are object_store client options (whole request /
+        connection); ``retry_timeout`` ends its retries (default 10 retries within 3 minutes).
+        Values are strings, as deltalake wants them.
+        """
         opts = {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": self.region,
             "conditional_put": "etag",
+            "timeout": f"{self.read_timeout:g}s",
+            "connect_timeout": f"{self.connect_timeout:g}s",
+            "retry_timeout": f"{self.retry_budget:g}s",
         }
         if not self.secure:
             opts["AWS_ALLOW_HTTP"] = "true"
         return opts
 
+    def polars_storage_options(self) -> dict[str, str | int]:
+        """Options for polars' own S3 reader: as for deltalake, with polars' retry keys.
+
+        polars wants ``max_retries``/``retry_timeout_ms`` as integers and deltalake refuses
+        integers, so the two get separate dictionaries (``pl.scan_delta`` drops polars' keys
+        before it opens the Delta table).
+        """
+        opts: dict[str, str | int] = dict(self.storage_options())
+        del opts["retry_timeout"]
+        opts["max_retries"] = self.retries
+        opts["retry_timeout_ms"] = int(self.retry_budget * 1000)
+        return opts
+
     def client(self):
-        """A minio client with short connect timeouts, so a dead endpoint fails fast."""
+        """A minio client with bounded connect and read timeouts and a few retries."""
         import urllib3
         from minio import Minio
 
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=3.0, read=120.0),
+            timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
             retries=urllib3.Retry(
-                total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                total=self.retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
             ),
             maxsize=16,
         )
@@ -128,20 +213,53 @@ class S3Config:
         )
 
 
-def _s3_error(config: S3Config, uri: str, exc: Exception) -> StorageError:
-    """Turn a minio/urllib3 failure into an error that names the endpoint and what to do."""
+_OPERATIONS = {
+    "get_object": "read",
+    "stat_object": "stat",
+    "list_objects": "list",
+    "put_object": "write",
+    "_put_object": "write",
+    "fput_object": "upload",
+    "remove_object": "delete",
+    "bucket_exists": "check the bucket of",
+    "make_bucket": "create the bucket of",
+}
+"""minio call -> the operation named in error messages."""
+
+
+def _reason(config: S3Config, exc: Exception) -> str:
+    """What went wrong on the wire, in a few words (urllib3 wraps it in MaxRetryError)."""
+    from urllib3 import exceptions as e
+
+    cause = exc.reason if isinstance(exc, e.MaxRetryError) and exc.reason else exc
+    if isinstance(cause, e.NewConnectionError):  # before ConnectTimeoutError: a subclass
+        return "connection refused"
+    if isinstance(cause, e.ConnectTimeoutError):
+        return f"no connection within {config.connect_timeout:g}s"
+    if isinstance(cause, e.ReadTimeoutError | TimeoutError):
+        return f"no answer within {config.read_timeout:g}s"
+    if isinstance(cause, e.ProtocolError):
+        return "the connection dropped mid-request"
+    return f"{type(cause).__name__}: {cause}"
+
+
+def _s3_error(config: S3Config, uri: str, exc: Exception, op: str = "access") -> StorageError:
+    """Turn a minio/urllib3 failure into one line: the endpoint, the operation, what to do."""
     from minio.error import S3Error
 
     if isinstance(exc, S3Error):
         if exc.code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
             return StorageError(
-                f"S3 endpoint {config.endpoint} refused the credentials ({exc.code}) for {uri}; "
-                "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                f"S3 endpoint {config.endpoint} refused the credentials ({exc.code}) to {op} "
+                f"{uri}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
-        return StorageError(f"S3 endpoint {config.endpoint}: {exc.code} for {uri}: {exc.message}")
+        return StorageError(
+            f"S3 endpoint {config.endpoint}: {exc.code} when trying to {op} {uri}: {exc.message}"
+        )
     return StorageError(
-        f"cannot reach S3 endpoint {config.endpoint} for {uri}: {type(exc).__name__}: {exc}; "
-        "is the server running (`foresight storage up`) and FORESIGHT_S3_ENDPOINT right?"
+        f"cannot {op} {uri} at S3 endpoint {config.endpoint}: {_reason(config, exc)} "
+        f"({config.bounds()}); is the server running (`foresight storage up`) and "
+        "FORESIGHT_S3_ENDPOINT right?"
     )
 
 
@@ -162,19 +280,21 @@ class FileSystem:
         return self.s3.client()
 
     def _call(self, uri: str, fn, *args, **kwargs):
+        """Run one minio call; its failures become FileNotFoundError or a StorageError."""
         from minio.error import S3Error
 
+        op = _OPERATIONS.get(getattr(fn, "__name__", ""), "access")
         try:
             return fn(*args, **kwargs)
         except S3Error as exc:
             if exc.code in {"NoSuchKey", "NoSuchBucket"}:
                 raise FileNotFoundError(uri) from exc
-            raise _s3_error(self.s3, uri, exc) from exc
+            raise _s3_error(self.s3, uri, exc, op) from exc
         except (OSError, Exception) as exc:  # urllib3 errors are not OSError subclasses
             if isinstance(exc, FileNotFoundError | StorageError):
                 raise
             if type(exc).__module__.startswith(("urllib3", "minio")) or isinstance(exc, OSError):
-                raise _s3_error(self.s3, uri, exc) from exc
+                raise _s3_error(self.s3, uri, exc, op) from exc
             raise
 
     # -- reading -------------------------------------------------------------------------
@@ -228,14 +348,15 @@ class FileSystem:
         """Objects under an ``s3://`` prefix (treated as a folder)."""
         bucket, key = split_s3(prefix)
         key = key.rstrip("/")
-        return self._call(
-            prefix,
-            lambda: list(
+
+        def list_objects() -> list:  # named: the error says "cannot list ..."
+            return list(
                 self._client.list_objects(
                     bucket_name=bucket, prefix=key + "/" if key else None, recursive=recursive
                 )
-            ),
-        )
+            )
+
+        return self._call(prefix, list_objects)
 
     def list_dirs(self, prefix: str) -> list[str]:
         """The immediate sub-folders of ``prefix`` (S3: common prefixes), sorted."""
@@ -319,10 +440,10 @@ class FileSystem:
                 return False
             if exc.code == "NoSuchKey" and token is not None:
                 return False
-            raise _s3_error(self.s3, uri, exc) from exc
+            raise _s3_error(self.s3, uri, exc, "write") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("urllib3", "minio")) or isinstance(exc, OSError):
-                raise _s3_error(self.s3, uri, exc) from exc
+                raise _s3_error(self.s3, uri, exc, "write") from exc
             raise
         return True
 
@@ -437,7 +558,12 @@ class Store:
         return join(self.root, *parts)
 
     def storage_options(self) -> dict[str, str] | None:
+        """deltalake's options for this store (None for a local folder)."""
         return self.fs.s3.storage_options() if self.is_s3 else None
+
+    def polars_storage_options(self) -> dict[str, str | int] | None:
+        """polars' options for this store (None for a local folder)."""
+        return self.fs.s3.polars_storage_options() if self.is_s3 else None
 
     def ensure(self) -> None:
         """Make sure the root exists (folder or bucket)."""

@@ -1,7 +1,9 @@
 """The ``foresight`` command line: thin wrappers that call the library and print what it did.
 
 Every command takes ``--json`` for machine-readable output; errors go to stderr as one line
-naming the input and what to do, with exit status 2.
+naming the input and what to do, with exit status 2. Every name and reference on the command
+line is checked (:data:`NAME_ARGS`) before any work starts; a storage failure (S3 or local)
+is one line naming the endpoint, the command and what to check, exit status 2 as well.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -48,6 +51,172 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value)) or "-"
     return str(value)
+
+
+# -- names: every name and reference is checked here, before any command runs ----------------
+
+
+def _dataset_name(value: str) -> None:
+    from datasets.catalog import check_name
+
+    check_name(value)
+
+
+def _dataset_ref(value: str) -> None:
+    from datasets.catalog import DatasetRef
+
+    DatasetRef.parse(value)
+
+
+def _dataset_tag(value: str) -> None:
+    from datasets.catalog import TAG_RE, DatasetError
+
+    if not TAG_RE.match(value) or value.isdigit():
+        raise DatasetError(
+            f"invalid tag {value!r}: letters, digits, '_', '-', '.', starting with a letter "
+            "or '_'; not a number"
+        )
+
+
+def _model_name(value: str) -> None:
+    from training.registry import NAME_RE, RegistryError
+
+    if not NAME_RE.match(value):
+        raise RegistryError(
+            f"invalid model name {value!r}: start with a letter; letters, digits, '_', '-', '.'"
+        )
+
+
+def _model_ref(value: str) -> None:
+    from training.registry import ModelRef
+
+    ModelRef.parse(value)
+
+
+def _model_version(value: str) -> None:
+    from training.registry import ModelRef, RegistryError
+
+    if ModelRef.parse(value).version is None:
+        raise RegistryError(f"expected a version reference name@N, got {value!r}")
+
+
+def _alias(value: str) -> None:
+    from training.registry import ALIAS_RE, RegistryError
+
+    if not ALIAS_RE.match(value) or value.isdigit():
+        raise RegistryError(
+            f"invalid alias {value!r}: start with a letter; letters, digits, '_', '-', '.'"
+        )
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def _bucket(value: str) -> None:
+    if not _BUCKET_RE.match(value) or ".." in value:
+        raise ValueError(f"invalid bucket name {value!r}: 3-63 lowercase letters, digits, '.', '-'")
+
+
+NAME_CHECKS: dict[str, Callable[[str], None]] = {
+    "dataset name": _dataset_name,
+    "dataset ref": _dataset_ref,
+    "dataset tag": _dataset_tag,
+    "model name": _model_name,
+    "model ref": _model_ref,
+    "model version": _model_version,
+    "alias": _alias,
+    "bucket": _bucket,
+}
+"""Kind of name -> its check (each raises a ValueError that says what is allowed)."""
+
+NAME_ARGS: dict[tuple[str, ...], dict[str, str]] = {
+    ("ingest",): {"--dataset": "dataset name"},
+    ("datasets", "versions"): {"NAME": "dataset name"},
+    ("datasets", "show"): {"REF": "dataset ref"},
+    ("datasets", "diff"): {"REF_A": "dataset ref", "REF_B": "dataset ref"},
+    ("datasets", "tag"): {"REF": "dataset ref", "TAG": "dataset tag"},
+    ("datasets", "export"): {"REF": "dataset ref"},
+    ("train",): {"--dataset": "dataset ref", "--name": "model name"},
+    ("evaluate",): {"MODEL": "model ref", "--dataset": "dataset ref"},
+    ("models", "show"): {"REF": "model ref"},
+    ("models", "promote"): {"REF": "model ref", "--alias": "alias"},
+    ("models", "rollback"): {"NAME": "model name", "--alias": "alias"},
+    ("models", "delete"): {"REF": "model version"},
+    ("arena",): {"--world": "model ref", "--behavior": "model ref"},
+    ("serve",): {"--world": "model ref", "--behavior": "model ref"},
+    ("storage", "up"): {"--bucket": "bucket"},
+}
+"""Command -> argument (as the help shows it) -> the kind of name it takes."""
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Check every name and reference of the parsed command line; ValueError on the first bad one.
+
+    Runs before the command, so a bad name costs nothing (``train --name`` is refused before
+    training) and never reaches a path (``models rollback ../x``).
+    """
+    command = (args.command, *([args.verb] if getattr(args, "verb", None) else []))
+    for label, kind in NAME_ARGS.get(command, {}).items():
+        value = getattr(args, label.lstrip("-").replace("-", "_").lower())
+        if value is None:
+            continue  # an optional argument left out
+        try:
+            NAME_CHECKS[kind](value)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from exc
+
+
+# -- storage failures: one line, whatever raised them -------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MAX_REASON = 600
+
+
+def one_line(text: str) -> str:
+    """An error text (deltalake's are multi-line, with colour codes) as one short line."""
+    text = " ".join(_ANSI.sub("", text).replace("\u21b3", " ").split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the store (S3 or local disk), not of the input."""
+    from deltalake.exceptions import DeltaError
+
+    from datasets.storage import StorageConfigError, StorageError
+
+    if isinstance(exc, StorageConfigError | FileNotFoundError):
+        return False  # reported as they are: they name the setting or the missing file
+    if isinstance(exc, StorageError | DeltaError | OSError):
+        return True
+    return type(exc).__module__.split(".")[0] in {"urllib3", "minio"}
+
+
+def storage_failure_text(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line: what failed, in which command, at which endpoint or folder, what to check."""
+    from datasets.storage import S3Config, StorageError, is_s3
+
+    command = " ".join((args.command, *([args.verb] if getattr(args, "verb", None) else [])))
+    root = getattr(args, "store", None) or os.environ.get("FORESIGHT_STORE") or "./.foresight"
+    reason = one_line(str(exc) or type(exc).__name__)
+    if not isinstance(exc, StorageError):
+        reason = f"{type(exc).__name__}: {reason}"
+    head = f"storage failure in `foresight {command}`"
+    if not is_s3(root):
+        return (
+            f"{head} on the local store {root}: {reason}; check the folder, its permissions "
+            "and free disk space, then retry"
+        )
+    try:
+        config = S3Config.from_env()
+    except StorageError as config_error:
+        return f"{head} on {root}: {reason}; {one_line(str(config_error))}"
+    if config.endpoint in reason and "FORESIGHT_S3_ENDPOINT" in reason:
+        return f"{head}: {reason}"  # the storage layer already said where and what to do
+    return (
+        f"{head} at S3 endpoint {config.endpoint} (store {root}): {reason}; check that the "
+        f"server is up and answering and that FORESIGHT_S3_ENDPOINT is right "
+        f"({config.bounds()}), then retry"
+    )
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -294,10 +463,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         _emit(args, result, _train_text)
 
 
+def _damaged_weights(exc: Exception, refs: Sequence[str], store) -> ValueError:
+    """A weights file that does not deserialize (truncated, overwritten): one clear error."""
+    from training.registry import ModelRegistry, RegistryError
+
+    resolved = []
+    for ref in refs:
+        try:
+            resolved.append(f"{ref} ({ModelRegistry(store).resolve(ref).ref})")
+        except RegistryError:
+            resolved.append(ref)
+    return ValueError(
+        f"the weights of {' or '.join(resolved)} cannot be read ({one_line(str(exc))}): the "
+        "file is damaged; delete that version (`foresight models delete NAME@N`) or train it again"
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from safetensors import SafetensorError
+
     from training.workflow import evaluate_registered
 
-    result = evaluate_registered(args.model, args.dataset, store=_store(args), device=args.device)
+    store = _store(args)
+    try:
+        result = evaluate_registered(args.model, args.dataset, store=store, device=args.device)
+    except SafetensorError as exc:
+        raise _damaged_weights(exc, [args.model], store) from exc
     _emit(
         args,
         result,
@@ -403,18 +594,24 @@ def cmd_arena(args: argparse.Namespace) -> None:
         from serving.remote import http_factories
 
         factories = http_factories(args.via_http, api_key=os.environ.get("FORESIGHT_API_KEY"))
+    from safetensors import SafetensorError
+
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    result = run_arena_registered(
-        args.env,
-        args.episodes,
-        controllers,
-        store=_store(args),
-        world_ref=args.world,
-        behavior_ref=args.behavior,
-        seed=args.seed,
-        factories=factories,
-        progress=sys.stderr.isatty() and not args.json,
-    )
+    store = _store(args)
+    try:
+        result = run_arena_registered(
+            args.env,
+            args.episodes,
+            controllers,
+            store=store,
+            world_ref=args.world,
+            behavior_ref=args.behavior,
+            seed=args.seed,
+            factories=factories,
+            progress=sys.stderr.isatty() and not args.json,
+        )
+    except SafetensorError as exc:
+        raise _damaged_weights(exc, [args.world, args.behavior], store) from exc
     result = {k: v for k, v in result.items() if k != "controllers"} | {
         "controllers": {
             t: {k: v for k, v in r.items() if k != "returns"}
@@ -624,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, check every name, run the command; errors are one line on stderr, exit 2."""
     from datasets.catalog import DatasetError
     from datasets.ingest import IngestError
     from datasets.schema import SpecError
@@ -632,19 +830,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        check_names(args)
         args.fn(args)
-    except (
-        DatasetError,
-        IngestError,
-        SpecError,
-        StorageError,
-        ValueError,
-        FileNotFoundError,
-    ) as exc:
-        print(f"foresight {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if is_storage_failure(exc):
+            message = storage_failure_text(exc, args)
+        elif isinstance(
+            exc,
+            DatasetError | IngestError | SpecError | StorageError | ValueError | FileNotFoundError,
+        ):
+            message = one_line(str(exc))
+        else:
+            raise
+        print(f"foresight {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
