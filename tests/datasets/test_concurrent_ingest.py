@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from datasets import DatasetTable, ingest_logs, open_dataset
 from datasets.catalog import META_KEY
@@ -142,3 +143,83 @@ def test_killed_ingest_leaves_a_lease_that_expires_and_staging_that_is_swept(sto
     # In process too: nothing staged stays after an ingest.
     again = ingest_logs([source], "toy", store)
     assert again.already_ingested == [source]
+
+
+def test_overlapping_file_sets_are_each_ingested_once(store, tmp_path):
+    """Ingests of [x, y], [y, z], [z, x] at once: each file goes in once, whoever commits
+    first; later ones drop the files committed meanwhile and keep the rest."""
+    for round_ in range(2):
+        names = "xyz"
+        paths = {}
+        for n in names:
+            rows = [row for e in range(3) for row in episode_rows(f"o{round_}{n}{e}", steps=4)]
+            paths[n] = str(write_jsonl(tmp_path / f"o{round_}" / f"{n}.jsonl", rows))
+        groups = [("x", "y"), ("y", "z"), ("z", "x")]
+        procs = []
+        for group in groups:
+            folder = tmp_path / f"o{round_}-{''.join(group)}"
+            folder.mkdir()
+            for n in group:
+                (folder / f"{n}.jsonl").write_bytes(Path(paths[n]).read_bytes())
+                (folder / "foresight_spec.json").write_bytes(
+                    (Path(paths[n]).parent / "foresight_spec.json").read_bytes()
+                )
+            procs.append(_start_ingest(store, str(folder)))
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+            reports.append(json.loads(out))
+        _check_serial_state(store, reports)
+        assert sum(r["accepted"] for r in reports) == 3 * 3 * 4 * 3
+        assert sum(len(r["files"]) for r in reports) == 3
+        assert sum(len(r["already_ingested"]) for r in reports) == 3
+
+
+def _hold_lease(root: str, env: dict, ttl: float, ready: str) -> None:
+    """Take the lease, say so, then hang on to it (heartbeating) until killed."""
+    import time
+
+    os.environ.update(env)
+    from datasets.lease import Lease
+    from datasets.storage import Store
+
+    Lease(Store(root), "leases/datasets/toy.json", ttl=ttl).acquire()
+    Path(ready).write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+def test_lease_of_a_killed_holder_is_taken_over(store, tmp_path):
+    """While the holder lives its heartbeat keeps the lease; once it is killed (-9) the lease
+    stops changing and the next taker gets it after the holder's ttl. Two rounds."""
+    import multiprocessing as mp
+    import signal
+    import time
+
+    from datasets.lease import Lease, LeaseBusy
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FORESIGHT_S3"))}
+    ctx = mp.get_context("spawn")
+    for round_ in range(2):
+        ready = tmp_path / f"ready{round_}"
+        holder = ctx.Process(target=_hold_lease, args=(store.root, env, 2.0, str(ready)))
+        holder.start()
+        while not ready.exists():
+            assert holder.is_alive()
+            time.sleep(0.05)
+        try:
+            # Longer than the ttl: only the heartbeat keeps the lease from looking abandoned.
+            with pytest.raises(LeaseBusy, match=rf"pid {holder.pid}\b"):
+                Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=4.0).acquire()
+        finally:
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.join()
+        taker = Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=60.0).acquire()
+        try:
+            assert taker.took_over is not None and taker.took_over["pid"] == holder.pid
+        finally:
+            taker.release()
+        # Released properly: the next one gets it at once, taking nothing over.
+        with Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=60.0) as again:
+            assert again.took_over is None

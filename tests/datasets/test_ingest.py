@@ -286,3 +286,35 @@ def test_clear_errors_for_bad_sources(store, tmp_path):
         ingest_logs([str(tmp_path / "notes.txt")], "toy", store)
     with pytest.raises(ValueError, match="invalid dataset name"):
         ingest_logs([str(tmp_path / "notes.txt")], "bad@name", store)
+
+
+def test_commit_whose_read_back_fails_is_reported_as_committed(store, tmp_path, monkeypatch):
+    """The dataset commit lands, then every read of the table fails (the store went away):
+    the ingest reports the version it committed, with a note, instead of failing."""
+    import deltalake
+
+    write_jsonl(tmp_path / "a.jsonl", episodes(2))
+    table_uri = DatasetTable(store, "toy").uri
+    real_write, real_table = deltalake.write_deltalake, deltalake.DeltaTable
+    broken = {"on": False}
+
+    def write(uri, *args, **kwargs):
+        real_write(uri, *args, **kwargs)
+        if str(uri) == table_uri:
+            broken["on"] = True
+
+    class Unreachable(real_table):
+        def __init__(self, uri, *args, **kwargs):
+            if broken["on"] and str(uri) == table_uri:
+                raise OSError(f"connection reset reading {uri}")
+            super().__init__(uri, *args, **kwargs)
+
+    monkeypatch.setattr(deltalake, "write_deltalake", write)
+    monkeypatch.setattr(deltalake, "DeltaTable", Unreachable)
+    result = ingest_logs([str(tmp_path / "a.jsonl")], "toy", store)
+    assert result.version == 0 and result.accepted == 30
+    assert any("reading the new version back failed" in n for n in result.notes), result.notes
+    monkeypatch.undo()
+    table = DatasetTable(store, "toy")
+    assert table.latest_version() == 0
+    assert table.commit_meta(0)["ingest_id"] == result.ingest_id
