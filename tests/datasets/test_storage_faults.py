@@ -152,7 +152,7 @@ def test_stalled_endpoint_fails_within_the_bounds(stalled, tmp_path, args, opera
 
 def test_timeout_settings_are_checked(tmp_path):
     env = cli_env(
-        FORESIGHT_STORE="s3://b/foresight",
+        FORESIGHT_STORE="s3://settings/foresight",
         FORESIGHT_S3_ENDPOINT="http://127.0.0.1:9",
         AWS_ACCESS_KEY_ID="k",
         AWS_SECRET_ACCESS_KEY="s",
