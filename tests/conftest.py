@@ -10,6 +10,17 @@ from datasets.s3server import S3Server
 from datasets.storage import Store
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _bentoml_home(tmp_path_factory):
+    """BentoML's model store and bentos go to a temporary folder for the session, never to
+    the developer's own ~/bentoml (or a BENTOML_HOME they set); no usage tracking."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(home))
+        mp.setenv("BENTOML_DO_NOT_TRACK", "true")
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def _runs_in_tmp(tmp_path, monkeypatch):
     """Training checkpoints go under the test's tmp folder, never into the checkout."""
