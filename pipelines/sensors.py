@@ -16,6 +16,9 @@ from datasets.schema import SPEC_FILENAME
 from pipelines.assets import ingest_job
 from pipelines.resources import ForesightStore
 
+INGEST_TAG = "foresight/ingest"
+"""Run tag holding the dataset an ingest run writes; the run queue allows one per value."""
+
 
 def _hidden(uri: str, folder: str) -> bool:
     """A dot-name below the dataset's landing folder (the store root itself may be one,
@@ -65,7 +68,11 @@ def landing_sensor(context: dg.SensorEvaluationContext, foresight_store: Foresig
                 run_config={
                     "ops": {"trajectory_dataset": {"config": {"dataset": dataset, "files": files}}}
                 },
-                tags={"foresight/dataset": dataset, "foresight/files": str(len(files))},
+                tags={
+                    "foresight/dataset": dataset,
+                    INGEST_TAG: dataset,  # one ingest run per dataset: infra/dagster.yaml
+                    "foresight/files": str(len(files)),
+                },
             )
         )
         seen[dataset] = sorted(set(seen.get(dataset, [])) | set(files))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from datasets import open_dataset
@@ -101,3 +103,81 @@ def test_sensor_with_a_fresh_cursor_skips_files_already_ingested(store, tmp_path
         run_config={"ops": {"trajectory_dataset": {"config": {"dataset": "toy", "files": [uri]}}}},
     )
     assert isinstance(landing_sensor(dg.build_sensor_context(resources=resources)), dg.SkipReason)
+
+
+def _instance_settings() -> dict:
+    """The run queue settings of infra/dagster.yaml (its storage needs PostgreSQL: left out)."""
+    import yaml
+
+    path = Path(__file__).parents[2] / "infra" / "dagster.yaml"
+    config = yaml.safe_load(path.read_text())
+    return {k: config[k] for k in ("run_coordinator", "concurrency") if k in config}
+
+
+def test_run_queue_starts_one_ingest_per_dataset_and_never_blocks_other_datasets(tmp_path):
+    """The daemon's own dequeue logic, with infra/dagster.yaml's limits, on runs that the
+    landing sensor requested: one per dataset runs, the second of a dataset waits."""
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    from datasets.storage import Store
+
+    store = Store(str(tmp_path / "store"))
+    resources = {"foresight_store": resource_for(store)}
+    requests = []
+    cursor = None
+    for batch in range(2):  # two sensor ticks, each with new files for both datasets
+        for dataset in ("toy", "other"):
+            local = write_jsonl(tmp_path / dataset / f"{batch}.jsonl", episodes(1, f"{batch}-"))
+            store.fs.upload(str(local), store.landing_uri(dataset, f"{batch}.jsonl"))
+        result = landing_sensor(dg.build_sensor_context(cursor=cursor, resources=resources))
+        cursor = result.cursor
+        requests += result.run_requests
+    assert sorted(r.tags["foresight/ingest"] for r in requests) == ["other"] * 2 + ["toy"] * 2
+
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=InProcessCodeLocationOrigin(
+                LoadableTargetOrigin(module_name="pipelines.definitions")
+            ),
+            repository_name="__repository__",
+        ),
+        job_name="ingest_job",
+    )
+    with instance_for_test(overrides=_instance_settings()) as instance:
+        runs = [
+            create_run_for_test(
+                instance,
+                job_name="ingest_job",
+                status=DagsterRunStatus.QUEUED,
+                tags=r.tags,
+                remote_job_origin=origin,
+            )
+            for r in requests
+        ]
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        chosen = daemon._get_runs_to_dequeue(
+            instance, instance.get_concurrency_config(), fixed_iteration_time=None
+        )
+        assert sorted(r.tags["foresight/ingest"] for r in chosen) == ["other", "toy"]
+        # Once the first toy run is in progress, only the other dataset's runs may start.
+        first_toy = next(r for r in runs if r.tags["foresight/ingest"] == "toy")
+        instance.handle_run_event(
+            first_toy.run_id,
+            dg.DagsterEvent(
+                event_type_value=dg.DagsterEventType.RUN_START.value, job_name="ingest_job"
+            ),
+        )
+        chosen = daemon._get_runs_to_dequeue(
+            instance, instance.get_concurrency_config(), fixed_iteration_time=None
+        )
+        assert sorted(r.tags["foresight/ingest"] for r in chosen) == ["other"]
