@@ -23,7 +23,7 @@ from serving.schemas import (
 from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
 from training.data import build_tensors, gather_window
 from training.planning import Planner, PlannerConfig
-from training.registry import ModelRegistry
+from training.registry import WEIGHTS, ModelRegistry
 
 AGENTS = ["agent_0", "agent_1", "agent_2"]
 
@@ -211,6 +211,16 @@ def test_reload_swaps_a_moved_alias_and_in_flight_requests_keep_their_models(tmp
     changes = {c.role: c for c in host.reload()}
     assert changes["behavior"].error and "99" in changes["behavior"].error
     assert host.current.behavior.version == "behavior@2"
+    # a new version whose weights file is truncated: reported, the old one keeps serving
+    broken = register_untrained(store, "behavior", spread_spec(), TINY_BEHAVIOR, seed=2)
+    weights = tmp_path / "store" / "models" / "behavior" / str(broken.version) / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    changes = {c.role: c for c in host.reload()}
+    assert changes["behavior"].error and not changes["behavior"].changed
+    assert changes["behavior"].current == "behavior@2"
+    assert host.current.behavior.version == "behavior@2"
+    [still] = runtime.predict_actions(host.current, [ActionQuery(obs=history())])
+    assert still.model == "behavior@2"
     host.close()
 
 
@@ -485,6 +495,24 @@ def test_api_key_middleware_guards_everything_but_health(monkeypatch):
     assert c.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     monkeypatch.setenv("FORESIGHT_METRICS_OPEN", "1")  # unless a scraper is trusted
     assert TestClient(ForesightMiddleware(inner)).get("/metrics").status_code == 200
+
+
+def test_every_503_says_overloaded_with_retry_after():
+    """BentoML's own 503 (its batcher's "An unexpected error has occurred") is rewritten."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from serving.middleware import ForesightMiddleware
+
+    def unavailable(request):
+        return PlainTextResponse("An unexpected error has occurred", status_code=503)
+
+    inner = Starlette(routes=[Route("/predict_actions", unavailable, methods=["POST"])])
+    r = TestClient(ForesightMiddleware(inner)).post("/predict_actions", json={})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"].startswith("overloaded")
 
 
 def test_batcher_dispatches_when_the_model_is_free():
