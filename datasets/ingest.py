@@ -7,9 +7,12 @@ The flow, in bounded memory whatever the input size:
    on local disk as Arrow IPC, split into buckets by a hash of ``episode_id`` so that every
    episode sits whole in one bucket; rejected rows are staged with their reasons.
 2. Per bucket, check whole episodes (duplicates, contiguous steps, already in the dataset).
-3. Commit the quarantined rows to ``<name>__quarantine``, then stream the accepted rows of
-   every bucket into the dataset table in a single Delta commit that also records the
-   source files, their checksums, the counts and the dataset spec.
+3. Take the dataset's lease (:mod:`datasets.lease`); if another ingest committed since step
+   2 looked, drop the files it ingested and redo the episode checks against the episode ids
+   committed now. Commit the quarantined rows to ``<name>__quarantine``, then stream the
+   accepted rows of every bucket into the dataset table in a single Delta commit that also
+   records the source files, their checksums, the counts and the dataset spec. Release.
+   Concurrent ingests thus end as some serial order of them would (datasets/README.md).
 
 A crash before the last commit leaves no new version: Delta only sees data once its log
 entry is written. Quarantined rows of an ingest that never committed stay invisible,

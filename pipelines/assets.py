@@ -31,7 +31,10 @@ def trajectory_dataset(
     sources = config.files or [store.landing_uri(config.dataset)]
     result = ingest_logs(sources, config.dataset, store=store)
     context.log.info(describe_result(result))
-    current = DatasetTable(store, config.dataset).latest_version()
+    # This ingest's own version when it made one (another ingest may have committed since).
+    current = result.version
+    if current is None:
+        current = DatasetTable(store, config.dataset).latest_version()
     return dg.MaterializeResult(
         metadata={
             "dataset": config.dataset,
@@ -44,6 +47,7 @@ def trajectory_dataset(
             "already_ingested": len(result.already_ingested),
             "ingest_id": result.ingest_id,
             "top_reasons": dg.MetadataValue.json(result.reasons),
+            "notes": dg.MetadataValue.json(result.notes),
         }
     )
 
