@@ -118,7 +118,8 @@ class GreedyController:
 
     def __init__(self, env: str) -> None:
         self.policy = make_policy("greedy", env)
-        assert isinstance(self.policy, GreedyPolicy)
+        if not isinstance(self.policy, GreedyPolicy):
+            raise TypeError(f"greedy policy expected for {env}, got {type(self.policy).__name__}")
 
     def reset(self, info: EpisodeInfo) -> None:
         self.policy.reset(info.rng, info.agents)

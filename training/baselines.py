@@ -92,7 +92,8 @@ class WorldBaseline:
 
     @torch.no_grad()
     def predict(self, w: Window) -> WorldPrediction:
-        assert self.sigma is not None, f"{self.name} baseline is not fitted"
+        if self.sigma is None:
+            raise ValueError(f"{self.name} baseline is not fitted")
         mean, reward = self.guess(w.last(self.context))
         B, N, D = mean.shape
         scale = self.sigma.expand(B, N, D)
@@ -144,7 +145,8 @@ class LinearBaseline(WorldBaseline):
 
     def features(self, w: Window) -> torch.Tensor:
         B, T, N, D = w.obs.shape
-        assert T == 2, f"linear baseline reads 2 steps, got {T}"
+        if T != 2:
+            raise ValueError(f"linear baseline reads 2 steps, got {T}")
         pres = w.present.float()  # (B, 2, N)
         obs = w.obs * pres[..., None]  # (B, 2, N, D)
         act = action_features(w.action[:, -1], self.discrete, self.n_actions)  # (B, N, A)
@@ -167,11 +169,13 @@ class LinearBaseline(WorldBaseline):
         self.N, self.D = N, D
 
     def guess(self, w):
-        assert self.weight is not None, "linear baseline is not fitted"
+        if self.weight is None:
+            raise ValueError("linear baseline is not fitted")
         B, _, N, D = w.obs.shape
-        assert (N, D) == (self.N, self.D), (
-            f"linear baseline fit on {self.N} agents x {self.D} features, got {N} x {D}"
-        )
+        if (N, D) != (self.N, self.D):
+            raise ValueError(
+                f"linear baseline fit on {self.N} agents x {self.D} features, got {N} x {D}"
+            )
         out = (self.features(w) @ self.weight).float()  # (B, N*D + N)
         delta = out[:, : N * D].view(B, N, D)
         return (w.obs[:, -1] + delta) * w.feat_mask, out[:, N * D :]

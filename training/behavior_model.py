@@ -97,7 +97,8 @@ class BehaviorModelConfig:
     """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
 
     def dataset_spec(self) -> DatasetSpec:
-        assert self.spec is not None, "BehaviorModelConfig.spec is unset; train() fills it"
+        if self.spec is None:
+            raise ValueError("BehaviorModelConfig.spec is unset; train() fills it")
         return DatasetSpec.from_dict(self.spec)
 
 
@@ -122,10 +123,10 @@ class ActionDistribution:
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         """(B, N) log-probability of the actions (B, N) or (B, N, A)."""
-        assert action.shape[: len(self.batch_shape)] == self.batch_shape, (
-            action.shape,
-            self.batch_shape,
-        )
+        if action.shape[: len(self.batch_shape)] != self.batch_shape:
+            raise ValueError(
+                f"action shape {tuple(action.shape)} does not start with the batch shape {tuple(self.batch_shape)}"
+            )
         if self.discrete:
             logp = self.logits.log_softmax(-1)
             return logp.gather(-1, action.long()[..., None]).squeeze(-1)
@@ -144,7 +145,8 @@ class ActionDistribution:
         return self.logits.argmax(-1) if self.discrete else self.mean
 
     def probs(self) -> torch.Tensor:
-        assert self.discrete, "probs() is for discrete actions"
+        if not self.discrete:
+            raise ValueError("probs() is for discrete actions")
         return self.logits.softmax(-1)
 
 
@@ -231,7 +233,8 @@ class BehaviorModel(nn.Module):
     def step_features(self, w: Window) -> torch.Tensor:
         """(B, T, N, F) what the model reads of each step: observation, previous action."""
         B, T, N, D = w.obs.shape
-        assert D == self.obs_dim, f"window obs width {D} != model's {self.obs_dim}"
+        if D != self.obs_dim:
+            raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
         fmask = w.feat_mask.float()  # (N, D)
         pres = w.present.float()[..., None]  # (B, T, N, 1)
         pv = w.prev_valid.float()[..., None]  # (B, T, N, 1)
@@ -330,9 +333,8 @@ class BehaviorModel(nn.Module):
     def forward(self, w: Window) -> torch.Tensor:
         """Head output at every step (B, T, N, n) logits, or (B, T, N, 2A) mean and raw std.
         Position τ reads steps ≤ τ only (the GRU and the evidence are causal)."""
-        assert w.context <= self.context, (
-            f"window has {w.context} steps, model reads at most {self.context}"
-        )
+        if w.context > self.context:
+            raise ValueError(f"window has {w.context} steps, model reads at most {self.context}")
         return self.scan(self.step_features(w), w)[0]
 
     def distribution(self, out: torch.Tensor) -> ActionDistribution:

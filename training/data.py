@@ -83,7 +83,8 @@ class TrajectoryTensors:
         """Flat step indices of all steps of the given episodes, shape (M,)."""
         wanted = set(episode_ids)
         unknown = wanted - set(self.episode_ids)
-        assert not unknown, f"episodes not in this dataset: {sorted(unknown)[:5]}"
+        if unknown:
+            raise ValueError(f"episodes not in this dataset: {sorted(unknown)[:5]}")
         keep = torch.tensor([e in wanted for e in self.episode_ids], dtype=torch.bool)
         keep = keep.to(self.episode.device)
         return torch.nonzero(keep[self.episode], as_tuple=False).squeeze(1)
@@ -331,7 +332,8 @@ def split_episodes(
 
     The result depends only on the set of ids, the fraction and the seed, not on order.
     """
-    assert 0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}"
+    if not (0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ids = sorted(set(episode_ids))
     if not ids:
         raise ValueError("cannot split an empty list of episodes")
@@ -350,7 +352,8 @@ def split_episodes(
 
 def gather_window(data: TrajectoryTensors, t: torch.Tensor, context: int) -> Window:
     """Windows of ``context`` steps ending at flat steps ``t`` (B,), by index on device."""
-    assert t.ndim == 1, t.shape
+    if t.ndim != 1:
+        raise ValueError(f"rows must be a 1-d tensor of row indices, got shape {tuple(t.shape)}")
     start = data.ep_start[t]  # (B,)
     idx = t[:, None] + torch.arange(1 - context, 1, device=t.device)  # (B, T)
     time_valid = idx >= start[:, None]  # (B, T)
@@ -419,7 +422,8 @@ class Normalizer:
 
 def compute_normalizer(data: TrajectoryTensors, rows: torch.Tensor) -> Normalizer:
     """Statistics over the flat steps ``rows`` (the training split only)."""
-    assert rows.numel() > 0, "no training rows to compute statistics from"
+    if rows.numel() <= 0:
+        raise ValueError("no training rows to compute statistics from")
     obs = data.obs[rows].double()  # (M, N, D)
     m = (data.present[rows][..., None] & data.feat_mask).double()  # (M, N, D)
     count = m.sum((0, 1)).clamp_min(1)
@@ -456,7 +460,8 @@ def check_model_spec(model_name: str, trained: dict, spec: DatasetSpec) -> None:
     count), but every observation size must be one the model was trained on, the action
     spec must be equal, and a logged state must have the trained size.
     """
-    assert trained is not None, f"{model_name} has no training spec in its config"
+    if trained is None:
+        raise ValueError(f"{model_name} has no training spec in its config")
     was = DatasetSpec.from_dict(trained)
     problems = []
     known = set(was.agents.values())

@@ -294,7 +294,8 @@ def evaluate(
             "curves": {},
             "examples": {},
         }
-    assert kind == "world", f"kind must be 'world' or 'behavior', got {kind!r}"
+    if kind != "world":
+        raise ValueError(f"kind must be 'world' or 'behavior', got {kind!r}")
     kin = mpe_kinematics(spec) if kinematics == "auto" else kinematics
     dyn = compute_normalizer(data, train_rows).dynamic  # (D,) features that ever change
     predictors = {"model": model, **fit_world_baselines(data, train_rows, n_actions, kin), **extra}
@@ -302,7 +303,8 @@ def evaluate(
         behavior = behavior.to(dev).eval()
     marginal = behavior_baselines["marginal"]
     ego = ego_agent
-    assert 0 <= ego < data.feat_mask.shape[0], f"ego_agent {ego} out of range"
+    if not (0 <= ego < data.feat_mask.shape[0]):
+        raise ValueError(f"ego_agent {ego} out of range")
     results, curves = {}, {}
     for name, pred in predictors.items():
         policy = (behavior or marginal) if name == "model" else marginal

@@ -664,7 +664,10 @@ def history_from_episode(
     taken so far (one fewer than ``obs``; each (N,) int or (N, A) float with
     ``action_dim=A``).
     """
-    assert len(actions) == len(obs) - 1, (len(obs), len(actions))
+    if len(actions) != len(obs) - 1:
+        raise ValueError(
+            f"an episode of {len(obs)} observations needs {len(obs) - 1} actions, got {len(actions)}"
+        )
     n = len(agent_ids)
     T = min(context, len(obs))
     start = len(obs) - T

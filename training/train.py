@@ -129,7 +129,8 @@ def select_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but CUDA is not available; use 'auto'")
-    assert name in ("cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {name!r}"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
@@ -170,7 +171,8 @@ def init_distributed(device: str = "auto") -> Ranks:
 def _batch_bounds(n: int, batch_size: int, world: int) -> list[int]:
     """Where one epoch's ``n`` shuffled rows are cut into global batches (len = steps + 1).
     A last batch too small to give each of the ``world`` ranks a row joins the one before."""
-    assert batch_size >= world, f"batch size {batch_size} is smaller than the {world} ranks"
+    if batch_size < world:
+        raise ValueError(f"batch size {batch_size} is smaller than the {world} ranks")
     if n < world:
         raise ValueError(f"{n} training windows cannot be split across {world} processes")
     steps = math.ceil(n / batch_size)
@@ -280,14 +282,16 @@ def _resolve_model_config(kind, model_config, spec: DatasetSpec, config: TrainCo
     elif isinstance(model_config, dict):
         mc = config_cls(**model_config)
     else:
-        assert isinstance(model_config, config_cls), (
-            f"{kind} model needs a {config_cls.__name__}, got {type(model_config).__name__}"
-        )
+        if not isinstance(model_config, config_cls):
+            raise TypeError(
+                f"{kind} model needs a {config_cls.__name__}, got {type(model_config).__name__}"
+            )
         mc = copy.deepcopy(model_config)
     mc.spec = spec.to_dict()
     if config.context is not None:
         mc.context = config.context
-    assert mc.context >= 1, f"context must be >= 1, got {mc.context}"
+    if mc.context < 1:
+        raise ValueError(f"context must be >= 1, got {mc.context}")
     return mc
 
 
@@ -385,7 +389,8 @@ def train(
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        assert ckpt["kind"] == kind, f"checkpoint in {workdir} is a {ckpt['kind']} model"
+        if ckpt["kind"] != kind:
+            raise ValueError(f"checkpoint in {workdir} is a {ckpt['kind']} model")
 
     data = build_tensors(frame, spec, device=device)
     if ckpt is not None:
@@ -570,5 +575,6 @@ def train(
 
 def config_dict(config: Any) -> dict[str, Any]:
     """asdict for a config dataclass (helper for model cards)."""
-    assert is_dataclass(config), f"expected a dataclass config, got {type(config).__name__}"
+    if not is_dataclass(config):
+        raise TypeError(f"expected a dataclass config, got {type(config).__name__}")
     return asdict(config)

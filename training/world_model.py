@@ -75,7 +75,8 @@ class WorldModelConfig:
     """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
 
     def dataset_spec(self) -> DatasetSpec:
-        assert self.spec is not None, "WorldModelConfig.spec is unset; train() fills it"
+        if self.spec is None:
+            raise ValueError("WorldModelConfig.spec is unset; train() fills it")
         return DatasetSpec.from_dict(self.spec)
 
 
@@ -184,7 +185,8 @@ class Block(nn.Module):
         self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, act: type = nn.GELU
     ):
         super().__init__()
-        assert d_model % n_heads == 0, f"d_model {d_model} not divisible by {n_heads} heads"
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model {d_model} not divisible by {n_heads} heads")
         self.n_heads = n_heads
         self.ln1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
@@ -239,10 +241,10 @@ class WorldModel(nn.Module):
         self.state_dim = spec.state_dim
         self.context = T = config.context
         K, d = config.n_mixture, config.d_model
-        assert config.encoder_layers >= 1, (
-            f"encoder_layers must be >= 1, got {config.encoder_layers}"
-        )
-        assert config.activation in ACTIVATIONS, f"activation must be one of {list(ACTIVATIONS)}"
+        if config.encoder_layers < 1:
+            raise ValueError(f"encoder_layers must be >= 1, got {config.encoder_layers}")
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}")
         act = ACTIVATIONS[config.activation]
         # Normalization statistics of the training split (saved with the weights).
         self.register_buffer("obs_mean", torch.zeros(D))
@@ -282,8 +284,10 @@ class WorldModel(nn.Module):
         """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
         reward (B, N), termination logit (B, N)."""
         B, T, N, D = w.obs.shape
-        assert T == self.context, f"window has {T} steps, model reads {self.context}"
-        assert D == self.obs_dim, f"window obs width {D} != model's {self.obs_dim}"
+        if T != self.context:
+            raise ValueError(f"window has {T} steps, model reads {self.context}")
+        if D != self.obs_dim:
+            raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
         fmask = w.feat_mask.float()  # (N, D)
         obs = (w.obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
         act = action_features(w.action, self.discrete, self.n_actions)  # (B, T, N, A)
@@ -435,11 +439,13 @@ def imagine(
     fixed: dict[int, torch.Tensor] = {}
     for agent, plan in actions.items():
         if isinstance(agent, str):
-            assert agent_ids is not None, f"agent {agent!r} given by id: pass agent_ids"
+            if agent_ids is None:
+                raise ValueError(f"agent {agent!r} given by id: pass agent_ids")
             if agent not in agent_ids:
                 raise ValueError(f"unknown agent {agent!r}; agents are {agent_ids}")
             agent = agent_ids.index(agent)
-        assert 0 <= agent < N, f"agent index {agent} out of range for {N} agents"
+        if not (0 <= agent < N):
+            raise ValueError(f"agent index {agent} out of range for {N} agents")
         plan = torch.as_tensor(plan, device=start_history.obs.device)
         discrete = not torch.is_floating_point(start_history.action)
         per_start = plan.ndim == (2 if discrete else 3)  # (B, H[, A]) rather than (H[, A])

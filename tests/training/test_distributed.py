@@ -44,7 +44,7 @@ def test_every_row_goes_to_exactly_one_rank_and_ranks_run_the_same_steps(n, batc
 
 
 def test_batch_smaller_than_world_is_refused():
-    with pytest.raises(AssertionError, match="smaller than"):
+    with pytest.raises(ValueError, match="smaller than"):
         rank_batches(torch.arange(10), 1, 0, 2)
 
 
