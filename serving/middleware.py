@@ -21,6 +21,8 @@ app starts), so tests set them with ``monkeypatch.setenv`` (:class:`Limits`):
   why the service does not use it).
 - ``/echo`` (the benchmarks' HTTP floor) answers 404 and is left out of ``/docs.json``
   unless ``FORESIGHT_BENCH_ENDPOINTS=1``.
+- ``/docs.json`` documents all of that (:func:`public_spec`), so ``serving/openapi.json``
+  and the live spec describe the answers clients really get.
 - BentoML's 4xx bodies (a pydantic error list, or ``[{"error": ...}]``) become one shape:
   ``{"error": "<field>: <problem>; ...", "detail": [...]}``; every 503 says "overloaded"
   and carries ``Retry-After``.
@@ -102,9 +104,34 @@ class Limits:
         return frozenset() if self.bench_endpoints else BENCH_PATHS
 
 
+ERROR_SCHEMA_NAMES = ("InvalidArgument", "NotFound", "InternalServerError")
+"""BentoML's error schemas; the middleware answers ``{"error": str, "detail": list}``."""
+LIMIT_RESPONSES = {
+    "401": "Unauthorized: FORESIGHT_API_KEY is set and the request lacks its Bearer token",
+    "408": "Request Timeout: the body did not arrive within FORESIGHT_BODY_TIMEOUT_S",
+    "413": "Payload Too Large: the body exceeds FORESIGHT_MAX_BODY_BYTES",
+    "415": "Unsupported Media Type: the body is not sent as application/json",
+    "429": "Too Many Requests: this client address has FORESIGHT_MAX_CLIENT_REQUESTS in progress",
+    "503": "Service Unavailable: overloaded (queue full); retry after Retry-After seconds",
+}
+
+
+def _error_response(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    return response
+
+
 def public_spec(spec: dict[str, Any], hidden: frozenset[str] = BENCH_PATHS) -> dict[str, Any]:
-    """The OpenAPI document without the ``hidden`` paths and the component schemas BentoML
-    generated for them (``<api>__Input`` and the titles of their answers)."""
+    """The OpenAPI document as the middleware serves it: without the ``hidden`` paths and
+    the schemas BentoML generated for them (``<api>__Input``, their answers' titles), with
+    the error shape the middleware writes and the answers its limits give."""
     drop: set[str] = set()
     for path in hidden & set(spec.get("paths", {})):
         for op in spec["paths"][path].values():
@@ -115,10 +142,41 @@ def public_spec(spec: dict[str, Any], hidden: frozenset[str] = BENCH_PATHS) -> d
                     if title and title.endswith("IODescriptor"):
                         drop.add(title)
     components = dict(spec.get("components", {}))
-    components["schemas"] = {
-        n: v for n, v in components.get("schemas", {}).items() if n not in drop
+    schemas = {n: v for n, v in components.get("schemas", {}).items() if n not in drop}
+    error = {
+        "type": "object",
+        "title": "Error",
+        "properties": {
+            "error": {"type": "string", "title": "Message", "description": "field: problem"},
+            "detail": {"type": "array", "title": "Error Detail", "items": {}},
+        },
+        "required": ["error"],
     }
-    paths = {p: v for p, v in spec.get("paths", {}).items() if p not in hidden}
+    schemas["Error"] = error
+    for name in ERROR_SCHEMA_NAMES:
+        if name in schemas:
+            schemas[name] = {
+                **error,
+                "title": name,
+                "description": schemas[name].get("description"),
+            }
+    components["schemas"] = schemas
+    paths = {}
+    for path, item in spec.get("paths", {}).items():
+        if path in hidden:
+            continue
+        item = {method: dict(op) for method, op in item.items()}
+        for op in item.values():
+            responses = {str(k): v for k, v in op.get("responses", {}).items()}
+            if path in HEALTH_PATHS:
+                pass
+            elif path == "/metrics":
+                responses["401"] = _error_response(LIMIT_RESPONSES["401"])
+            else:
+                for code, text in LIMIT_RESPONSES.items():
+                    responses.setdefault(code, _error_response(text, code in ("429", "503")))
+            op["responses"] = responses
+        paths[path] = item
     return {**spec, "paths": paths, "components": components}
 
 
@@ -168,8 +226,17 @@ async def _send_json(send, status: int, body: dict[str, Any], headers=()) -> Non
     await send({"type": "http.response.body", "body": data})
 
 
-class BodyTimeout(Exception):
-    """The request body did not arrive within the limit."""
+def _media_type(scope) -> str | None:
+    """The request's media type (``application/json``), None without a Content-Type."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return value.decode("latin-1").split(";", 1)[0].strip().lower()
+    return None
+
+
+def _is_json(media: str) -> bool:
+    """JSON bodies only: BentoML answered 500 to a JSON body sent as multipart/form-data."""
+    return media == "application/json" or media.endswith("+json")
 
 
 class ForesightMiddleware:
@@ -244,6 +311,17 @@ class ForesightMiddleware:
                     {"error": f"body: request body exceeds the limit of {self.max_body} bytes"},
                     [(b"connection", b"close")],
                 )
+            media = _media_type(scope)
+            if body and media is not None and not _is_json(media):
+                return await _send_json(
+                    send,
+                    415,
+                    {
+                        "error": f"Content-Type: {media!r} is not accepted; send the body as "
+                        "JSON with 'Content-Type: application/json'",
+                        "detail": [],
+                    },
+                )
             receive = self._replay(body, receive)
         heavy = path in HEAVY_PATHS
         if self._in_service >= limits.max_requests or (heavy and self._heavy >= limits.heavy_queue):
@@ -264,7 +342,7 @@ class ForesightMiddleware:
         self._in_service += 1
         self._heavy += heavy
         try:
-            if path == "/docs.json" and limits.hidden_paths:
+            if path == "/docs.json":
                 send = self._public_docs(send, limits.hidden_paths)
             return await self.app(scope, receive, self._rewrite_errors(send))
         finally:
@@ -304,7 +382,7 @@ class ForesightMiddleware:
 
     @staticmethod
     def _public_docs(send, hidden: frozenset[str]):
-        """Send ``/docs.json`` without the hidden paths."""
+        """Send ``/docs.json`` as :func:`public_spec` makes it."""
         state: dict[str, Any] = {}
 
         async def wrapped(message) -> None:
