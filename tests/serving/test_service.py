@@ -460,6 +460,13 @@ def test_flags_are_read_when_the_service_is_built(store, monkeypatch):
     assert getattr(Optimizer.trigger_refresh, "_foresight", False)
 
 
+@pytest.mark.parametrize("path", ["/models", "/reload", "/predict_actions", "/act"])
+def test_json_sent_as_another_media_type_is_a_415_not_a_500(client, path):
+    """Found by schemathesis: BentoML answered 500 to a body sent as multipart/form-data."""
+    r = client.post(path, content=b"{}", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 415 and "Content-Type" in r.json()["error"], r.text
+
+
 def test_oversized_body_gets_413(client):
     big = {"queries": [{"obs": history(200)}] * 2}  # ~ 0.8 MB > the 256 KiB set above
     r = client.post("/predict_actions", json=big)
