@@ -7,7 +7,6 @@ import pytest
 
 from datasets import ingest_logs
 from datasets.sources.generate import generate_episodes
-from pipelines import model_assets
 from pipelines.model_assets import (
     behavior_model,
     closed_loop_evaluation,
@@ -16,7 +15,7 @@ from pipelines.model_assets import (
     world_model,
 )
 from pipelines.resources import ForesightStore
-from training import workflow
+from training import arena, workflow
 from training.registry import ModelRegistry
 from training.workflow import quality_gate
 
@@ -61,29 +60,43 @@ def test_quality_gate_compares_with_every_baseline():
     assert quality_gate("behavior", result) == (True, [])
 
 
-def test_a_model_that_fails_its_check_is_never_promoted(spread, monkeypatch):
-    monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (False, ["forced failure"]))
-    result = materialize(spread)
+def test_a_model_that_fails_its_check_is_never_promoted(spread):
+    # The real gate: an untrained behavior model (lr 1e-9) cannot beat the fitted marginal.
+    untrained = {**TINY, "lr": 1e-9}
+    result = dg.materialize(
+        [behavior_model, world_model, staging_models],
+        resources={"foresight_store": ForesightStore(root=spread.root)},
+        run_config={
+            "ops": {"behavior_model": {"config": untrained}, "world_model": {"config": untrained}}
+        },
+        raise_on_error=False,
+    )
     registry = ModelRegistry(spread)
     assert registry.version_numbers("behavior") == [1]  # registered, for the record
     assert registry.aliases("behavior") == {} and registry.aliases("world") == {}
     assert not result.success
-    assert [e.passed for e in result.get_asset_check_evaluations()] == [False]
+    checks = {e.asset_key.path[0]: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["behavior_model"] is False
+    gate = registry.resolve("behavior@1").card["quality_gate"]
+    assert not gate["passed"] and any("does not beat marginal" in f for f in gate["failures"])
 
 
-ARENA = {"episodes": 2, "controllers": ["greedy", "anticipatory"]}
+ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
 
 
 @pytest.mark.parametrize("wins", [True, False])
 def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     spread, monkeypatch, wins
 ):
-    # A 3-step model rarely beats the baselines; the gate itself is tested above, so here
-    # it is forced open to follow the path through checks, registry and promotions.
+    # A 3-step model rarely beats the baselines; quality_gate is tested on its own (and on a
+    # really trained model) in tests/training/test_gates.py, so here it is forced open to
+    # follow the path through checks, registry and promotions. The closed-loop gate is real:
+    # a real arena, where the "anticipatory" team is played by a scripted controller that
+    # does anticipate the others (it wins), or by a random one (it loses); bc is the tiny
+    # staging behavior model.
     monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (True, []))
-    monkeypatch.setattr(
-        model_assets, "beats_reactive", lambda result: (wins, [] if wins else ["forced loss"])
-    )
+    player = "scripted-anticipation" if wins else "random"
+    monkeypatch.setitem(arena.DEFAULT_FACTORIES, "anticipatory", arena.DEFAULT_FACTORIES[player])
     result = dg.materialize(
         [behavior_model, world_model, staging_models, closed_loop_evaluation, production_models],
         resources={"foresight_store": ForesightStore(root=spread.root)},
@@ -110,7 +123,9 @@ def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     checks = {e.asset_key.path[0]: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"behavior_model": True, "world_model": True, "closed_loop_evaluation": wins}
     meta = result.asset_materializations_for_node("closed_loop_evaluation")[0].metadata
-    assert set(meta["teams"].value) == {"greedy", "anticipatory"}
+    assert set(meta["teams"].value) == {"greedy", "bc", "anticipatory"}
+    teams = meta["teams"].value
+    assert (teams["anticipatory"]["ci95"][0] > teams["greedy"]["ci95"][1]) is wins
     if wins:
         assert result.success
         assert registry.aliases("world")["production"] == 1
