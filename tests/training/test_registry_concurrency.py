@@ -43,6 +43,10 @@ def _worker(root: str, env: dict, op: str, worker: int, rounds: int, barrier, re
                 out = registry.promote(f"world@{worker + 1}", "production")
             elif op == "rollback":
                 out = registry.rollback("world", "production")
+            elif op == "delete-this-round":
+                out = registry.delete(f"world@{round_ + 1}")
+            elif op == "promote-this-round":
+                out = registry.promote(f"world@{round_ + 1}", "production")
             else:
                 raise AssertionError(op)
             results.put((worker, round_, "ok", out))
@@ -50,13 +54,19 @@ def _worker(root: str, env: dict, op: str, worker: int, rounds: int, barrier, re
             results.put((worker, round_, "error", f"{type(exc).__name__}: {exc}"))
 
 
-def race(store: Store, op: str, workers: int = WORKERS, rounds: int = ROUNDS) -> list[tuple]:
-    """Run ``op`` in ``workers`` processes for ``rounds`` rounds; every (worker, round) result."""
+def race(
+    store: Store, op: str | list[str], workers: int = WORKERS, rounds: int = ROUNDS
+) -> list[tuple]:
+    """Run ``op`` (or worker i: ``op[i]``) in ``workers`` processes for ``rounds`` rounds.
+
+    Returns every (worker, round, "ok" | "error", result or error text).
+    """
+    ops = op if isinstance(op, list) else [op] * workers
     env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FORESIGHT_S3"))}
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(store.root, env, op, w, rounds, barrier, results))
+        ctx.Process(target=_worker, args=(store.root, env, ops[w], w, rounds, barrier, results))
         for w in range(workers)
     ]
     for p in procs:
@@ -121,6 +131,32 @@ def test_concurrent_rollbacks_each_go_one_step_further_back(store: Store):
     assert [e["action"] for e in registry.alias_log("world")] == ["promote"] * (moves + 1) + [
         "rollback"
     ] * moves
+
+
+def test_a_delete_racing_a_promote_of_the_same_version_never_leaves_the_alias_dangling(
+    store: Store,
+):
+    rounds = 4
+    registry = ModelRegistry(store)
+    for v in range(rounds + 1):
+        registry.register("world", tensors(v, 0), {"kind": "test", "git_sha": "x"})
+    registry.promote(f"world@{rounds + 1}", "staging")  # keeps the model listed
+    results = race(store, ["delete-this-round", "promote-this-round"], workers=2, rounds=rounds)
+    by_round = {r: {} for r in range(rounds)}
+    for worker, round_, status, out in results:
+        by_round[round_][worker] = (status, out)
+    log = registry.alias_log("world")
+    for round_, outcome in by_round.items():
+        deleted, promoted = outcome[0][0] == "ok", outcome[1][0] == "ok"
+        assert deleted != promoted, (round_, outcome)  # exactly one of them wins, each round
+        if promoted:
+            assert outcome[0][1].startswith("RegistryError"), outcome
+            assert round_ + 1 in registry.version_numbers("world")
+        else:
+            assert any(e["to"] == round_ + 1 for e in log) is False, log
+    production = registry.aliases("world").get("production")
+    if production is not None:
+        assert production in registry.version_numbers("world")
 
 
 @pytest.mark.parametrize("round_", range(3))
