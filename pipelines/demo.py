@@ -52,7 +52,10 @@ def run(
     seed: int = 0,
     train: bool = True,
     fast: bool = False,
+    epochs: int | None = None,
+    arena_episodes: int | None = None,
 ) -> dict:
+    """The whole demo; ``episodes``, ``epochs`` and ``arena_episodes`` size it (tests: tiny)."""
     import dagster as dg
 
     from datasets import catalog
@@ -116,9 +119,11 @@ def run(
     if not train:
         return {"dataset": dataset, "stats": stats}
 
-    models = train_models(store, dataset, fast=fast)
+    models = train_models(store, dataset, fast=fast, epochs=epochs)
     query_service(store, dataset, models)
-    arena = headline(store, models, episodes=4 if fast else DEMO_ARENA_EPISODES)
+    if arena_episodes is None:
+        arena_episodes = 4 if fast else DEMO_ARENA_EPISODES
+    arena = headline(store, models, episodes=arena_episodes)
     return {"dataset": dataset, "stats": stats, "models": models, "arena": arena}
 
 
@@ -146,7 +151,9 @@ def headline(store, models: dict[str, str], episodes: int) -> dict:
     return result
 
 
-def train_models(store, dataset: str, fast: bool = False) -> dict[str, str]:
+def train_models(
+    store, dataset: str, fast: bool = False, epochs: int | None = None
+) -> dict[str, str]:
     """Train, evaluate and register both models; promote those that pass to production."""
     from pipelines.cli import _train_text
     from training.registry import ModelRegistry
@@ -160,7 +167,7 @@ def train_models(store, dataset: str, fast: bool = False) -> dict[str, str]:
             kind,
             dataset,
             store=store,
-            config=demo_train_config(kind, fast),
+            config=demo_train_config(kind, fast, epochs),
             model_config=DEMO_MODELS[kind],
             progress=False,
             eval_max_starts=256 if fast else 1024,
@@ -174,15 +181,16 @@ def train_models(store, dataset: str, fast: bool = False) -> dict[str, str]:
     return refs
 
 
-def demo_train_config(kind: str, fast: bool):
-    """Sized to finish in a few minutes on 2 CPU cores (``fast``: seconds, for tests)."""
+def demo_train_config(kind: str, fast: bool, epochs: int | None = None):
+    """Sized to finish in a few minutes on 2 CPU cores (``fast``: seconds, for tests).
+
+    ``epochs`` overrides the epochs of both models (default: :data:`DEMO_EPOCHS`).
+    """
     from training.train import TrainConfig
 
     if fast:
-        return TrainConfig(epochs=1, max_steps_per_epoch=3, batch_size=64, device="auto")
-    if kind == "behavior":
-        return TrainConfig(epochs=DEMO_EPOCHS["behavior"], device="auto")
-    return TrainConfig(epochs=DEMO_EPOCHS["world"], device="auto")
+        return TrainConfig(epochs=epochs or 1, max_steps_per_epoch=3, batch_size=64, device="auto")
+    return TrainConfig(epochs=epochs or DEMO_EPOCHS[kind], device="auto")
 
 
 def history_from_episode(store, dataset: str, steps: int) -> dict:
@@ -251,8 +259,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-train", action="store_true", help="stop after the dataset")
     parser.add_argument("--fast", action="store_true", help="a few training steps (smoke test)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs of both models (default: DEMO_EPOCHS)"
+    )
+    parser.add_argument(
+        "--arena-episodes",
+        type=int,
+        default=None,
+        help=f"arena episodes per team (default {DEMO_ARENA_EPISODES}; 4 with --fast)",
+    )
     args = parser.parse_args()
-    run(args.episodes, args.dataset, args.seed, train=not args.no_train, fast=args.fast)
+    if args.episodes < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error("--episodes and --epochs must be >= 1")
+    run(
+        args.episodes,
+        args.dataset,
+        args.seed,
+        train=not args.no_train,
+        fast=args.fast,
+        epochs=args.epochs,
+        arena_episodes=args.arena_episodes,
+    )
 
 
 if __name__ == "__main__":
