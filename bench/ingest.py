@@ -6,6 +6,9 @@ A JSONL log in simple_spread's shape (18 observation floats, a discrete action, 
 its peak RSS can be read. Two input sizes show whether memory grows with the input.
 
     .venv/bin/python bench/ingest.py [--rows 1000000 2000000] [--repeat 2]
+
+Besides the best of each, every run's time and the floor/ingest ratio of each interleaved
+pair are printed: on a shared machine their spread is the honest error bar.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 2_000_000])
-    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; best is kept")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per measurement; best kept, all printed"
+    )
     args = parser.parse_args()
     foresight = str(Path(sys.executable).parent / "foresight")
     results = []
@@ -111,6 +116,9 @@ def main() -> None:
                 assert summary["accepted"] == rows and summary["quarantined"] == 0, summary
             f_best = min(floor, key=lambda r: r[0])
             i_best = min(ingest, key=lambda r: r[0])
+            # Floor and ingest run in turns, so each pair saw about the same load: the spread
+            # of the pair ratios says how noisy the machine was.
+            pairs = sorted(f[0] / i[0] for f, i in zip(floor, ingest, strict=True))
             result = {
                 "rows": rows,
                 "file_mb": round(size_mb, 1),
@@ -121,6 +129,9 @@ def main() -> None:
                 "ingest_rows_per_s": round(rows / i_best[0]),
                 "ingest_peak_rss_mb": round(i_best[1] / 1024),
                 "ratio_vs_floor": round(f_best[0] / i_best[0], 2),
+                "pair_ratios": [round(r, 2) for r in pairs],
+                "floor_s_all": [round(r[0], 2) for r in floor],
+                "ingest_s_all": [round(r[0], 2) for r in ingest],
             }
             results.append(result)
             print(json.dumps(result), flush=True)

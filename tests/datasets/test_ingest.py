@@ -173,8 +173,10 @@ def test_injected_failure_leaves_no_partial_version(store, tmp_path, monkeypatch
     rows = episodes(3, prefix="b") + [{"episode_id": "junk"}]
     write_jsonl(tmp_path / "b.jsonl", rows)
     monkeypatch.setenv("FORESIGHT_FAULT", point)
+    monkeypatch.setenv("FORESIGHT_SCRATCH", str(tmp_path / "scratch"))
     with pytest.raises((InjectedFault, Exception), match="injected fault"):
         ingest_logs([str(tmp_path / "b.jsonl")], "toy", store)
+    assert list((tmp_path / "scratch").iterdir()) == []  # its staged files are gone
     table = DatasetTable(store, "toy")
     assert table.latest_version() == 0
     assert open_dataset("toy", store).collect().height == 30
