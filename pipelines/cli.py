@@ -532,6 +532,8 @@ def cmd_models(args: argparse.Namespace) -> None:
             rows,
             lambda r: _table(r, ["model", "version", "kind", "dataset", "aliases", "git_sha"]),
         )
+        for problem in registry.problems:
+            print(f"foresight models: warning: skipped {problem}", file=sys.stderr)
     elif args.verb == "show":
         mv = registry.resolve(args.ref)
         data = {

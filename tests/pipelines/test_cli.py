@@ -143,3 +143,20 @@ def test_open_dataset_gives_lazyframe(store, tmp_path, capsys):
         "adversary_2": 16,
         "agent_0": 14,
     }
+
+
+def test_models_list_names_a_truncated_card_and_lists_the_rest(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from training.registry import ModelRegistry
+
+    store = Store(str(tmp_path / "store"))
+    monkeypatch.setenv("FORESIGHT_STORE", store.root)
+    registry = ModelRegistry(store)
+    for _ in range(2):
+        registry.register("world", {"w": torch.zeros(2)}, {"kind": "world"})
+    store.fs.write_bytes(store.uri("models", "world", "2", "card.json"), b'{"name": "wor')
+    code, stdout, err = run_cli(capsys, "models", "list", "--json")
+    assert code == 0
+    assert [(r["model"], r["version"]) for r in json.loads(stdout)] == [("world", 1)]
+    assert "warning: skipped" in err and "world@2" in err
