@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -46,6 +47,14 @@ CSV_SUFFIXES = (".csv", ".csv.gz")
 SUPPORTED_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES
 
 REJECT_SCHEMA = {"_line": pl.Int64, "reason": pl.String, "raw": pl.String}
+
+
+class SourceFormatError(OSError):
+    """A source file cannot be read as its format: empty, no records, undecodable bytes.
+
+    An ``OSError``, like :class:`gzip.BadGzipFile`, so that ingest reports it as it reports a
+    truncated gzip: ``cannot read <file>: <this message>``, and writes nothing.
+    """
 
 
 def source_format(uri: str) -> str | None:
@@ -181,6 +190,8 @@ def _parse_block_fast(block: bytes, n_lines: int, schema: dict) -> pl.DataFrame 
         return None
     if frame.height != n_lines:  # blank lines: the exact path keeps line numbers right
         return None
+    if not _fast_types_exact(block, frame):
+        return None
     # Polars drops keys that are not in the schema. Every key in JSON is a string directly
     # followed by ':' (optionally after whitespace), so count '":' and compare with the
     # values polars found; more colons than values means an unknown key (or a ':' inside
@@ -200,6 +211,35 @@ def _parse_block_fast(block: bytes, n_lines: int, schema: dict) -> pl.DataFrame 
     if keys == values + explicit_nulls:
         return frame
     return None
+
+
+_STRING_COLUMNS = ("episode_id", "agent_id", "policy_id", "info")
+_LIST_COLUMNS = ("obs", "state", "action", "action_mask")
+
+
+def _fast_types_exact(block: bytes, frame: pl.DataFrame) -> bool:
+    """Whether polars kept every value as JSONL allows, where it would coerce silently.
+
+    Polars reads a number or ``true`` into a string column as its text, and keeps a null
+    inside a list; the exact path rejects both (or, for an id given as an integer, converts
+    it on purpose). A string value always follows its key as ``"key": "`` (the caller has
+    ruled out whitespace before ':'), so counting those against the column's values tells.
+    """
+    for name in _STRING_COLUMNS:
+        values = frame.height - frame[name].null_count()
+        if values == 0:
+            continue
+        key = f'"{name}":'.encode()
+        if block.count(key + b' "') + block.count(key + b'"') != values:
+            return False
+    for name in _LIST_COLUMNS:
+        col = frame[name]
+        if (
+            isinstance(col.dtype, pl.List)
+            and col.list.drop_nulls().list.len().ne(col.list.len()).any()
+        ):
+            return False
+    return True
 
 
 _EXPECTED = {
@@ -292,7 +332,12 @@ def _parse_block_exact(
 
     for offset, raw_line in enumerate(block.split(b"\n")[:-1]):
         line_no = first_line + offset
-        text = raw_line.decode("utf-8", errors="replace").strip()
+        try:
+            text = raw_line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:  # replacing the bytes would alter the record
+            text = raw_line.decode("utf-8", errors="replace").strip()
+            reject(line_no, f"not UTF-8 text: invalid byte at column {exc.start + 1}", text)
+            continue
         if not text:
             continue  # a blank line is not a record
         try:
@@ -334,11 +379,211 @@ def _parse_block_exact(
 
 
 # -- Parquet and CSV -----------------------------------------------------------------------
+#
+# Both go through the same rules as a JSONL value: a column is read as the contract type
+# only when its values are what JSONL would accept for that field; any other value rejects
+# its row with JSONL's reason (``wrong type for 'step': expected an integer, got float``).
+# Parquet columns are judged by their Arrow type; CSV cells are text, judged as the JSON
+# token they spell (``1`` an int, ``1.0`` a float, ``[1, 2]`` a list, anything else a str),
+# except that CSV booleans may also be written ``1``/``0`` (CSV has no boolean type).
+
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(?i:nan|inf|infinity)$"
+_INTEGER = r"^[+-]?\d+$"
+_TEXT_BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 
-def _typed_from_table(frame: pl.DataFrame, first_row: int, spec: DatasetSpec) -> Chunk:
-    """Coerce a columnar batch to the contract types; rows that do not fit are rejected."""
+def _expected(name: str, discrete: bool) -> str:
+    if name == "action":
+        return "an integer" if discrete else "a list of numbers"
+    return _EXPECTED[name]
+
+
+def _type_name(dtype: pl.DataType) -> str:
+    """The Python type a JSONL reason names for a value of this column type."""
+    if dtype == pl.String:
+        return "str"
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float() or dtype.is_decimal():
+        return "float"
+    if isinstance(dtype, pl.List | pl.Array):
+        return "list"
+    if isinstance(dtype, pl.Struct):
+        return "dict"
+    return str(dtype).lower()  # datetime, binary, ...: nothing JSONL could hold
+
+
+def _is_numeric(dtype: pl.DataType) -> bool:
+    return dtype.is_integer() or dtype.is_float() or dtype.is_decimal()
+
+
+def _text_kind(col: pl.Series) -> pl.Series:
+    """The JSON type a CSV cell spells: int, float, bool, list, dict or str (null: empty)."""
+    text = col.str.strip_chars()
+    return pl.select(
+        pl.when(text.is_null())
+        .then(None)
+        .when(text.str.contains(_INTEGER))
+        .then(pl.lit("int"))
+        .when(text.str.contains(_NUMBER))
+        .then(pl.lit("float"))
+        .when(text.str.to_lowercase().is_in(["true", "false"]))
+        .then(pl.lit("bool"))
+        .when(text.str.starts_with("["))
+        .then(pl.lit("list"))
+        .when(text.str.starts_with("{"))
+        .then(pl.lit("dict"))
+        .otherwise(pl.lit("str"))
+    ).to_series()
+
+
+def _no_problem(n: int) -> pl.Series:
+    return pl.Series([None] * n, dtype=pl.String)
+
+
+def _got(bad: pl.Series, name: str | pl.Series) -> pl.Series:
+    """Per row: the offending type name where ``bad``, else null."""
+    got = pl.Series([name] * len(bad), dtype=pl.String) if isinstance(name, str) else name
+    return pl.select(pl.when(bad.fill_null(False)).then(got)).to_series()
+
+
+def _typed_list(col: pl.Series, mask: bool) -> tuple[pl.Series, pl.Series]:
+    """A Parquet list column: numbers (``mask``: booleans, or 0/1) with no null element."""
+    target = pl.List(pl.Boolean) if mask else pl.List(pl.Float32)
+    present = col.is_not_null()
+    if not isinstance(col.dtype, pl.List | pl.Array):
+        if col.dtype == pl.Null:
+            return pl.Series(col.name, [None] * len(col), dtype=target), _no_problem(len(col))
+        return pl.Series(col.name, [None] * len(col), dtype=target), _got(
+            present, _type_name(col.dtype)
+        )
+    if isinstance(col.dtype, pl.Array):
+        col = col.cast(pl.List(col.dtype.inner))
+    inner = col.dtype.inner  # type: ignore[union-attr]
+    if mask and inner == pl.Boolean:
+        elements_ok = pl.element().is_not_null()
+    elif _is_numeric(inner) and mask:
+        elements_ok = ((pl.element() == 0) | (pl.element() == 1)).fill_null(False)
+    elif _is_numeric(inner) or inner == pl.Null:
+        elements_ok = pl.element().is_not_null()
+    else:  # strings, booleans as numbers, nested lists: JSONL rejects these too
+        elements_ok = pl.lit(False)
+    ok = col.list.eval(elements_ok).list.all().fill_null(True)
+    # Through float64 as JSONL does: a value beyond float32 becomes inf, then is quarantined.
+    wide = target if mask else pl.List(pl.Float64)
+    values = col.cast(wide, strict=False).cast(target)
+    values = pl.select(pl.when(ok).then(values)).to_series().alias(col.name)
+    return values, _got(present & ~ok, "list")
+
+
+def _text_list(col: pl.Series, mask: bool) -> tuple[pl.Series, pl.Series]:
+    """A CSV cell holding a JSON list, ``[0.1, 2]`` (``mask``: ``[true, 0]``)."""
+    target = pl.List(pl.Boolean) if mask else pl.List(pl.Float32)
+    text = col.str.strip_chars()
+    is_list = text.str.starts_with("[") & text.str.ends_with("]")
+    body = text.str.strip_prefix("[").str.strip_suffix("]").str.strip_chars()
+    parts = pl.select(
+        pl.when(body == "")
+        .then(pl.lit([], dtype=pl.List(pl.String)))
+        .otherwise(body.str.split(","))
+    ).to_series()
+    parts = parts.list.eval(pl.element().str.strip_chars())
+    if mask:
+        lowered = pl.element().str.to_lowercase()
+        ok = parts.list.eval(lowered.is_in(list(_TEXT_BOOLS))).list.all()
+        values = parts.list.eval(
+            lowered.replace_strict(_TEXT_BOOLS, default=None, return_dtype=pl.Boolean)
+        )
+    else:
+        ok = parts.list.eval(pl.element().str.contains(_NUMBER)).list.all()
+        values = parts.list.eval(pl.element().cast(pl.Float64, strict=False)).cast(target)
+    ok = (is_list & ok).fill_null(True)
+    values = pl.select(pl.when(ok & text.is_not_null()).then(values)).to_series().alias(col.name)
+    return values.cast(target), _got(~ok, _text_kind(col))
+
+
+def _typed_column(
+    name: str, col: pl.Series, dtype: pl.DataType, discrete: bool
+) -> tuple[pl.Series, pl.Series]:
+    """A Parquet column as ``dtype`` (values, per-row offending type name or null)."""
+    present = col.is_not_null()
+    nulls = pl.Series(name, [None] * len(col), dtype=dtype)
+    source = col.dtype
+    if source == pl.Null:  # an all-empty column
+        return nulls, _no_problem(len(col))
+    if isinstance(dtype, pl.List):
+        return _typed_list(col, mask=name == "action_mask")
+    if name in ("episode_id", "agent_id", "policy_id"):
+        ok = source == pl.String or (source.is_integer() and name != "policy_id")
+    elif name == "info":
+        if isinstance(source, pl.Struct | pl.List | pl.Array):  # JSONL keeps objects as JSON
+            return _json_text(col)
+        ok = source == pl.String
+    elif dtype == pl.Int64:
+        ok = source.is_integer()
+    elif dtype == pl.Float64:
+        ok = _is_numeric(source)
+    elif dtype == pl.Boolean:
+        ok = source == pl.Boolean
+    else:
+        raise AssertionError(name)
+    if not ok:
+        return nulls, _got(present, _type_name(source))
+    return col.cast(dtype, strict=False).alias(name), _no_problem(len(col))
+
+
+def _json_text(col: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """A nested ``info`` column as JSON text, as JSONL stores an ``info`` object."""
+    texts: list[str | None] = []
+    bad: list[bool] = []
+    for value in col.to_list():
+        try:
+            texts.append(None if value is None else json.dumps(value, allow_nan=False))
+            bad.append(False)
+        except (TypeError, ValueError):  # NaN inside, or a value JSON cannot hold
+            texts.append(None)
+            bad.append(True)
+    got = _type_name(col.dtype)
+    return pl.Series(col.name, texts, dtype=pl.String), _got(pl.Series(bad), got)
+
+
+def _text_column(
+    name: str, col: pl.Series, dtype: pl.DataType, discrete: bool
+) -> tuple[pl.Series, pl.Series]:
+    """A CSV column (text) as ``dtype``: (values, per-row offending type name or null)."""
+    if isinstance(dtype, pl.List):
+        return _text_list(col, mask=name == "action_mask")
+    if dtype == pl.String:
+        return col.alias(name), _no_problem(len(col))
+    kind = _text_kind(col)
+    text = col.str.strip_chars()
+    if dtype == pl.Int64:
+        ok = kind == "int"
+        values = text.cast(pl.Int64, strict=False)
+    elif dtype == pl.Float64:
+        ok = kind.is_in(["int", "float"])
+        values = text.cast(pl.Float64, strict=False)
+    elif dtype == pl.Boolean:
+        lowered = text.str.to_lowercase()
+        ok = lowered.is_in(list(_TEXT_BOOLS))
+        values = lowered.replace_strict(_TEXT_BOOLS, default=None, return_dtype=pl.Boolean)
+    else:
+        raise AssertionError(name)
+    ok = ok.fill_null(True)
+    values = pl.select(pl.when(ok).then(values)).to_series().alias(name)
+    return values, _got(~ok, kind)
+
+
+def _typed_from_table(frame: pl.DataFrame, first_row: int, spec: DatasetSpec, text: bool) -> Chunk:
+    """A Parquet (``text=False``) or CSV (``text=True``) batch as typed rows and rejects.
+
+    Reasons and their order are JSONL's: missing fields first, then the first field (in
+    contract order) whose value has the wrong type.
+    """
     schema = input_schema(spec)
+    discrete = spec.action.discrete
     lines = pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64, eager=True)
     unknown = sorted(set(frame.columns) - set(ALL_COLUMNS))
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -348,26 +593,39 @@ def _typed_from_table(frame: pl.DataFrame, first_row: int, spec: DatasetSpec) ->
             if unknown
             else f"missing column(s): {', '.join(missing)}"
         )
-        raw = [json.dumps(r, default=str) for r in frame.head(frame.height).to_dicts()]
+        raw = [json.dumps(r, default=str) for r in frame.to_dicts()]
         return Chunk(
             pl.DataFrame(schema={**schema, "_line": pl.Int64}),
             _rejects(lines.to_list(), [reason] * frame.height, raw),
         )
     out = {}
     wrong = []
+    convert = _text_column if text else _typed_column
     for name, dtype in schema.items():
         if name not in frame.columns:
             out[name] = pl.Series(name, [None] * frame.height, dtype=dtype)
             continue
-        col = frame[name]
-        casted = _cast(col, dtype)
-        out[name] = casted
-        bad = casted.is_null() & col.is_not_null()
-        if isinstance(dtype, pl.List) and casted.dtype == dtype:
-            bad = bad | (casted.list.eval(pl.element().is_null()).list.any().fill_null(False))
-        wrong.append(pl.when(bad).then(pl.lit(f"wrong type for '{name}'")).alias(name))
+        values, got = convert(name, frame[name], dtype, discrete)
+        out[name] = values
+        wrong.append(
+            pl.format(
+                "wrong type for '{}': expected {}, got {}",
+                pl.lit(name),
+                pl.lit(_expected(name, discrete)),
+                pl.lit(got),
+            )
+        )
+    missing_reason = pl.concat_str(
+        [pl.when(pl.lit(frame[c]).is_null()).then(pl.lit(c)) for c in REQUIRED_COLUMNS],
+        separator=", ",
+        ignore_nulls=True,
+    )
+    first_problem = pl.coalesce(
+        pl.when(missing_reason != "").then(pl.format("missing field(s): {}", missing_reason)),
+        *wrong,
+    )
     typed = pl.DataFrame(out).with_columns(lines.alias("_line"))
-    reason = typed.select(pl.coalesce(wrong) if wrong else pl.lit(None)).to_series()
+    reason = pl.select(first_problem).to_series()
     bad_mask = reason.is_not_null()
     if not bad_mask.any():
         return Chunk(typed, empty_rejects())
@@ -379,24 +637,14 @@ def _typed_from_table(frame: pl.DataFrame, first_row: int, spec: DatasetSpec) ->
 
 
 def _cast(col: pl.Series, dtype: pl.DataType) -> pl.Series:
-    """Non-strict cast; strings holding JSON lists ("[0.1, 0.2]") become lists."""
+    """Loose cast for spec inference only: strings holding lists ("[0.1, 0.2]") become lists."""
     if isinstance(dtype, pl.List) and col.dtype == pl.String:
         inner = dtype.inner
         parts = col.str.strip_chars().str.strip_chars("[]").str.split(",")
         return parts.list.eval(
             pl.element().str.strip_chars().replace("", None).cast(inner, strict=False)
         ).alias(col.name)
-    if dtype == pl.Boolean and col.dtype == pl.String:
-        lowered = col.str.strip_chars().str.to_lowercase()
-        mapping = {"true": True, "false": False, "1": True, "0": False}
-        return lowered.replace_strict(mapping, default=None, return_dtype=pl.Boolean)
-    if dtype == pl.Int64 and col.dtype.is_float():
-        whole = col.is_finite() & (col == col.floor())
-        return pl.select(pl.when(whole).then(col.cast(pl.Int64, strict=False))).to_series()
-    try:
-        return col.cast(dtype, strict=False)
-    except Exception:
-        return pl.Series(col.name, [None] * len(col), dtype=dtype)
+    return col.cast(dtype, strict=False)
 
 
 def iter_parquet(stream: BinaryIO, spec: DatasetSpec) -> Iterator[Chunk]:
@@ -412,70 +660,132 @@ def iter_parquet(stream: BinaryIO, spec: DatasetSpec) -> Iterator[Chunk]:
         for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH):
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
-            frame = _fold_obs_columns(frame)
-            yield _typed_from_table(frame, first, spec)
+            frame = _fold_obs_columns(frame, text=False)
+            yield _typed_from_table(frame, first, spec, text=False)
             first += batch.num_rows
 
 
-def _fold_obs_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """Columns ``obs_0, obs_1, ...`` (wide CSV/Parquet) become one list column ``obs``."""
+def _fold_obs_columns(frame: pl.DataFrame, text: bool) -> pl.DataFrame:
+    """Columns ``obs_0, obs_1, ...`` (wide CSV/Parquet) become one list column ``obs``.
+
+    ``text``: CSV cells, folded into the list's JSON text (``[0.1, 0.2]``) so that they are
+    checked like any CSV list. A row whose wide cells are all empty has no value.
+    """
     for prefix in ("obs", "state", "action"):
         wide = [
             c
             for c in frame.columns
             if c.startswith(prefix + "_") and c[len(prefix) + 1 :].isdigit()
         ]
-        if wide and prefix not in frame.columns:
-            wide.sort(key=lambda c: int(c[len(prefix) + 1 :]))
-            frame = frame.with_columns(
-                pl.concat_list([pl.col(c).cast(pl.Float64, strict=False) for c in wide]).alias(
-                    prefix
-                )
-            ).drop(wide)
+        if not wide or prefix in frame.columns:
+            continue
+        wide.sort(key=lambda c: int(c[len(prefix) + 1 :]))
+        absent = pl.all_horizontal(pl.col(c).is_null() for c in wide)
+        if text:
+            cells = [pl.col(c).cast(pl.String).fill_null("") for c in wide]
+            folded = pl.format("[{}]", pl.concat_str(cells, separator=", "))
+        elif all(_is_numeric(frame.schema[c]) for c in wide):
+            folded = pl.concat_list([pl.col(c).cast(pl.Float64) for c in wide])
+        else:  # a text or nested cell: keep it, the list check names it
+            folded = pl.concat_list([pl.col(c).cast(pl.String) for c in wide])
+        frame = frame.with_columns(pl.when(~absent).then(folded).alias(prefix)).drop(wide)
     return frame
 
 
 def iter_csv(stream: BinaryIO, spec: DatasetSpec, gz: bool) -> Iterator[Chunk]:
-    """Batches of a CSV file with a header row; every column read as text, then coerced."""
+    """Batches of a CSV file with a header row; every cell read as text, then checked.
+
+    Only an unquoted empty cell is a missing value: ``""`` is an empty string, and ``NA`` or
+    ``NaN`` are the text they spell (pyarrow's default would read both as null).
+    """
     import pyarrow.csv as pacsv
 
     reader: BinaryIO = gzip.GzipFile(fileobj=stream) if gz else stream  # type: ignore[assignment]
-    header = reader.readline().decode("utf-8").rstrip("\r\n")
+    header = reader.readline().decode("utf-8-sig").rstrip("\r\n")
+    if not header.strip():
+        raise SourceFormatError("empty CSV file: no header row")
     columns = [c.strip() for c in next(csv.reader([header]))]
-    body = pacsv.open_csv(
-        reader,
-        read_options=pacsv.ReadOptions(column_names=columns, block_size=4 << 20),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in columns}, strings_can_be_null=True
-        ),
-    )
+    try:
+        body = pacsv.open_csv(
+            reader,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=4 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        if str(exc).startswith("Empty CSV file"):
+            return  # a header and no rows: iter_chunks says so
+        raise
     first = 2  # the header is line 1
     for batch in body:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        frame = _fold_obs_columns(frame)
-        yield _typed_from_table(frame, first, spec)
+        frame = _fold_obs_columns(frame, text=True)
+        yield _typed_from_table(frame, first, spec, text=True)
         first += batch.num_rows
 
 
+_SYNTAX_REASONS = ("unparseable JSON", "not a JSON object", "not UTF-8 text")
+"""JSONL reasons of a line that is no record at all; a file of only these is not JSONL."""
+
+
 def iter_chunks(stream: BinaryIO, uri: str, spec: DatasetSpec) -> Iterator[Chunk]:
-    """Chunks of any supported source file, by its name."""
+    """Chunks of any supported source file, by its name.
+
+    Raises :class:`SourceFormatError` for a file that holds no record (empty, blank lines
+    only, a CSV header only, a Parquet file without rows) or cannot be decoded as its
+    format (not Parquet, not UTF-8, a bad gzip stream, a JSONL file with no JSON object).
+    """
     fmt = source_format(uri)
     gz = uri.lower().endswith(".gz")
     if fmt == "jsonl":
-        yield from iter_jsonl(stream, spec, gz)
+        chunks = iter_jsonl(stream, spec, gz)
     elif fmt == "parquet":
-        yield from iter_parquet(stream, spec)
+        chunks = iter_parquet(stream, spec)
     elif fmt == "csv":
-        yield from iter_csv(stream, spec, gz)
+        chunks = iter_csv(stream, spec, gz)
     else:
         raise ValueError(
             f"{uri}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
+    records = objects = 0
+    try:
+        for chunk in chunks:
+            records += chunk.read
+            syntax = chunk.rejected["reason"].str.starts_with(_SYNTAX_REASONS[0])
+            for prefix in _SYNTAX_REASONS[1:]:
+                syntax = syntax | chunk.rejected["reason"].str.starts_with(prefix)
+            objects += chunk.rows.height + int((~syntax).sum())
+            yield chunk
+    except (pa.ArrowException, UnicodeDecodeError, zlib.error) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise SourceFormatError(f"not a readable {fmt} file ({detail})") from exc
+    if records == 0:
+        what = {"csv": "a header row only", "parquet": "no rows"}.get(fmt, "no lines")
+        raise SourceFormatError(f"no records in the file: it is empty or has {what}")
+    if objects == 0:
+        raise SourceFormatError(
+            f"not a JSON-lines file: none of its {records} non-blank line(s) is a JSON object"
+        )
 
 
 def peek_records(fs: FileSystem, uri: str, limit: int = 2_000) -> pl.DataFrame:
-    """The first records of a source, loosely typed, for inferring a dataset spec."""
+    """The first records of a source, loosely typed, for inferring a dataset spec.
+
+    Empty when the file cannot be decoded: the caller then says it cannot infer a spec
+    from this file, and the read itself names what is wrong with it.
+    """
+    try:
+        return _peek(fs, uri, limit)
+    except (pa.ArrowException, UnicodeDecodeError, zlib.error, gzip.BadGzipFile, EOFError):
+        return pl.DataFrame()
+
+
+def _peek(fs: FileSystem, uri: str, limit: int) -> pl.DataFrame:
     fmt = source_format(uri)
     with fs.open_read(uri) as raw:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if uri.lower().endswith(".gz") else raw
@@ -487,7 +797,7 @@ def peek_records(fs: FileSystem, uri: str, limit: int = 2_000) -> pl.DataFrame:
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except ValueError:  # not JSON, or not UTF-8
                     continue
                 if isinstance(record, dict):
                     lines.append(record)
@@ -502,14 +812,16 @@ def peek_records(fs: FileSystem, uri: str, limit: int = 2_000) -> pl.DataFrame:
                 strict=False,
             )
         if fmt == "parquet":
-            data = stream.read()
-            table = pq.ParquetFile(pa.BufferReader(data)).read_row_groups([0]).slice(0, limit)
-            return _fold_obs_columns(pl.from_arrow(table))  # type: ignore[arg-type]
+            parquet = pq.ParquetFile(pa.BufferReader(stream.read()))
+            if parquet.num_row_groups == 0:
+                return pl.DataFrame()
+            table = parquet.read_row_groups([0]).slice(0, limit)
+            return _fold_obs_columns(pl.from_arrow(table), text=False)  # type: ignore[arg-type]
         import pyarrow.csv as pacsv
 
         head = b"".join(line for _, line in zip(range(limit + 1), stream, strict=False))
         frame = pl.from_arrow(pacsv.read_csv(io.BytesIO(head)))
-        frame = _fold_obs_columns(frame)  # type: ignore[arg-type]
+        frame = _fold_obs_columns(frame, text=False)  # type: ignore[arg-type]
         for col in ("obs", "state", "action"):
             if col in frame.columns and frame[col].dtype == pl.String:
                 frame = frame.with_columns(

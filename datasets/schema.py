@@ -38,6 +38,21 @@ REQUIRED_COLUMNS = (
 OPTIONAL_COLUMNS = ("state", "action_mask", "policy_id", "timestamp", "info")
 ALL_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
+MAX_ID_CHARS = 256
+"""Longest ``episode_id``, ``agent_id`` or ``policy_id``, in characters; a longer one is
+quarantined. Ids are keys: they are compared, grouped, printed in reasons and sent to the
+service, so one huge id must not cost every reader of the dataset."""
+MAX_INFO_CHARS = 65_536
+"""Longest ``info`` (its JSON text), in characters; a longer one is quarantined. ``info``
+is free-form per-row detail, not a place for blobs that would bloat every scan."""
+MAX_CHARS = {
+    "episode_id": MAX_ID_CHARS,
+    "agent_id": MAX_ID_CHARS,
+    "policy_id": MAX_ID_CHARS,
+    "info": MAX_INFO_CHARS,
+}
+"""String column -> the most characters a value may have."""
+
 
 class SpecError(ValueError):
     """A dataset spec is malformed, or data does not match the dataset's spec."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import polars as pl
 
-from datasets.schema import REQUIRED_COLUMNS, DatasetSpec
+from datasets.schema import MAX_CHARS, REQUIRED_COLUMNS, DatasetSpec
 
 INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32: a reward beyond it would be stored as inf."""
 
 
 def _finite_list(col: str) -> pl.Expr:
@@ -35,6 +37,18 @@ def row_reasons(spec: DatasetSpec) -> pl.Expr:
         (pl.col("step") < 0, pl.format("step {} is negative", pl.col("step"))),
         (pl.col("step") > INT32_MAX, pl.format("step {} is too large", pl.col("step"))),
         (pl.col("episode_id") == "", pl.lit("empty episode_id")),
+        *(
+            (
+                pl.col(name).str.len_chars() > limit,
+                pl.format(
+                    "{} has {} characters, more than the limit of {}",
+                    pl.lit(name),
+                    pl.col(name).str.len_chars(),
+                    pl.lit(limit),
+                ),
+            )
+            for name, limit in MAX_CHARS.items()
+        ),
         (
             obs_size.is_null(),
             pl.format(
@@ -53,7 +67,7 @@ def row_reasons(spec: DatasetSpec) -> pl.Expr:
         (~_finite_list("obs"), pl.lit("obs contains NaN or inf")),
         (~pl.col("reward").is_finite(), pl.lit("reward is NaN or inf")),
         (
-            pl.col("reward").abs() > 3.0e38,
+            pl.col("reward").abs() > FLOAT32_MAX,
             pl.format("reward {} does not fit float32", pl.col("reward")),
         ),
     ]

@@ -50,3 +50,44 @@ def write_jsonl(path: Path, rows: list[dict], with_spec: bool = True) -> Path:
 
 def episodes(n: int, prefix: str = "ep", steps: int = 5) -> list[dict]:
     return [row for i in range(n) for row in episode_rows(f"{prefix}{i:03d}", steps)]
+
+
+ABSENT = object()
+"""A field left out of a record (JSONL: no key; Parquet and CSV: no column)."""
+
+
+def write_records(path: Path, records: list[dict], fmt: str) -> Path:
+    """Records as a ``jsonl``, ``parquet`` or ``csv`` file, each value as its format spells it.
+
+    Parquet columns take the type Arrow infers from the values (a text ``reward`` becomes
+    a string column); CSV cells are the JSON text of the value, text quoted, null empty.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({c: pa.array([r.get(c) for r in records]) for c in columns})
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        lines = [",".join(columns)]
+        lines += [",".join(_csv_cell(r.get(c)) for c in columns) for r in records]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return path
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value)  # numbers, true/false, lists and objects as JSON
+        if not isinstance(value, list | dict):
+            return text
+    return '"' + text.replace('"', '""') + '"'
