@@ -84,6 +84,7 @@ def test_a_model_that_fails_its_check_is_never_promoted(spread):
 ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wins", [True, False])
 def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     spread, monkeypatch, wins

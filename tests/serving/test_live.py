@@ -141,6 +141,7 @@ def own_store(tmp_path, monkeypatch):
     return store
 
 
+@pytest.mark.slow
 def test_moved_alias_is_picked_up_by_polling(own_store, tmp_path):
     with (
         ServerProcess(free_port(), tmp_path / "serve.log", api_key=KEY, reload_seconds=0.5) as srv,
@@ -175,6 +176,7 @@ def test_unresolvable_reference_fails_before_the_server_starts(store, tmp_path, 
     assert not (tmp_path / "log").exists()
 
 
+@pytest.mark.slow
 def test_bentoml_build_packages_the_served_models(store, _bentoml_home):
     tag = build_bento("world@production", "behavior@production")
     import bentoml

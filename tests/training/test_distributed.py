@@ -48,6 +48,7 @@ def test_batch_smaller_than_world_is_refused():
         rank_batches(torch.arange(10), 1, 0, 2)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tmp_path):
     store = Store(str(tmp_path / "store"))
     logs = tmp_path / "logs"
