@@ -44,7 +44,7 @@ import polars as pl
 import pyarrow as pa
 
 from datasets.catalog import META_KEY, QUARANTINE_ARROW, DatasetTable
-from datasets.lease import Lease
+from datasets.lease import Lease, LeaseBusy, LeaseLost
 from datasets.readers import (
     SUPPORTED_SUFFIXES,
     iter_chunks,
@@ -455,8 +455,11 @@ def ingest_logs(
     sweep_stale_staging()
     result = _ingest_once(store, table.name, files, spec, progress, held=None)
     if result is None:  # the dataset's spec changed under us: redo it all holding the lease
-        with dataset_lease(store, table.name) as lease:
+        lease = _acquire(store, table.name)
+        try:
             result = _ingest_once(store, table.name, files, spec, progress, held=lease)
+        finally:
+            lease.release()
     assert result is not None
     result.seconds = time.perf_counter() - start
     return result
@@ -465,6 +468,14 @@ def ingest_logs(
 def dataset_lease(store: Store, name: str) -> Lease:
     """The lease every ingest commit into ``name`` holds (see :mod:`datasets.lease`)."""
     return Lease(store, f"{LEASE_FOLDER}/{name}.json")
+
+
+def _acquire(store: Store, name: str) -> Lease:
+    """The dataset's lease, held; a live holder that never lets go is an IngestError."""
+    try:
+        return dataset_lease(store, name).acquire()
+    except LeaseBusy as exc:
+        raise IngestError(f"dataset {name!r}: another ingest holds it: {exc}") from exc
 
 
 def _table_state(table: DatasetTable) -> tuple[int | None, int | None]:
@@ -527,7 +538,7 @@ def _ingest_once(
         per_file = _read_sources(todo, fs, dataset_spec, staging, result, progress)
         state = _table_state(table)
         bad = _check_episodes(staging, table.episode_ids())
-        lease = held or dataset_lease(store, name).acquire()
+        lease = held or _acquire(store, name)
         try:
             _fault("after-lease")
             if held is None and _table_state(fresh := DatasetTable(store, name)) != state:
@@ -550,6 +561,16 @@ def _ingest_once(
     return result
 
 
+def _check_lease(lease: Lease, table: DatasetTable) -> None:
+    try:
+        lease.check()
+    except LeaseLost as exc:
+        raise IngestError(
+            f"dataset {table.name!r}: {exc} (this process stalled for longer than the lease's "
+            "ttl); nothing of this ingest is visible: run it again"
+        ) from exc
+
+
 def _commit(
     table: DatasetTable,
     staging: _Staging,
@@ -562,7 +583,7 @@ def _commit(
 ) -> None:
     """Under the lease: the quarantine commit, then the dataset commit."""
     _fault("before-quarantine-commit")
-    lease.check()
+    _check_lease(lease, table)
     kept = [f for i, f in enumerate(per_file) if i not in staging.dropped]
     q_total = _commit_quarantine(table, staging, bad, todo, result, per_file, kept)
     _fault("before-commit")
@@ -572,7 +593,7 @@ def _commit(
     result.quarantined = q_total
     assert result.read == result.accepted + result.quarantined, result
     if result.accepted:
-        lease.check()
+        _check_lease(lease, table)
         result.version = _commit_rows(table, staging, bad, spec, result)
 
 

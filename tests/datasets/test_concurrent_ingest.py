@@ -223,3 +223,32 @@ def test_lease_of_a_killed_holder_is_taken_over(store, tmp_path):
         # Released properly: the next one gets it at once, taking nothing over.
         with Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=60.0) as again:
             assert again.took_over is None
+
+
+def test_ingest_waiting_on_a_live_holder_gives_up_with_a_clear_error(store, tmp_path):
+    """A holder that stays alive (heartbeating) past FORESIGHT_LEASE_WAIT: the CLI says which
+    dataset is busy, exit 2, nothing written."""
+    import multiprocessing as mp
+    import signal
+    import time
+
+    rows = episode_rows("w0", steps=3)
+    source = str(write_jsonl(tmp_path / "w" / "a.jsonl", rows))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FORESIGHT_S3"))}
+    ready = tmp_path / "ready"
+    holder = mp.get_context("spawn").Process(
+        target=_hold_lease, args=(store.root, env, 1.0, str(ready))
+    )
+    holder.start()
+    try:
+        while not ready.exists():
+            assert holder.is_alive()
+            time.sleep(0.05)
+        proc = _start_ingest(store, source, {"FORESIGHT_LEASE_WAIT": "3"})
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    assert proc.returncode == 2, err
+    assert "dataset 'toy': another ingest holds it" in err and "Traceback" not in err, err
+    assert not DatasetTable(store, "toy").exists()
