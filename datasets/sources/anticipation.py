@@ -99,12 +99,16 @@ class ScriptedAnticipation:
             return out
         if isinstance(self.rules, TagController):
             return {a: self._tag(a, obs) for a in agents}
-        assert isinstance(self.rules, ReferenceController), type(self.rules)
+        if not isinstance(self.rules, ReferenceController):
+            raise TypeError(
+                f"no scripted anticipation for rules of type {type(self.rules).__name__}"
+            )
         return {a: self.rules.action(a, obs[a], self.rules.rules(a)[0]) for a in agents}
 
     def _tag(self, agent: str, obs: dict[str, np.ndarray]) -> int:
         rules = self.rules
-        assert isinstance(rules, TagController)
+        if not isinstance(rules, TagController):
+            raise TypeError(f"_tag needs TagController rules, not {type(rules).__name__}")
         if not agent.startswith("adversary"):
             return rules.action(agent, obs[agent], rules.rules(agent)[0])
         # Where will the prey rest after the flight action its greedy rule picks now?
