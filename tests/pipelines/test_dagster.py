@@ -181,3 +181,59 @@ def test_run_queue_starts_one_ingest_per_dataset_and_never_blocks_other_datasets
             instance, instance.get_concurrency_config(), fixed_iteration_time=None
         )
         assert sorted(r.tags["foresight/ingest"] for r in chosen) == ["other"]
+
+
+def _materialize_ingest(root: str, env: dict, uri: str, out: str, start) -> None:
+    """One Dagster run of the ingest asset, in its own process; its metadata goes to ``out``."""
+    import json
+    import os
+
+    os.environ.update(env)
+    from datasets.storage import Store
+
+    start.wait()  # every run starts together, once all processes have imported Dagster
+    result = dg.materialize(
+        [trajectory_dataset],
+        resources={"foresight_store": resource_for(Store(root))},
+        run_config={"ops": {"trajectory_dataset": {"config": {"dataset": "toy", "files": [uri]}}}},
+    )
+    meta = result.asset_materializations_for_node("trajectory_dataset")[0].metadata
+    Path(out).write_text(json.dumps({k: v.value for k, v in meta.items()}, default=str))
+
+
+def test_concurrent_dagster_runs_into_one_dataset_keep_keys_unique(store, tmp_path):
+    """Three Dagster runs at once (spawned processes, no run queue in between), files with
+    overlapping episode ids: the lease makes them end as a serial order would."""
+    import json
+    import multiprocessing as mp
+    import os
+
+    import polars as pl
+
+    from tests.datasets.helpers import episode_rows
+
+    uris = []
+    for p in range(3):
+        rows = [r for e in range(2) for r in episode_rows(f"own{p}-{e}", 4, seed=p)]
+        rows += episode_rows("shared", 4, seed=p)
+        uris.append(land(store, tmp_path, f"p{p}.jsonl", rows))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FORESIGHT_S3"))}
+    ctx = mp.get_context("spawn")
+    outs = [str(tmp_path / f"meta{p}.json") for p in range(3)]
+    start = ctx.Barrier(3)
+    procs = [
+        ctx.Process(target=_materialize_ingest, args=(store.root, env, uri, out, start))
+        for uri, out in zip(uris, outs, strict=True)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(300)
+        assert proc.exitcode == 0
+    metas = [json.loads(Path(out).read_text()) for out in outs]
+    frame = open_dataset("toy", store).collect()
+    assert frame.select("episode_id", "step", "agent_id").is_duplicated().sum() == 0
+    assert sorted(m["version"] for m in metas) == [0, 1, 2]
+    assert sum(m["rows_accepted"] for m in metas) == frame.height == (3 * 2 + 1) * 12
+    assert sorted(m["rows_quarantined"] for m in metas) == [0, 12, 12]
+    assert frame.filter(pl.col("episode_id") == "shared").height == 12
