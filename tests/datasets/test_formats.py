@@ -162,6 +162,11 @@ CASES = [
     Case("reward-overflows-float32", [{"reward": 3.5e38}], ["reward 3.5e+38 does not fit float32"]),
     Case("action-too-large", [{"action": 9}], ["action 9 outside the action spec discrete(5)"]),
     Case("action-negative", [{"action": -1}], ["action -1 outside the action spec discrete(5)"]),
+    Case("action-equals-n", [{"action": 5}], ["action 5 outside the action spec discrete(5)"]),
+    Case("action-last", [{"action": 4}], [], accepted=1),
+    Case(
+        "continuous-action-at-bounds", [{"action": [-1.0, 1.0]}], [], spec="continuous", accepted=1
+    ),
     Case(
         "action-mask-length",
         [{"action_mask": [True, False, True, True]}],
