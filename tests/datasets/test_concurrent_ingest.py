@@ -211,7 +211,7 @@ def test_lease_of_a_killed_holder_is_taken_over(store, tmp_path):
         try:
             # Longer than the ttl: only the heartbeat keeps the lease from looking abandoned.
             with pytest.raises(LeaseBusy, match=rf"pid {holder.pid}\b"):
-                Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=4.0).acquire()
+                Lease(store, "leases/datasets/toy.json", ttl=2.0, wait=3.0).acquire()
         finally:
             os.kill(holder.pid, signal.SIGKILL)
             holder.join()
