@@ -526,6 +526,9 @@ def _ingest_once(
     fs = store.fs
     table = DatasetTable(store, name)
     result = IngestResult(dataset=table.name, ingest_id=uuid.uuid4().hex[:16])
+    # The snapshot every check below reads (the main history is cached from here on); taken
+    # first, so anything committed later shows as a change and is checked again under the lease.
+    state = _table_state(table)
     base_spec = table.spec()
     dataset_spec, origin = resolve_spec(table, files, fs, spec)
     result.spec, result.spec_origin = dataset_spec.to_dict(), origin
@@ -536,7 +539,6 @@ def _ingest_once(
     with _staging_folder() as scratch:
         staging = _Staging(scratch, _bucket_count(fs, [f for f, _ in todo]))
         per_file = _read_sources(todo, fs, dataset_spec, staging, result, progress)
-        state = _table_state(table)
         bad = _check_episodes(staging, table.episode_ids())
         lease = held or _acquire(store, name)
         try:
@@ -552,6 +554,7 @@ def _ingest_once(
                         staging.dropped.add(i)
                         result.already_ingested.append(f["uri"])
                 if len(staging.dropped) == len(per_file):
+                    result.reasons = {}
                     return result
                 bad = _check_episodes(staging, table.episode_ids())
             _commit(table, staging, bad, todo, dataset_spec, result, per_file, lease)

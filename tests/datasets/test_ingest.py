@@ -264,7 +264,7 @@ def test_parquet_csv_and_gzip_sources(store, tmp_path):
     assert result.accepted == 90
     assert result.quarantined == 3
     reasons = DatasetTable(store, "toy").quarantine()["reason"].to_list()
-    assert sorted(reasons).count("wrong type for 'step'") == 3
+    assert sum(r.startswith("wrong type for 'step'") for r in reasons) == 3
     frame = open_dataset("toy", store).collect()
     assert {e[:2] for e in frame["episode_id"]} == {"pq", "cs", "gz"}
 
