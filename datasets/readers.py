@@ -190,8 +190,6 @@ def _parse_block_fast(block: bytes, n_lines: int, schema: dict) -> pl.DataFrame 
         return None
     if frame.height != n_lines:  # blank lines: the exact path keeps line numbers right
         return None
-    if not _fast_types_exact(block, frame):
-        return None
     # Polars drops keys that are not in the schema. Every key in JSON is a string directly
     # followed by ':' (optionally after whitespace), so count '":' and compare with the
     # values polars found; more colons than values means an unknown key (or a ':' inside
@@ -204,41 +202,43 @@ def _parse_block_fast(block: bytes, n_lines: int, schema: dict) -> pl.DataFrame 
         return None
     keys = int(np.count_nonzero(before == 34))  # '"'
     values = frame.height * frame.width - sum(frame.null_count().row(0))
-    if keys == values:
-        return frame
-    # Explicit nulls are keys without a value; count them before giving up.
-    explicit_nulls = sum(block.count(f'"{c}":null'.encode()) for c in ALL_COLUMNS)
-    if keys == values + explicit_nulls:
-        return frame
-    return None
+    if keys != values:
+        # Explicit nulls are keys without a value; count them before giving up.
+        explicit_nulls = sum(block.count(f'"{c}":null'.encode()) for c in ALL_COLUMNS)
+        if keys != values + explicit_nulls:
+            return None
+    # Every '":' is a real key now, so what follows each one is a value's first byte.
+    return frame if _fast_types_exact(buf, colons[before == 34], frame) else None
 
 
 _STRING_COLUMNS = ("episode_id", "agent_id", "policy_id", "info")
 _LIST_COLUMNS = ("obs", "state", "action", "action_mask")
 
 
-def _fast_types_exact(block: bytes, frame: pl.DataFrame) -> bool:
+def _fast_types_exact(buf: np.ndarray, key_colons: np.ndarray, frame: pl.DataFrame) -> bool:
     """Whether polars kept every value as JSONL allows, where it would coerce silently.
 
-    Polars reads a number or ``true`` into a string column as its text, and keeps a null
-    inside a list; the exact path rejects both (or, for an id given as an integer, converts
-    it on purpose). A string value always follows its key as ``"key": "`` (the caller has
-    ruled out whitespace before ':'), so counting those against the column's values tells.
+    Polars reads a number or ``true`` into a string column as its text, an object as its
+    JSON text, and keeps a null inside a list; the exact path rejects these, or converts
+    them on purpose (an integer id, an ``info`` object). Any other column errors on a
+    string, so the values that start with '"' after their key are exactly the string
+    columns' values when none was coerced.
     """
-    for name in _STRING_COLUMNS:
-        values = frame.height - frame[name].null_count()
-        if values == 0:
-            continue
-        key = f'"{name}":'.encode()
-        if block.count(key + b' "') + block.count(key + b'"') != values:
-            return False
+    last = len(buf) - 1  # a key's colon is never among the last bytes of a block ('}\n')
+    after = buf[np.minimum(key_colons + 1, last)]
+    after2 = buf[np.minimum(key_colons + 2, last)]
+    first = np.where(after == 32, after2, after)  # ": " (json.dumps) or ":"
+    if np.any(first == 123):  # '{': an object value, only ``info`` may hold one
+        return False
+    strings = sum(frame.height - frame[c].null_count() for c in _STRING_COLUMNS)
+    if int(np.count_nonzero(first == 34)) != strings:
+        return False
     for name in _LIST_COLUMNS:
         col = frame[name]
-        if (
-            isinstance(col.dtype, pl.List)
-            and col.list.drop_nulls().list.len().ne(col.list.len()).any()
-        ):
-            return False
+        if isinstance(col.dtype, pl.List):
+            holes = col.explode().null_count() - col.is_null().sum() - (col.list.len() == 0).sum()
+            if holes:
+                return False
     return True
 
 
