@@ -34,9 +34,13 @@ from datasets.sources.generate import generate_episodes  # noqa: E402
 from training.arena import run_arena  # noqa: E402
 from training.behavior_model import BehaviorModelConfig  # noqa: E402
 from training.planning import Planner, PlannerConfig, history_from_episode  # noqa: E402
-from training.registry import ModelRegistry, RegistryError  # noqa: E402
+from training.registry import (  # noqa: E402
+    ModelRegistry,
+    RegistryError,
+    load_registered,  # noqa: E402
+)
 from training.train import TrainConfig  # noqa: E402
-from training.workflow import load_registered, train_and_register  # noqa: E402
+from training.workflow import train_and_register  # noqa: E402
 from training.world_model import WorldModelConfig  # noqa: E402
 
 ENVS = {

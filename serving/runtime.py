@@ -29,8 +29,7 @@ from datasets.storage import Store
 from serving import schemas as S
 from training.data import Window
 from training.planning import JointHistory, Planner, PlannerConfig
-from training.registry import ModelRef, ModelRegistry, RegistryError
-from training.workflow import load_registered
+from training.registry import ModelRef, ModelRegistry, RegistryError, load_registered
 from training.world_model import imagine
 
 log = logging.getLogger("foresight.serving")

@@ -342,7 +342,7 @@ class Planner:
         cls, world_ref: str, behavior_ref: str, store=None, config: PlannerConfig | None = None
     ) -> Planner:
         """Load both models from the registry and check their cards name the same dataset."""
-        from training.workflow import load_registered
+        from training.registry import load_registered
 
         world, wmv = load_registered(world_ref, store)
         behavior, bmv = load_registered(behavior_ref, store)

@@ -519,3 +519,11 @@ def _corrupt_state(uri: str, exc: Exception) -> str:
         f"the registry document {uri} is not valid JSON ({exc}); restore it from a backup "
         "or fix it by hand (it holds the model's aliases and their history)"
     )
+
+
+def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
+    """A registered model, rebuilt from its card's config, with its weights, in eval mode."""
+    from training.train import load_model
+
+    tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
+    return load_model(mv.card["kind"], mv.card["model_config"], tensors), mv

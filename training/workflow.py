@@ -22,8 +22,8 @@ import polars as pl
 from datasets.catalog import DatasetTable, resolve_ref
 from datasets.schema import DatasetSpec
 from datasets.storage import Store
-from training.registry import ModelRegistry, ModelVersion, RegistryError
-from training.train import TrainConfig, config_dict, load_model, model_state, ranks, train
+from training.registry import ModelRegistry, ModelVersion, RegistryError, load_registered
+from training.train import TrainConfig, config_dict, model_state, ranks, train
 
 ModelKind = Literal["world", "behavior"]
 
@@ -106,13 +106,6 @@ def _behavior_for(store: Store, dataset: str, version: int, ref: str | None) -> 
             model, _ = load_registered(candidate, store)
             return model, mv.ref
     return None, None
-
-
-def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
-    """A registered model, rebuilt from its card's config, with its weights, in eval mode."""
-    registry = ModelRegistry(store or Store.from_env())
-    tensors, mv = registry.load(ref)
-    return load_model(mv.card["kind"], mv.card["model_config"], tensors), mv
 
 
 def train_and_register(
