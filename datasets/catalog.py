@@ -188,7 +188,7 @@ class DatasetTable:
 
     def scan(self, version: int) -> pl.LazyFrame:
         return pl.scan_delta(
-            self.uri, version=version, storage_options=self.store.storage_options()
+            self.uri, version=version, storage_options=self.store.polars_storage_options()
         )
 
     def episode_ids(self, version: int | None = None) -> pl.Series:
@@ -215,7 +215,9 @@ class DatasetTable:
             if meta.get("quarantine_only") and in_range:
                 ids.add(meta.get("ingest_id"))
         ids.discard(None)
-        frame = pl.scan_delta(self.quarantine_uri, storage_options=opts)
+        frame = pl.scan_delta(
+            self.quarantine_uri, storage_options=self.store.polars_storage_options()
+        )
         return frame.filter(pl.col("ingest_id").is_in(sorted(ids))).collect()
 
     # -- tags -----------------------------------------------------------------------------

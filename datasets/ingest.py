@@ -594,7 +594,8 @@ def _commit(
     result.read = sum(f["read"] for f in kept)
     result.accepted = sum(f["accepted"] for f in kept)
     result.quarantined = q_total
-    assert result.read == result.accepted + result.quarantined, result
+    if result.read != result.accepted + result.quarantined:  # never lose a row silently
+        raise IngestError(f"ingest does not balance, nothing committed: {result}")
     if result.accepted:
         _check_lease(lease, table)
         result.version = _commit_rows(table, staging, bad, spec, result)

@@ -55,7 +55,11 @@ class Lease:
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
-        assert self.ttl > 0, self.ttl
+        if not self.ttl > 0 or not self.wait >= 0:
+            raise ValueError(
+                f"lease ttl must be > 0 and wait >= 0 seconds (FORESIGHT_LEASE_TTL, "
+                f"FORESIGHT_LEASE_WAIT), got ttl={self.ttl}, wait={self.wait}"
+            )
         self.uri = self.store.uri(self.rel)
         self._token: str | None = None
         self._beat = 0
