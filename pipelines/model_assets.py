@@ -77,13 +77,20 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _train_asset(kind: str, context, config: TrainAssetConfig, foresight_store: ForesightStore):
+def _train_asset(
+    kind: str,
+    context,
+    config: TrainAssetConfig,
+    foresight_store: ForesightStore,
+    behavior_ref: str | None = None,
+):
     result = train_and_register(
         kind,
         config.dataset,
         store=foresight_store.store(),
         config=_train_config(config),
         progress=False,
+        behavior_ref=behavior_ref,
     )
     gate = result["quality_gate"]
     context.log.info(f"registered {result['model']} from {result['dataset']}; gate {gate}")
@@ -123,9 +130,10 @@ def world_model(
     foresight_store: ForesightStore,
     behavior_model: str,
 ):
-    # The behavior model drives the other agents in the world model's imagination metrics.
+    # The behavior model this run registered (behavior@N, not an alias that may still point at
+    # the previous cycle's) drives the other agents in the imagination metrics; the card records it.
     context.log.info(f"imagination uses {behavior_model}")
-    yield from _train_asset("world", context, config, foresight_store)
+    yield from _train_asset("world", context, config, foresight_store, behavior_ref=behavior_model)
 
 
 @dg.asset(
