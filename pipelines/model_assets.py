@@ -91,6 +91,8 @@ def _train_asset(
         config=_train_config(config),
         progress=False,
         behavior_ref=behavior_ref,
+        eval_max_starts=config.eval_max_starts,
+        eval_samples=config.eval_samples,
     )
     gate = result["quality_gate"]
     context.log.info(f"registered {result['model']} from {result['dataset']}; gate {gate}")

@@ -81,6 +81,7 @@ def test_a_model_that_fails_its_check_is_never_promoted(spread):
     assert not gate["passed"] and any("does not beat marginal" in f for f in gate["failures"])
 
 
+@pytest.mark.slow
 def test_the_world_model_is_evaluated_with_the_same_runs_behavior_model(spread, monkeypatch):
     # Two cycles. Cycle 1 promotes behavior@1 to staging; in cycle 2 the world model must be
     # evaluated with behavior@2, the one its upstream asset just registered, not behavior@staging.
@@ -91,6 +92,8 @@ def test_the_world_model_is_evaluated_with_the_same_runs_behavior_model(spread, 
     assert registry.aliases("behavior")["staging"] == 2
     assert registry.resolve("world@1").card["behavior_model_for_imagination"] == "behavior@1"
     assert registry.resolve("world@2").card["behavior_model_for_imagination"] == "behavior@2"
+    # The asset's evaluation settings reach the evaluation.
+    assert registry.resolve("world@2").card["evaluation"]["n_samples"] == TINY["eval_samples"]
 
 
 ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
