@@ -429,7 +429,7 @@ def main() -> None:
     os.environ.setdefault("BENTOML_HOME", str(tmp / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     from datasets.storage import Store
-    from serving.testing import register_pair, spread_spec
+    from tests.serving.helpers import register_pair, spread_spec
 
     store = Store(str(tmp / "store"))
     world, behavior = register_pair(store, spread_spec(), world_config={}, behavior_config={})

@@ -22,7 +22,7 @@ import pytest
 
 from datasets.storage import Store
 from serving.launch import REPO_ROOT, ServerProcess
-from serving.testing import register_pair
+from tests.serving.helpers import register_pair
 
 from .test_service import AGENTS, history, past
 

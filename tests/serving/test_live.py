@@ -17,7 +17,7 @@ from serving.client import AsyncForesightClient, ForesightClient, ForesightError
 from serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
 from serving.runtime import ModelLoadError
 from serving.schemas import ActionQuery, ActRequest, ImagineRequest, NextQuery
-from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
+from tests.serving.helpers import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
 
 from .test_service import AGENTS, BAD_REQUESTS, history, past
 

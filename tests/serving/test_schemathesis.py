@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from datasets.storage import Store
 from serving.launch import OPENAPI_PATH, ServerProcess, comparable_spec
-from serving.testing import register_pair
+from tests.serving.helpers import register_pair
 
 MAX_EXAMPLES = 60
 """Per operation: bounds the suite's time; the full run is `schemathesis run` by hand."""

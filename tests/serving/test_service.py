@@ -20,7 +20,7 @@ from serving.schemas import (
     ImagineRequest,
     NextQuery,
 )
-from serving.testing import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
+from tests.serving.helpers import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
 from training.data import build_tensors, gather_window
 from training.planning import Planner, PlannerConfig
 from training.registry import WEIGHTS, ModelRegistry

@@ -1,4 +1,6 @@
-"""Register servable models without training, for tests, benchmarks and smoke runs.
+"""Register servable models without training, for the serving tests and bench/serve.py.
+
+A test helper, so it lives under tests/ and ships in neither the wheel nor the bento.
 
 The models are freshly initialized (seeded) with the architecture of the given configs,
 so their compute per request is that of trained models of the same size; their cards
@@ -67,7 +69,7 @@ def register_untrained(
         "train_config": {},
         "metrics": {},
         "baselines": {},
-        "quality_gate": {"passed": False, "failures": ["untrained (serving.testing)"]},
+        "quality_gate": {"passed": False, "failures": ["untrained (tests.serving.helpers)"]},
         "training": {"untrained": True, "seed": seed},
     }
     registry = ModelRegistry(store)
