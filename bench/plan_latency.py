@@ -21,11 +21,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.testing import spread_spec  # noqa: E402
-
+from datasets.schema import ActionSpec, DatasetSpec  # noqa: E402
 from training.behavior_model import BehaviorModel, BehaviorModelConfig  # noqa: E402
 from training.planning import JointHistory, Planner, PlannerConfig  # noqa: E402
 from training.world_model import WorldModel, WorldModelConfig  # noqa: E402
+
+
+def spread_spec(n_agents: int) -> DatasetSpec:
+    """simple_spread's spec for N agents (mpe2: self vel/pos, N landmarks, N-1 others, comm)."""
+    size = 4 + 2 * n_agents + 2 * (n_agents - 1) + 2 * (n_agents - 1)
+    agents = {f"agent_{i}": size for i in range(n_agents)}
+    return DatasetSpec(env="simple_spread_v3", agents=agents, action=ActionSpec("discrete", n=5))
+
 
 WORLDS = {"default": {}, "d64": {"d_model": 64}}
 """World model sizes: the default (d_model 128) and the arena's (bench/plan.py, 64)."""
