@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from training.behavior_model import BehaviorModelConfig
-from training.benchmark import behavior_targets, load_dataset
-from training.evaluate import evaluate
-from training.train import TrainConfig, train
+# Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.end_to_end import behavior_targets, load_dataset  # noqa: E402
+from training.behavior_model import BehaviorModelConfig  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
 
 
 def parse_variant(text: str) -> dict[str, object]:

@@ -4,7 +4,7 @@ Trains the world and behavior models with their default configs (``foresight tra
 on mixed-policy simple_spread logs and prints, per model, the mean and peak training
 samples/s (world: windows; behavior: labelled actions), the data-loading share of step
 time (target: under 10%) and epoch times. No evaluation: for model quality next to the
-baselines run ``python -m training.benchmark``.
+baselines run ``bench/end_to_end.py``.
 
     .venv/bin/python bench/train.py --data DIR --out runs/bench_train [--epochs 3]
 """
@@ -12,10 +12,15 @@ baselines run ``python -m training.benchmark``.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
+from pathlib import Path
 
-from training.benchmark import benchmark_parser, measure_training
-from training.train import TrainConfig
+# Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.end_to_end import benchmark_parser, measure_training  # noqa: E402
+from training.train import TrainConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-from training.benchmark import load_dataset, world_targets
-from training.evaluate import evaluate
-from training.train import TrainConfig, train
+# Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.end_to_end import load_dataset, world_targets  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.train import TrainConfig, train  # noqa: E402
 
 HEADLINE = ("mse", "rollout_mse_10", "coverage_90", "nll")
 

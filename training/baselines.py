@@ -15,7 +15,7 @@ interval coverage are defined for it too.
 Behavior baselines are policies like :class:`~training.behavior_model.BehaviorModel`
 (``context`` and ``action_distribution(window)``): marginal action frequencies, and
 repeat-last-action. The third behavior baseline, the same model with a context of one
-step, is trained by the caller (see ``training.benchmark``).
+step, is trained by the caller (see ``bench/end_to_end.py``).
 """
 
 from __future__ import annotations

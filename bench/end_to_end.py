@@ -1,12 +1,13 @@
 """End-to-end benchmark: data -> world model, behavior model (+ its 1-step variant) ->
 evaluation next to baselines -> reports and a summary with wall times and throughput.
 
-    python -m training.benchmark --episodes 2000 --seed 0 --out runs/benchmark
-    python -m training.benchmark --data path/to/logs_dir --out runs/bench_logs
+    python bench/end_to_end.py --episodes 2000 --seed 0 --out runs/benchmark
+    python bench/end_to_end.py --data path/to/logs_dir --out runs/bench_logs
 
 Without ``--data`` it records simple_spread episodes under the mixed scripted policy with
 ``datasets.sources.generate`` (cached in ``OUT/data``). Prints the summary as JSON and
 writes it to ``OUT/summary.json``; reports go to ``OUT/world`` and ``OUT/behavior``.
+The other bench scripts import its helpers (data loading, timed training, targets, options).
 """
 
 from __future__ import annotations
