@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,9 +159,3 @@ class S3Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def start_server(data_dir: str | None = None, **kwargs) -> S3Server:
-    """Start a server in ``data_dir`` (a new temporary folder by default)."""
-    data_dir = data_dir or tempfile.mkdtemp(prefix="foresight-s3-")
-    return S3Server(data_dir=data_dir, **kwargs).start()

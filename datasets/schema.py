@@ -12,7 +12,6 @@ stored with the table and every append is checked against it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +23,6 @@ SCHEMA_VERSION = 1
 SPEC_FILENAME = "foresight_spec.json"
 """Written beside recorded logs by ``foresight generate`` and the recorder; read by ingest."""
 
-KEY_COLUMNS = ("episode_id", "step", "agent_id")
 REQUIRED_COLUMNS = (
     "episode_id",
     "step",
@@ -209,7 +207,3 @@ def arrow_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("info", pa.string()),
         ]
     )
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

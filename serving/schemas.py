@@ -110,10 +110,6 @@ def set_served_signature(kind: Literal["world", "behavior"], sig: ModelSignature
         _SERVED[kind] = sig
 
 
-def served_signature(kind: str) -> ModelSignature | None:
-    return _SERVED.get(kind)
-
-
 # -- shared checks ---------------------------------------------------------------------------
 
 

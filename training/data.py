@@ -67,10 +67,6 @@ class TrajectoryTensors:
     discrete: bool
     """True for discrete actions."""
 
-    @property
-    def num_steps(self) -> int:
-        return self.obs.shape[0]
-
     def to(self, device: torch.device | str) -> TrajectoryTensors:
         moved = {
             f.name: getattr(self, f.name).to(device)

@@ -57,11 +57,6 @@ class EpisodeStats:
         """Mean over agents of each agent's episode return."""
         return float(np.mean(list(self.returns.values()))) if self.returns else 0.0
 
-    @property
-    def total_return(self) -> float:
-        """Sum over agents of each agent's episode return."""
-        return float(sum(self.returns.values()))
-
 
 def action_spec_of(env: ParallelEnv, agents: list[str]) -> ActionSpec:
     """The one :class:`ActionSpec` shared by ``agents``; a clear error if they differ."""
