@@ -213,7 +213,8 @@ def run(
 
 
 def world_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[str, Any]:
-    """Issue 3's world-model targets from one evaluation's ``model`` and ``baselines``."""
+    """The world model's headline ratios to its baselines (MSE, 10-step rollout) and its 90%
+    coverage, from one evaluation's ``model`` and ``baselines``; targets in BENCHMARKS.md."""
     rollouts = [b["rollout_mse_10"] for b in baselines.values()]
     return {
         "world_mse_vs_persistence": model["mse"] / baselines["persistence"]["mse"],
@@ -225,9 +226,9 @@ def world_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[s
 
 
 def behavior_targets(model: dict[str, float], baselines: dict[str, dict]) -> dict[str, float]:
-    """Issue 3's behavior-model targets (NLL ratios) from one evaluation's ``model`` and
-    ``baselines``: against the best simple baseline (marginal, repeat-last) and against
-    the same model with a context of 1 step (``baselines["context1"]``)."""
+    """The behavior model's NLL ratios from one evaluation's ``model`` and ``baselines``:
+    against the best simple baseline (marginal, repeat-last) and against the same model
+    with a context of 1 step (``baselines["context1"]``); targets in BENCHMARKS.md."""
     best_simple = min(baselines["marginal"]["nll"], baselines["repeat_last"]["nll"])
     return {
         "behavior_nll_vs_best_baseline": model["nll"] / best_simple,
