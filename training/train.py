@@ -63,8 +63,8 @@ METRICS = "metrics.jsonl"
 @dataclass
 class TrainConfig:
     epochs: int = 50
-    """Maximum passes over the training windows (early stopping usually ends sooner; the
-    world model's validation loss is still falling at 30)."""
+    """Maximum passes over the training windows; early stopping usually ends sooner. Set
+    high because the world model keeps improving after 30 (BENCHMARKS.md, Training)."""
     batch_size: int = 256
     """Labels per optimizer step: world windows, or behavior chunks of `context` steps
     (each step of a chunk is a label, so a behavior batch holds batch_size // context)."""
