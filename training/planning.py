@@ -248,7 +248,7 @@ class _BehaviorStepper:
         """A stepper for a batch whose row i is this batch's row ``rows[i]``."""
         new = object.__new__(_BehaviorStepper)
         new.model, new.incremental = self.model, self.incremental
-        new.window = self.window.index(rows)
+        new.window = self.window if self.incremental else self.window.index(rows)
         if self.incremental:
             new.state = self.state.index(rows)
             new.out = self.out[rows]
@@ -274,6 +274,12 @@ def _concat_step(w: Window, step: Window) -> Window:
         prev_valid=cat(w.prev_valid, step.prev_valid),
         prev_reward=cat(w.prev_reward, step.prev_reward),
     )
+
+
+def _first_rows(inverse: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) a row of each group: ``inverse[_first_rows(inverse, n)[u]] == u``."""
+    rows = torch.arange(inverse.shape[0], device=inverse.device)
+    return torch.full((n,), -1, dtype=torch.long, device=inverse.device).scatter_(0, inverse, rows)
 
 
 def _gumbel_argmax(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -512,53 +518,64 @@ class Planner:
         g = self.generator
         noise = torch.rand if self.discrete else torch.randn  # Gumbel uniforms or Gaussians
         e_act = noise(K, H, N, self.n_actions, generator=g, device=dev)[sample]
-        z_obs = torch.randn(K, H, N, D, generator=g, device=dev)[sample]
+        z_obs = torch.randn(K, H, N, D, generator=g, device=dev)  # indexed by sample
         n_mix = getattr(getattr(self.world, "config", None), "n_mixture", 1)
-        u_mix = (
-            torch.rand(K, H, N, D, n_mix, generator=g, device=dev)[sample] if n_mix > 1 else None
-        )
+        u_mix = torch.rand(K, H, N, D, n_mix, generator=g, device=dev) if n_mix > 1 else None
 
-        rows0 = torch.zeros(R, dtype=torch.long, device=dev)
-        w = base.index(rows0).last(self.world.context)
-        beh = stepper.repeat(rows0)
-        present = w.present[:, -1]  # (R, N)
+        # Rows that share a sample and every joint action so far are in the same state
+        # (common random numbers): the models run once per distinct state. ``state_of[r]``
+        # is row r's state; states are rebuilt each step from (parent state, sample, joint).
+        state_of = torch.zeros(R, dtype=torch.long, device=dev)
+        w = base.last(self.world.context)  # one state: the history
+        beh = stepper
         ret = torch.zeros(R, device=dev)
+        ego_col = None if c.team_reward else self._ego_col(sizes, egos, K)
         for h in range(H):
             dist = beh.distribution()
             if self.discrete:
-                others = _gumbel_argmax(dist.logits, e_act[:, h])
+                others = _gumbel_argmax(dist.logits[state_of], e_act[:, h])
             else:
-                others = dist.mean + dist.std * e_act[:, h]
+                others = dist.mean[state_of] + dist.std[state_of] * e_act[:, h]
             joint = torch.where(held if self.discrete else held[..., None], acts[:, h], others)
-            w.action[:, -1] = joint
-            pred = self.world.predict(w)
+            parts = [state_of[:, None], sample[:, None], joint.reshape(R, -1)]
+            if not self.discrete:
+                parts = [x.double() for x in parts]
+            key = torch.cat(parts, 1)  # (R, 2 + N[*A])
+            uniq, state_of = torch.unique(key, dim=0, return_inverse=True)
+            parent, k_of = uniq[:, 0].long(), uniq[:, 1].long()  # (U,)
+            joint_u = joint[_first_rows(state_of, uniq.shape[0])]  # (U, N[, A])
+            w = w.index(parent)
+            w.action[:, -1] = joint_u
+            present = w.present[:, -1]  # (U, N)
             last = h == H - 1
+            pred = self.world.predict(w)
             nxt = None
             if not last or self.reward_fn is not None:
-                noise = None if u_mix is None else u_mix[:, h]
-                nxt = self._next_obs(pred.obs, z_obs[:, h], noise) * w.feat_mask
-                nxt = nxt * present[..., None]  # (R, N, D)
-            reward = pred.reward if self.reward_fn is None else self.reward_fn(nxt, joint)
-            reward = reward * present  # (R, N)
-            r = (
-                reward.sum(1)
-                if c.team_reward
-                else reward.gather(1, self._ego_col(sizes, egos, K))[:, 0]
-            )
-            ret = ret + (c.discount**h) * r
+                noise = None if u_mix is None else u_mix[k_of, h]
+                nxt = self._next_obs(pred.obs, z_obs[k_of, h], noise) * w.feat_mask
+                nxt = nxt * present[..., None]  # (U, N, D)
+            reward = pred.reward if self.reward_fn is None else self.reward_fn(nxt, joint_u)
+            reward = reward * present  # (U, N)
+            if c.team_reward:
+                r = reward.sum(1)[state_of]
+            else:
+                r = reward[state_of].gather(1, ego_col)[:, 0]
+            ret = ret + (c.discount**h) * r  # (R,)
             if last:
                 break
+            U = uniq.shape[0]
             step = Window(
                 obs=nxt[:, None],
                 feat_mask=w.feat_mask,
                 present=present[:, None],
-                time_valid=torch.ones(R, 1, dtype=torch.bool, device=dev),
-                action=torch.zeros_like(joint)[:, None],
-                prev_action=joint[:, None],
+                time_valid=torch.ones(U, 1, dtype=torch.bool, device=dev),
+                action=torch.zeros_like(joint_u)[:, None],
+                prev_action=joint_u[:, None],
                 prev_valid=present[:, None],
                 prev_reward=reward[:, None],
             )
             w = _concat_step(w, step).last(self.world.context)
+            beh = beh.repeat(parent)
             beh.advance(step)
         ret = ret.view(-1, K)  # (P_total, K)
         score = ret.mean(1)
