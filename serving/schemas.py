@@ -18,6 +18,7 @@ a batch with good ones.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -201,7 +202,14 @@ def _check_state(state: list[list[float]] | None, T: int, sigs: list[ModelSignat
                 raise ValueError(f"state.{t}: has {len(vec)} features; expected {sig.state_dim}")
 
 
+SERVER_CHECKS: ContextVar[bool] = ContextVar("foresight_server_checks", default=True)
+"""False while the client validates a request it is about to send: the checks against the
+served models are the server's, even when the client's process has models of its own."""
+
+
 def _signatures(*kinds: str) -> list[ModelSignature]:
+    if not SERVER_CHECKS.get():
+        return []
     return [s for k in kinds if (s := _SERVED.get(k)) is not None]
 
 
