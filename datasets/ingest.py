@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import math
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -38,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -48,6 +45,7 @@ from datasets.lease import Lease, LeaseBusy, LeaseLost
 from datasets.readers import (
     SUPPORTED_SUFFIXES,
     iter_chunks,
+    open_source,
     peek_records,
     source_format,
 )
@@ -355,62 +353,6 @@ def sweep_stale_staging() -> list[str]:
     return swept
 
 
-class _OverlappedHashingReader(io.RawIOBase):
-    """Passes bytes through and checksums them in a worker thread, so the sha256 runs
-    beside the parse instead of before it (hashlib lets go of the GIL on big blocks)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-        self.nbytes = 0
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
-        self._worker: threading.Thread | None = threading.Thread(
-            target=self._run, daemon=True, name="sha256"
-        )
-        self._worker.start()
-
-    def _run(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            self._hash.update(block)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self._blocks.put(bytes(data))
-            self.nbytes += len(data)
-        return data
-
-    def _finish(self) -> None:
-        if self._worker is not None:
-            self._blocks.put(None)
-            self._worker.join()
-            self._worker = None
-
-    @property
-    def digest(self):
-        """The sha256 of every byte read so far (waits for the worker)."""
-        self._finish()
-        return self._hash
-
-    def close(self) -> None:
-        if not self.closed:
-            self._finish()
-            self._raw.close()
-        super().close()
-
-
-def _open_source(fs: FileSystem, uri: str) -> _OverlappedHashingReader:
-    return _OverlappedHashingReader(fs.open_read(uri))
-
-
 def _rows_as_json(rows: pl.DataFrame) -> list[str]:
     return [json.dumps(r, default=str)[:2000] for r in rows.select(ALL_COLUMNS).to_dicts()]
 
@@ -620,7 +562,7 @@ def _read_sources(
         bar = tqdm(total=len(todo), unit="file", desc="ingest")
     for index, (uri, digest) in enumerate(todo):
         counts = {"uri": uri, "read": 0, "staged": 0, "rejected": 0}
-        reader = _open_source(fs, uri)
+        reader = open_source(fs, uri)
         try:
             for chunk in iter_chunks(reader, uri, spec):
                 valid, invalid = check_rows(chunk.rows, spec)

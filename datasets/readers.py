@@ -20,7 +20,8 @@ import gzip
 import hashlib
 import io
 import json
-import math
+import queue
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,12 +115,22 @@ def empty_rejects() -> pl.DataFrame:
 
 
 class HashingReader(io.RawIOBase):
-    """Passes bytes through while hashing them, so a file is checksummed as it is parsed."""
+    """Passes bytes through and checksums them in a worker thread, so the sha256 runs
+    beside the parse instead of before it (hashlib lets go of the GIL on big blocks)."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self.digest = hashlib.sha256()
+        self._hash = hashlib.sha256()
         self.nbytes = 0
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._worker: threading.Thread | None = threading.Thread(
+            target=self._run, daemon=True, name="sha256"
+        )
+        self._worker.start()
+
+    def _run(self) -> None:
+        while (block := self._blocks.get()) is not None:
+            self._hash.update(block)
 
     def readable(self) -> bool:
         return True
@@ -131,12 +142,27 @@ class HashingReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
-        self.digest.update(data)
-        self.nbytes += len(data)
+        if data:
+            self._blocks.put(bytes(data))
+            self.nbytes += len(data)
         return data
 
+    def _finish(self) -> None:
+        if self._worker is not None:
+            self._blocks.put(None)
+            self._worker.join()
+            self._worker = None
+
+    @property
+    def digest(self):
+        """The sha256 of every byte read so far (waits for the worker)."""
+        self._finish()
+        return self._hash
+
     def close(self) -> None:
-        self._raw.close()
+        if not self.closed:
+            self._finish()
+            self._raw.close()
         super().close()
 
 
@@ -307,10 +333,6 @@ def _coerce_field(name: str, value: Any, discrete: bool) -> tuple[bool, Any]:
                 return False, None
         return False, None
     raise AssertionError(name)
-
-
-def _finite_float(v: float) -> float:
-    return v if math.isfinite(v) else float("nan")
 
 
 def _parse_block_exact(
