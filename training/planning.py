@@ -95,6 +95,10 @@ class PlannerConfig:
     disagreement_penalty: float = 0.0
     """Subtract this times the std of the return over samples (risk aversion, and a
     guard against futures the world model is unsure about)."""
+    precision: str = "float32"
+    """Arithmetic of the models' matrix products while planning: "float32", or "bfloat16"
+    (CPU autocast; with AMX/AVX-512-BF16 about 1.2x faster at 3 agents and 2x at 10, and
+    scores differ by ~1e-2, so decisions near a tie can change)."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
@@ -120,6 +124,10 @@ class PlannerConfig:
             raise ValueError(
                 "PlannerConfig.search must be auto, exhaustive, pulse, beam or cem, "
                 f"got {self.search!r}"
+            )
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"PlannerConfig.precision must be float32 or bfloat16, got {self.precision!r}"
             )
         if not 0 < self.cem_elites <= self.cem_population:
             raise ValueError("PlannerConfig.cem_elites must be in 1..cem_population")
@@ -367,9 +375,16 @@ class Planner:
         )
 
     # -- deciding ------------------------------------------------------------------------
-    @torch.no_grad()
     def decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
         """One :class:`Decision` per ego agent, in the order given."""
+        bf16 = self.config.precision == "bfloat16"
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16),
+        ):
+            return self._decide(history, ego_agents)
+
+    def _decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
         ids = list(history.agent_ids)
         for a in ego_agents:
             if a not in ids:
