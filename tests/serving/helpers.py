@@ -10,6 +10,7 @@ dataset lineage, spec).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import asdict
 from typing import Any
 
@@ -99,3 +100,10 @@ def register_pair(
         promote=promote,
     )
     return world, behavior
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

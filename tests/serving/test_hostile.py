@@ -22,7 +22,7 @@ import pytest
 
 from datasets.storage import Store
 from serving.launch import REPO_ROOT, ServerProcess
-from tests.serving.helpers import register_pair
+from tests.serving.helpers import free_port, register_pair
 
 from .test_service import AGENTS, history, past
 
@@ -32,12 +32,6 @@ BODY_TIMEOUT_S = 3
 CLIENT_LIMIT = 32
 HEAVY_QUEUE = 2
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -17,17 +16,17 @@ from serving.client import AsyncForesightClient, ForesightClient, ForesightError
 from serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
 from serving.runtime import ModelLoadError
 from serving.schemas import ActionQuery, ActRequest, ImagineRequest, NextQuery
-from tests.serving.helpers import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
+from tests.serving.helpers import (
+    TINY_BEHAVIOR,
+    free_port,
+    register_pair,
+    register_untrained,
+    spread_spec,
+)
 
 from .test_service import AGENTS, BAD_REQUESTS, history, past
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

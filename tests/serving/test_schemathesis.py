@@ -5,7 +5,6 @@ describe."""
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 import pytest
@@ -15,16 +14,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from datasets.storage import Store
 from serving.launch import OPENAPI_PATH, ServerProcess, comparable_spec
-from tests.serving.helpers import register_pair
+from tests.serving.helpers import free_port, register_pair
 
 MAX_EXAMPLES = 60
 """Per operation: bounds the suite's time; the full run is `schemathesis run` by hand."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
