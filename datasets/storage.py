@@ -80,7 +80,9 @@ def _env_number(name: str, default: float, minimum: float) -> float:
     except ValueError:
         value = float("nan")
     if not value >= minimum:  # also refuses NaN
-        raise StorageConfigError(f"{name}={raw!r} is not a number >= {minimum:g} (seconds or a count)")
+        raise StorageConfigError(
+            f"{name}={raw!r} is not a number >= {minimum:g} (seconds or a count)"
+        )
     return value
 
 

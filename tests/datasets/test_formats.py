@@ -506,5 +506,5 @@ def test_plain_jsonl_cases_take_the_fast_path(tmp_path):
     block = path.read_bytes()
     schema = input_schema(SPECS["discrete"])
     assert _parse_block_fast(block, 1, schema) is not None
-    assert _parse_block_fast(block.replace(b"\"toy\"", b"7"), 1, schema) is None
+    assert _parse_block_fast(block.replace(b'"toy"', b"7"), 1, schema) is None
     assert _parse_block_fast(block + b"\n", 2, schema) is None
