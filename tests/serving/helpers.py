@@ -107,3 +107,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def served_store(tmp_path_factory, name: str):
+    """A store holding a registered world/behavior pair, FORESIGHT_STORE pointing at it while
+    the generator is open: the body of a module-scoped ``store`` fixture."""
+    import pytest
+
+    store = Store(str(tmp_path_factory.mktemp(name) / "store"))
+    register_pair(store)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORESIGHT_STORE", store.root)
+        yield store

@@ -22,7 +22,7 @@ import pytest
 
 from datasets.storage import Store
 from serving.launch import REPO_ROOT, ServerProcess
-from tests.serving.helpers import free_port, register_pair
+from tests.serving.helpers import free_port, register_pair, served_store
 
 from .test_service import AGENTS, history, past
 
@@ -36,11 +36,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("hostile") / "store"))
-    register_pair(store)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FORESIGHT_STORE", store.root)
-        yield store
+    yield from served_store(tmp_path_factory, "hostile")
 
 
 @pytest.fixture(scope="module")

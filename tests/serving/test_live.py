@@ -21,6 +21,7 @@ from tests.serving.helpers import (
     free_port,
     register_pair,
     register_untrained,
+    served_store,
     spread_spec,
 )
 
@@ -31,11 +32,7 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("live") / "store"))
-    register_pair(store)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FORESIGHT_STORE", store.root)
-        yield store
+    yield from served_store(tmp_path_factory, "live")
 
 
 @pytest.fixture(scope="module")
