@@ -11,6 +11,7 @@ dataset lineage, spec).
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -109,9 +110,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
 def served_store(tmp_path_factory, name: str):
     """A store holding a registered world/behavior pair, FORESIGHT_STORE pointing at it while
-    the generator is open: the body of a module-scoped ``store`` fixture."""
+    the context is open: the body of a module-scoped ``store`` fixture."""
     import pytest
 
     store = Store(str(tmp_path_factory.mktemp(name) / "store"))

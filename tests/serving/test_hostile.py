@@ -36,7 +36,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    yield from served_store(tmp_path_factory, "hostile")
+    with served_store(tmp_path_factory, "hostile") as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ KEY = "test-key"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    yield from served_store(tmp_path_factory, "live")
+    with served_store(tmp_path_factory, "live") as store:
+        yield store
 
 
 @pytest.fixture(scope="module")

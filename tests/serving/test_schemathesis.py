@@ -12,9 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from datasets.storage import Store
 from serving.launch import OPENAPI_PATH, ServerProcess, comparable_spec
-from tests.serving.helpers import free_port, register_pair
+from tests.serving.helpers import free_port, served_store
 
 MAX_EXAMPLES = 60
 """Per operation: bounds the suite's time; the full run is `schemathesis run` by hand."""
@@ -22,10 +21,7 @@ MAX_EXAMPLES = 60
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    store = Store(str(tmp_path_factory.mktemp("fuzz") / "store"))
-    register_pair(store)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FORESIGHT_STORE", store.root)
+    with served_store(tmp_path_factory, "fuzz"):
         log = tmp_path_factory.mktemp("fuzz-log") / "serve.log"
         with ServerProcess(free_port(), log, reload_seconds=0) as srv:
             yield srv
