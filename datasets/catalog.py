@@ -42,6 +42,15 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_tag(tag: str) -> str:
+    if not TAG_RE.match(tag or "") or tag.isdigit():
+        raise DatasetError(
+            f"invalid tag {tag!r}: letters, digits, '_', '-', '.', starting with a letter "
+            "or '_'; not a number"
+        )
+    return tag
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     """``name``, ``name@N`` or ``name@tag``, parsed."""
@@ -226,8 +235,7 @@ class DatasetTable:
         return dict(data.get("tags", {}))
 
     def set_tag(self, tag: str, version: int) -> None:
-        if not TAG_RE.match(tag) or tag.isdigit():
-            raise DatasetError(f"invalid tag {tag!r}: letters, digits, '_', '-', '.'; not a number")
+        check_tag(tag)
 
         def change(data: dict | None) -> dict:
             data = data or {"tags": {}, "log": []}

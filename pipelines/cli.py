@@ -69,22 +69,15 @@ def _dataset_ref(value: str) -> None:
 
 
 def _dataset_tag(value: str) -> None:
-    from datasets.catalog import TAG_RE, DatasetError
+    from datasets.catalog import check_tag
 
-    if not TAG_RE.match(value) or value.isdigit():
-        raise DatasetError(
-            f"invalid tag {value!r}: letters, digits, '_', '-', '.', starting with a letter "
-            "or '_'; not a number"
-        )
+    check_tag(value)
 
 
 def _model_name(value: str) -> None:
-    from training.registry import NAME_RE, RegistryError
+    from training.registry import check_model_name
 
-    if not NAME_RE.match(value):
-        raise RegistryError(
-            f"invalid model name {value!r}: start with a letter; letters, digits, '_', '-', '.'"
-        )
+    check_model_name(value)
 
 
 def _model_ref(value: str) -> None:
@@ -101,12 +94,9 @@ def _model_version(value: str) -> None:
 
 
 def _alias(value: str) -> None:
-    from training.registry import ALIAS_RE, RegistryError
+    from training.registry import check_alias
 
-    if not ALIAS_RE.match(value) or value.isdigit():
-        raise RegistryError(
-            f"invalid alias {value!r}: start with a letter; letters, digits, '_', '-', '.'"
-        )
+    check_alias(value)
 
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")

@@ -47,6 +47,25 @@ class RegistryError(ValueError):
     """A model reference, name or alias is wrong, or the version does not exist."""
 
 
+def check_model_name(name: str) -> str:
+    """``name`` when it is a valid model name, else a RegistryError saying what is allowed."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RegistryError(
+            f"invalid model name {name!r}: names start with a letter; letters, digits, "
+            "'_', '-', '.' (at most 64)"
+        )
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` when it is a valid alias (not a number), else a RegistryError."""
+    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias.isdigit():
+        raise RegistryError(
+            f"invalid alias {alias!r}: starts with a letter; letters, digits, '_', '-', '.'"
+        )
+    return alias
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """``name``, ``name@N`` or ``name@alias``, parsed."""
@@ -152,23 +171,6 @@ class ModelRegistry:
         self.problems: list[str] = []
 
     # -- checks and paths -----------------------------------------------------------------
-    @staticmethod
-    def _check_name(name: str) -> str:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise RegistryError(
-                f"invalid model name {name!r}: names start with a letter; letters, digits, "
-                "'_', '-', '.' (at most 64)"
-            )
-        return name
-
-    @staticmethod
-    def _check_alias(alias: str) -> str:
-        if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias.isdigit():
-            raise RegistryError(
-                f"invalid alias {alias!r}: starts with a letter; letters, digits, '_', '-', '.'"
-            )
-        return alias
-
     def _problem(self, message: str) -> None:
         if message not in self.problems:
             self.problems.append(message)
@@ -178,7 +180,7 @@ class ModelRegistry:
         return self.store.uri("models", name, str(version), *parts)
 
     def _aliases_rel(self, name: str) -> str:
-        return f"registry/models/{self._check_name(name)}.json"
+        return f"registry/models/{check_model_name(name)}.json"
 
     def _state(self, name: str) -> dict[str, Any]:
         """The model's registry document (aliases, log, counter), empty when there is none."""
@@ -214,7 +216,7 @@ class ModelRegistry:
 
     def version_numbers(self, name: str) -> list[int]:
         """Versions whose card exists (complete registrations only)."""
-        self._check_name(name)
+        check_model_name(name)
         numbers = []
         for uri in self.store.fs.list_dirs(self.store.uri("models", name)):
             tail = uri.rstrip("/").rsplit("/", 1)[-1]
@@ -227,7 +229,7 @@ class ModelRegistry:
         return sorted(numbers)
 
     def card(self, name: str, version: int) -> dict[str, Any]:
-        uri = self._version_uri(self._check_name(name), version, CARD)
+        uri = self._version_uri(check_model_name(name), version, CARD)
         try:
             card = json.loads(self.store.fs.read_bytes(uri))
         except FileNotFoundError as exc:
@@ -337,7 +339,7 @@ class ModelRegistry:
         """
         from safetensors.torch import save
 
-        self._check_name(name)
+        check_model_name(name)
         for filename in extra_files or {}:
             if filename in (WEIGHTS, CARD) or not re.match(
                 r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z", filename
@@ -388,7 +390,7 @@ class ModelRegistry:
 
     def promote(self, ref: str, alias: str) -> dict[str, Any]:
         """Point ``alias`` at the version ``ref`` resolves to."""
-        self._check_alias(alias)
+        check_alias(alias)
         mv = self.resolve(ref)
         return {"model": mv.name, **self._move_alias(mv.name, alias, mv.version, "promote")}
 
@@ -399,8 +401,8 @@ class ModelRegistry:
         so concurrent rollbacks each go one step further back. Promote 1, 2, 3: rollbacks go
         to 2, then 1. Promote 3, then 1: a rollback goes to 3.
         """
-        self._check_name(name)
-        self._check_alias(alias)
+        check_model_name(name)
+        check_alias(alias)
         entries: list[dict[str, Any]] = []
 
         def change(doc: dict[str, Any]) -> dict[str, Any]:
