@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m foresight.pipelines.demo
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,7 @@
 
 The mixed policy gives each agent, per episode, a rule (nearest / unclaimed / farthest
 landmark, or fixed landmark k) and an epsilon ~ U(0, 0.6) of acting uniformly at random
-(``datasets.sources.policies.MixedPolicy``). Knowing the scripts, three reference NLLs
+(``foresight.datasets.sources.policies.MixedPolicy``). Knowing the scripts, three reference NLLs
 (nats per action) follow exactly:
 
 - oracle: the agent's true rule and epsilon are known;
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import polars as pl
 
-from datasets.sources.policies import SpreadController
+from foresight.datasets.sources.policies import SpreadController
 
 
 def main(path: str) -> None:

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.end_to_end import behavior_targets, load_dataset  # noqa: E402
-from training.behavior_model import BehaviorModelConfig  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from foresight.training.evaluation.evaluate import evaluate  # noqa: E402
+from foresight.training.loop.train import TrainConfig, train  # noqa: E402
+from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
 
 
 def parse_variant(text: str) -> dict[str, object]:

@@ -5,7 +5,7 @@ evaluation next to baselines -> reports and a summary with wall times and throug
     python bench/end_to_end.py --data path/to/logs_dir --out runs/bench_logs
 
 Without ``--data`` it records simple_spread episodes under the mixed scripted policy with
-``datasets.sources.generate`` (cached in ``OUT/data``). Prints the summary as JSON and
+``foresight.datasets.sources.generate`` (cached in ``OUT/data``). Prints the summary as JSON and
 writes it to ``OUT/summary.json``; reports go to ``OUT/world`` and ``OUT/behavior``.
 The other bench scripts import its helpers (data loading, timed training, targets, options).
 """
@@ -22,11 +22,11 @@ from typing import Any
 import polars as pl
 import torch
 
-from datasets.schema import SPEC_FILENAME, DatasetSpec
-from training.behavior_model import BehaviorModelConfig
-from training.evaluate import evaluate, write_report
-from training.train import TrainConfig, TrainResult, train
-from training.world_model import WorldModelConfig
+from foresight.datasets.schema import SPEC_FILENAME, DatasetSpec
+from foresight.training.evaluation.evaluate import evaluate, write_report
+from foresight.training.loop.train import TrainConfig, TrainResult, train
+from foresight.training.models.behavior_model import BehaviorModelConfig
+from foresight.training.models.world_model import WorldModelConfig
 
 
 def load_dataset(path: str | Path) -> tuple[pl.DataFrame, DatasetSpec]:
@@ -103,7 +103,7 @@ def measure_training(
 
 def _generated(out: Path, episodes: int, seed: int) -> str:
     """Mixed-policy simple_spread logs under ``out/data`` (generated once, then reused)."""
-    from datasets.sources.generate import generate_episodes
+    from foresight.datasets.sources.generate import generate_episodes
 
     data_dir = out / "data"
     if not (data_dir / SPEC_FILENAME).exists():

@@ -29,19 +29,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets import Store, ingest_logs  # noqa: E402
-from datasets.sources.generate import generate_episodes  # noqa: E402
-from training.arena import run_arena  # noqa: E402
-from training.behavior_model import BehaviorModelConfig  # noqa: E402
-from training.planning import Planner, PlannerConfig, history_from_episode  # noqa: E402
-from training.registry import (  # noqa: E402
+from foresight.datasets import Store, ingest_logs  # noqa: E402
+from foresight.datasets.sources.generate import generate_episodes  # noqa: E402
+from foresight.training.agents.arena import run_arena  # noqa: E402
+from foresight.training.agents.planning import Planner, PlannerConfig, history_from_episode  # noqa: E402
+from foresight.training.loop.train import TrainConfig  # noqa: E402
+from foresight.training.loop.workflow import train_and_register  # noqa: E402
+from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
+from foresight.training.models.world_model import WorldModelConfig  # noqa: E402
+from foresight.training.registry import (  # noqa: E402
     ModelRegistry,
     RegistryError,
     load_registered,  # noqa: E402
 )
-from training.train import TrainConfig  # noqa: E402
-from training.workflow import train_and_register  # noqa: E402
-from training.world_model import WorldModelConfig  # noqa: E402
 
 ENVS = {
     # env: (dataset, episodes generated, data seed, world epochs, behavior epochs)
@@ -100,8 +100,8 @@ def models_for(store: Store, env: str, refs: dict[str, tuple[str, str]]):
 
 def latency(planner: Planner, repeats: int, seed: int = 0) -> dict[str, float]:
     """Wall time of one decide() for every agent of a team, over states of greedy episodes."""
-    from datasets.sources.generate import make_env
-    from datasets.sources.policies import make_policy
+    from foresight.datasets.sources.generate import make_env
+    from foresight.datasets.sources.policies import make_policy
 
     env = make_env("simple_spread")
     policy = make_policy("greedy", "simple_spread")

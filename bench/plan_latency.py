@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.schema import ActionSpec, DatasetSpec  # noqa: E402
-from training.behavior_model import BehaviorModel, BehaviorModelConfig  # noqa: E402
-from training.planning import JointHistory, Planner, PlannerConfig  # noqa: E402
-from training.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from foresight.datasets.schema import ActionSpec, DatasetSpec  # noqa: E402
+from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig  # noqa: E402
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig  # noqa: E402
+from foresight.training.models.world_model import WorldModel, WorldModelConfig  # noqa: E402
 
 
 def spread_spec(n_agents: int) -> DatasetSpec:

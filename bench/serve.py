@@ -17,7 +17,7 @@ non-200 answers (503 = refused by the batcher) and the server's CPU time per req
 process tree, from /proc: the number least moved by other load on the machine). /imagine
 also runs with batching off (it is not batchable: the same code). The servers take turns
 cell by cell, so they see the same machine load. Also measured in-process: the compute floor of the same
-inputs (serving.runtime, request objects -> response objects) and the bare model call.
+inputs (foresight.serving.runtime, request objects -> response objects) and the bare model call.
 
 Each cell is bounded by --requests and --seconds; the client (a minimal asyncio HTTP/1.1
 keep-alive client, one connection per concurrent caller) runs in this process, on the same
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from training.behavior_model import BehaviorModelConfig  # noqa: E402
+from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
 
 CONCURRENCY = (1, 16, 64, 1)  # the second 1: right after the burst of 64
 CELL_LABELS = ("1", "16", "64", "1 after")
@@ -191,8 +191,8 @@ def tree_cpu_seconds(root: int) -> float | None:
 
 def compute_floor(store, bodies: dict, repeats: int) -> dict[str, dict[str, float]]:
     """In-process p50 of the same inputs: the runtime path and the bare model call."""
-    from serving import runtime
-    from serving.schemas import ActionQuery, ActRequest, ImagineRequest
+    from foresight.serving import runtime
+    from foresight.serving.schemas import ActionQuery, ActRequest, ImagineRequest
 
     torch.set_num_threads(SERVER_TORCH_THREADS)  # as in the server
     host = runtime.ModelHost(runtime.refs_from_env(), store, export=False)
@@ -255,7 +255,7 @@ def old_code(ref: str, into: Path) -> Path:
 
 def run_servers(bodies: dict, args, tmp: Path) -> dict:
     """Every endpoint on every server that has it, the servers taking turns cell by cell."""
-    from serving.launch import ServerProcess
+    from foresight.serving.launch import ServerProcess
 
     bench = {"extra": {"FORESIGHT_BENCH_ENDPOINTS": "1"}}  # /echo is off in the product API
     options = {"after": {"batching": True, **bench}, "off": {"batching": False, **bench}}
@@ -428,7 +428,7 @@ def main() -> None:
     os.environ["FORESIGHT_STORE"] = str(tmp / "store")
     os.environ.setdefault("BENTOML_HOME", str(tmp / "bentoml"))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
     from tests.serving.helpers import register_pair, spread_spec
 
     store = Store(str(tmp / "store"))

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.end_to_end import benchmark_parser, measure_training  # noqa: E402
-from training.train import TrainConfig  # noqa: E402
+from foresight.training.loop.train import TrainConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.end_to_end import load_dataset, world_targets  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
+from foresight.training.evaluation.evaluate import evaluate  # noqa: E402
+from foresight.training.loop.train import TrainConfig, train  # noqa: E402
 
 HEADLINE = ("mse", "rollout_mse_10", "coverage_90", "nll")
 

@@ -1,10 +1,10 @@
 """Trajectory data: the contract, log readers, validation, and the versioned store.
 
-Note: this package is named ``datasets`` and shadows the Hugging Face package of that name
-inside this project's environment.
+Imported as ``foresight.datasets`` (the folder is ``datasets/``; pyproject maps the
+``foresight`` namespace onto the layer folders), so it never shadows Hugging Face ``datasets``.
 """
 
-from datasets.catalog import (
+from foresight.datasets.catalog import (
     DatasetError,
     DatasetRef,
     DatasetTable,
@@ -17,9 +17,9 @@ from datasets.catalog import (
     resolve_ref,
     tag_dataset,
 )
-from datasets.ingest import IngestError, IngestResult, ingest_logs
-from datasets.schema import SCHEMA_VERSION, ActionSpec, DatasetSpec, SpecError
-from datasets.storage import StorageError, Store
+from foresight.datasets.ingest import IngestError, IngestResult, ingest_logs
+from foresight.datasets.schema import SCHEMA_VERSION, ActionSpec, DatasetSpec, SpecError
+from foresight.datasets.storage import StorageError, Store
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -20,8 +20,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from datasets.schema import DatasetSpec
-from datasets.storage import StorageError, Store
+from foresight.datasets.schema import DatasetSpec
+from foresight.datasets.storage import StorageError, Store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 TAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")

@@ -2,12 +2,12 @@
 
 The flow, in bounded memory whatever the input size:
 
-1. Read every new source file in blocks (:mod:`datasets.readers`), checksumming it on the
-   way; check each row alone (:func:`datasets.validate.check_rows`). Valid rows are staged
+1. Read every new source file in blocks (:mod:`foresight.datasets.readers`), checksumming it on the
+   way; check each row alone (:func:`foresight.datasets.validate.check_rows`). Valid rows are staged
    on local disk as Arrow IPC, split into buckets by a hash of ``episode_id`` so that every
    episode sits whole in one bucket; rejected rows are staged with their reasons.
 2. Per bucket, check whole episodes (duplicates, contiguous steps, already in the dataset).
-3. Take the dataset's lease (:mod:`datasets.lease`); if another ingest committed since step
+3. Take the dataset's lease (:mod:`foresight.datasets.lease`); if another ingest committed since step
    2 looked, drop the files it ingested and redo the episode checks against the episode ids
    committed now. Commit the quarantined rows to ``<name>__quarantine``, then stream the
    accepted rows of every bucket into the dataset table in a single Delta commit that also
@@ -40,16 +40,16 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from datasets.catalog import META_KEY, QUARANTINE_ARROW, DatasetTable
-from datasets.lease import Lease, LeaseBusy, LeaseLost
-from datasets.readers import (
+from foresight.datasets.catalog import META_KEY, QUARANTINE_ARROW, DatasetTable
+from foresight.datasets.lease import Lease, LeaseBusy, LeaseLost
+from foresight.datasets.readers import (
     SUPPORTED_SUFFIXES,
     iter_chunks,
     open_source,
     peek_records,
     source_format,
 )
-from datasets.schema import (
+from foresight.datasets.schema import (
     ALL_COLUMNS,
     SCHEMA_VERSION,
     SPEC_FILENAME,
@@ -58,8 +58,8 @@ from datasets.schema import (
     SpecError,
     arrow_schema,
 )
-from datasets.storage import FileSystem, StorageError, Store, is_s3
-from datasets.validate import check_episodes, check_rows
+from foresight.datasets.storage import FileSystem, StorageError, Store, is_s3
+from foresight.datasets.validate import check_episodes, check_rows
 
 BUCKET_BYTES = 256 << 20
 """Source bytes per episode bucket; bounds the memory of the episode-level checks."""
@@ -408,7 +408,7 @@ def ingest_logs(
 
 
 def dataset_lease(store: Store, name: str) -> Lease:
-    """The lease every ingest commit into ``name`` holds (see :mod:`datasets.lease`)."""
+    """The lease every ingest commit into ``name`` holds (see :mod:`foresight.datasets.lease`)."""
     return Lease(store, f"{LEASE_FOLDER}/{name}.json")
 
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from datasets.storage import Store
+from foresight.datasets.storage import Store
 
 DEFAULT_TTL = 30.0
 """Seconds without a heartbeat after which a lease counts as abandoned."""

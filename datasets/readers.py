@@ -3,7 +3,7 @@
 Every reader yields :class:`Chunk` objects: ``rows`` holds the records that parsed and have
 the contract's types (plus ``_line``, the 1-based line or row number in the source file);
 ``rejected`` holds the records that did not, each with its reason. Value checks (sizes,
-ranges, NaN) happen later, in :mod:`datasets.validate`, on typed columns.
+ranges, NaN) happen later, in :mod:`foresight.datasets.validate`, on typed columns.
 
 JSONL has a fast path and an exact path. The fast path parses a whole block with polars
 against the contract schema; it is taken only when the block provably holds nothing the
@@ -32,8 +32,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.schema import ALL_COLUMNS, REQUIRED_COLUMNS, DatasetSpec
-from datasets.storage import FileSystem
+from foresight.datasets.schema import ALL_COLUMNS, REQUIRED_COLUMNS, DatasetSpec
+from foresight.datasets.storage import FileSystem
 
 BLOCK_BYTES = 32 << 20
 """JSONL bytes parsed at once: big enough to amortize, small enough to bound memory."""

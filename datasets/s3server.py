@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets.storage import S3Config, StorageError
+from foresight.datasets.storage import S3Config, StorageError
 
 DEFAULT_ACCESS_KEY = "foresight"
 DEFAULT_SECRET_KEY = "foresight-local-secret"

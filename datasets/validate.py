@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from datasets.schema import MAX_CHARS, REQUIRED_COLUMNS, DatasetSpec
+from foresight.datasets.schema import MAX_CHARS, REQUIRED_COLUMNS, DatasetSpec
 
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38

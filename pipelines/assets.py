@@ -6,9 +6,9 @@ annotations of assets and configs at definition time.)
 
 import dagster as dg
 
-from datasets.catalog import DatasetTable
-from datasets.ingest import describe_result, ingest_logs
-from pipelines.resources import ForesightStore
+from foresight.datasets.catalog import DatasetTable
+from foresight.datasets.ingest import describe_result, ingest_logs
+from foresight.pipelines.resources import ForesightStore
 
 
 class IngestConfig(dg.Config):

@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 
 
 def _store(args: argparse.Namespace):
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
 
     return Store(getattr(args, "store", None))
 
@@ -57,44 +57,44 @@ def _fmt(value: Any) -> str:
 
 
 def _dataset_name(value: str) -> None:
-    from datasets.catalog import check_name
+    from foresight.datasets.catalog import check_name
 
     check_name(value)
 
 
 def _dataset_ref(value: str) -> None:
-    from datasets.catalog import DatasetRef
+    from foresight.datasets.catalog import DatasetRef
 
     DatasetRef.parse(value)
 
 
 def _dataset_tag(value: str) -> None:
-    from datasets.catalog import check_tag
+    from foresight.datasets.catalog import check_tag
 
     check_tag(value)
 
 
 def _model_name(value: str) -> None:
-    from training.registry import check_model_name
+    from foresight.training.registry import check_model_name
 
     check_model_name(value)
 
 
 def _model_ref(value: str) -> None:
-    from training.registry import ModelRef
+    from foresight.training.registry import ModelRef
 
     ModelRef.parse(value)
 
 
 def _model_version(value: str) -> None:
-    from training.registry import ModelRef, RegistryError
+    from foresight.training.registry import ModelRef, RegistryError
 
     if ModelRef.parse(value).version is None:
         raise RegistryError(f"expected a version reference name@N, got {value!r}")
 
 
 def _alias(value: str) -> None:
-    from training.registry import check_alias
+    from foresight.training.registry import check_alias
 
     check_alias(value)
 
@@ -172,7 +172,7 @@ def is_storage_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure of the store (S3 or local disk), not of the input."""
     from deltalake.exceptions import DeltaError
 
-    from datasets.storage import StorageConfigError, StorageError
+    from foresight.datasets.storage import StorageConfigError, StorageError
 
     if isinstance(exc, StorageConfigError | FileNotFoundError):
         return False  # reported as they are: they name the setting or the missing file
@@ -183,7 +183,7 @@ def is_storage_failure(exc: BaseException) -> bool:
 
 def storage_failure_text(exc: BaseException, args: argparse.Namespace) -> str:
     """One line: what failed, in which command, at which endpoint or folder, what to check."""
-    from datasets.storage import S3Config, StorageError, is_s3
+    from foresight.datasets.storage import S3Config, StorageError, is_s3
 
     command = " ".join((args.command, *([args.verb] if getattr(args, "verb", None) else [])))
     root = getattr(args, "store", None) or os.environ.get("FORESIGHT_STORE") or "./.foresight"
@@ -213,7 +213,7 @@ def storage_failure_text(exc: BaseException, args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from datasets.sources.generate import generate_episodes
+    from foresight.datasets.sources.generate import generate_episodes
 
     result = generate_episodes(
         env=args.env,
@@ -245,7 +245,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from datasets.ingest import describe_result, ingest_logs
+    from foresight.datasets.ingest import describe_result, ingest_logs
 
     result = ingest_logs(
         args.sources,
@@ -258,7 +258,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from datasets import catalog
+    from foresight.datasets import catalog
 
     store = _store(args)
     if args.verb == "list":
@@ -402,7 +402,7 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
 
 def _launch_distributed(args: argparse.Namespace) -> None:
     """``foresight train ... --nproc N``: the same command under torchrun, N processes."""
-    from datasets.catalog import resolve_ref
+    from foresight.datasets.catalog import resolve_ref
 
     resolve_ref(args.dataset, _store(args))  # a bad reference: one clear error, not N
     cmd = [
@@ -412,7 +412,7 @@ def _launch_distributed(args: argparse.Namespace) -> None:
         "--standalone",
         f"--nproc-per-node={args.nproc}",
         "-m",
-        "pipelines.cli",
+        "foresight.pipelines.cli",
         *_without_nproc(args.argv),
     ]
     code = subprocess.run(cmd).returncode
@@ -421,8 +421,8 @@ def _launch_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.train import TrainConfig, init_distributed
-    from training.workflow import train_and_register
+    from foresight.training.loop.train import TrainConfig, init_distributed
+    from foresight.training.loop.workflow import train_and_register
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
@@ -455,7 +455,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _damaged_weights(exc: Exception, refs: Sequence[str], store) -> ValueError:
     """A weights file that does not deserialize (truncated, overwritten): one clear error."""
-    from training.registry import ModelRegistry, RegistryError
+    from foresight.training.registry import ModelRegistry, RegistryError
 
     resolved = []
     for ref in refs:
@@ -472,7 +472,7 @@ def _damaged_weights(exc: Exception, refs: Sequence[str], store) -> ValueError:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from safetensors import SafetensorError
 
-    from training.workflow import evaluate_registered
+    from foresight.training.loop.workflow import evaluate_registered
 
     store = _store(args)
     try:
@@ -498,7 +498,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from training.registry import ModelRegistry
+    from foresight.training.registry import ModelRegistry
 
     registry = ModelRegistry(_store(args))
     if args.verb == "list":
@@ -579,11 +579,11 @@ def arena_text(d: dict[str, Any]) -> str:
 
 
 def cmd_arena(args: argparse.Namespace) -> None:
-    from training.workflow import run_arena_registered
+    from foresight.training.loop.workflow import run_arena_registered
 
     factories = None
     if args.via_http:
-        from serving.remote import http_factories
+        from foresight.serving.remote import http_factories
 
         factories = http_factories(args.via_http, api_key=os.environ.get("FORESIGHT_API_KEY"))
     from safetensors import SafetensorError
@@ -614,8 +614,8 @@ def cmd_arena(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from serving.launch import serve
-    from serving.runtime import ModelLoadError
+    from foresight.serving.launch import serve
+    from foresight.serving.runtime import ModelLoadError
 
     if args.store:
         os.environ["FORESIGHT_STORE"] = args.store
@@ -637,7 +637,7 @@ def cmd_storage(args: argparse.Namespace) -> None:
     import signal
     import time
 
-    from datasets.s3server import S3Server
+    from foresight.datasets.s3server import S3Server
 
     data_dir = args.dir or os.path.join(os.getcwd(), ".foresight-s3")
     server = S3Server(data_dir=data_dir).start()
@@ -814,10 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check every name, run the command; errors are one line on stderr, exit 2."""
-    from datasets.catalog import DatasetError
-    from datasets.ingest import IngestError
-    from datasets.schema import SpecError
-    from datasets.storage import StorageError
+    from foresight.datasets.catalog import DatasetError
+    from foresight.datasets.ingest import IngestError
+    from foresight.datasets.schema import SpecError
+    from foresight.datasets.storage import StorageError
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

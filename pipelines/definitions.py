@@ -1,4 +1,4 @@
-"""Dagster entry point: ``dagster dev -m pipelines.definitions``."""
+"""Dagster entry point: ``dagster dev -m foresight.pipelines.definitions``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import dagster as dg
 
-from pipelines.assets import ingest_job, trajectory_dataset
-from pipelines.model_assets import (
+from foresight.pipelines.assets import ingest_job, trajectory_dataset
+from foresight.pipelines.model_assets import (
     behavior_model,
     closed_loop_evaluation,
     production_models,
@@ -16,8 +16,8 @@ from pipelines.model_assets import (
     train_job,
     world_model,
 )
-from pipelines.resources import ForesightStore
-from pipelines.sensors import landing_sensor
+from foresight.pipelines.resources import ForesightStore
+from foresight.pipelines.sensors import landing_sensor
 
 
 def _env(name: str, default: str = ""):

@@ -58,12 +58,12 @@ def run(
     """The whole demo; ``episodes``, ``epochs`` and ``arena_episodes`` size it (tests: tiny)."""
     import dagster as dg
 
-    from datasets import catalog
-    from datasets.sources.generate import generate_episodes
-    from datasets.storage import Store
-    from pipelines.cli import _show_text, _table
-    from pipelines.definitions import defs
-    from pipelines.sensors import landing_sensor
+    from foresight.datasets import catalog
+    from foresight.datasets.sources.generate import generate_episodes
+    from foresight.datasets.storage import Store
+    from foresight.pipelines.cli import _show_text, _table
+    from foresight.pipelines.definitions import defs
+    from foresight.pipelines.sensors import landing_sensor
 
     store = Store()
     store.ensure()
@@ -129,8 +129,8 @@ def run(
 
 def headline(store, models: dict[str, str], episodes: int) -> dict:
     """The arena: reactive teams against the anticipatory one, with 95% intervals."""
-    from pipelines.cli import arena_text
-    from training.workflow import run_arena_registered
+    from foresight.pipelines.cli import arena_text
+    from foresight.training.loop.workflow import run_arena_registered
 
     _banner(
         f"7. the headline: {episodes} simple_spread episodes per team, reactive vs anticipatory"
@@ -155,9 +155,9 @@ def train_models(
     store, dataset: str, fast: bool = False, epochs: int | None = None
 ) -> dict[str, str]:
     """Train, evaluate and register both models; promote those that pass to production."""
-    from pipelines.cli import _train_text
-    from training.registry import ModelRegistry
-    from training.workflow import train_and_register
+    from foresight.pipelines.cli import _train_text
+    from foresight.training.loop.workflow import train_and_register
+    from foresight.training.registry import ModelRegistry
 
     registry = ModelRegistry(store)
     refs = {}
@@ -186,7 +186,7 @@ def demo_train_config(kind: str, fast: bool, epochs: int | None = None):
 
     ``epochs`` overrides the epochs of both models (default: :data:`DEMO_EPOCHS`).
     """
-    from training.train import TrainConfig
+    from foresight.training.loop.train import TrainConfig
 
     if fast:
         return TrainConfig(epochs=epochs or 1, max_steps_per_epoch=3, batch_size=64, device="auto")
@@ -197,7 +197,7 @@ def history_from_episode(store, dataset: str, steps: int) -> dict:
     """The first ``steps`` steps of one episode, as the service's history fields."""
     import polars as pl
 
-    from datasets import open_dataset
+    from foresight.datasets import open_dataset
 
     frame = open_dataset(dataset, store).filter(pl.col("step") < steps)
     first = frame.select(pl.col("episode_id").min()).collect().item()
@@ -213,9 +213,9 @@ def query_service(store, dataset: str, models: dict[str, str]) -> None:
     """Start the service on the demo models, call every endpoint through the client, stop."""
     import tempfile
 
-    from datasets.s3server import free_ports
-    from serving.client import ForesightClient
-    from serving.launch import ServerProcess
+    from foresight.datasets.s3server import free_ports
+    from foresight.serving.client import ForesightClient
+    from foresight.serving.launch import ServerProcess
 
     _banner(f"6. serve {models['world']} and {models['behavior']}; query every endpoint")
     port = free_ports(1)[0]

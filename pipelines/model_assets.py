@@ -1,6 +1,6 @@
 """Dagster assets for the models: train + evaluate + register, a quality check, promotion.
 
-Each model asset calls :func:`training.workflow.train_and_register` and reports the new
+Each model asset calls :func:`foresight.training.loop.workflow.train_and_register` and reports the new
 version, its dataset lineage and its metrics next to the baselines. Its blocking asset check
 ``beats_baselines`` fails when the model does not beat every baseline, and a failed check
 stops the run before ``staging_models``: a model that fails is never promoted.
@@ -12,11 +12,15 @@ import os
 
 import dagster as dg
 
-from pipelines.assets import trajectory_dataset
-from pipelines.resources import ForesightStore
-from training.registry import ModelRegistry
-from training.train import TrainConfig
-from training.workflow import beats_reactive, run_arena_registered, train_and_register
+from foresight.pipelines.assets import trajectory_dataset
+from foresight.pipelines.resources import ForesightStore
+from foresight.training.loop.train import TrainConfig
+from foresight.training.loop.workflow import (
+    beats_reactive,
+    run_arena_registered,
+    train_and_register,
+)
+from foresight.training.registry import ModelRegistry
 
 CHECK = "beats_baselines"
 

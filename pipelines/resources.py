@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from datasets.storage import S3Config, Store
+from foresight.datasets.storage import S3Config, Store
 
 
 class ForesightStore(dg.ConfigurableResource):
     """The store root and, for ``s3://`` roots, the S3 endpoint and credentials.
 
-    Values come through ``dg.EnvVar`` in :mod:`pipelines.definitions`; nothing secret is
+    Values come through ``dg.EnvVar`` in :mod:`foresight.pipelines.definitions`; nothing secret is
     written in code. An empty ``s3_endpoint`` means a local folder.
     """
 

@@ -10,11 +10,11 @@ import json
 
 import dagster as dg
 
-from datasets.catalog import NAME_RE, DatasetTable
-from datasets.readers import source_format
-from datasets.schema import SPEC_FILENAME
-from pipelines.assets import ingest_job
-from pipelines.resources import ForesightStore
+from foresight.datasets.catalog import NAME_RE, DatasetTable
+from foresight.datasets.readers import source_format
+from foresight.datasets.schema import SPEC_FILENAME
+from foresight.pipelines.assets import ingest_job
+from foresight.pipelines.resources import ForesightStore
 
 INGEST_TAG = "foresight/ingest"
 """Run tag holding the dataset an ingest run writes; the run queue allows one per value."""

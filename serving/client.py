@@ -1,13 +1,13 @@
 """Typed Python client of the Foresight service (sync and async, on httpx).
 
-    from serving.client import ForesightClient
-    from serving.schemas import ActionQuery
+    from foresight.serving.client import ForesightClient
+    from foresight.serving.schemas import ActionQuery
 
     with ForesightClient("http://127.0.0.1:3000", api_key=None) as fs:
         [pred] = fs.predict_actions([ActionQuery(obs={"agent_0": [[...18 floats...]]})])
         pred.agents["agent_0"].probs
 
-Requests are the pydantic types of :mod:`serving.schemas` (or plain dicts of the same
+Requests are the pydantic types of :mod:`foresight.serving.schemas` (or plain dicts of the same
 shape), checked here before they are sent; answers come back as the response types. A
 4xx/5xx raises :class:`ForesightError` carrying the status and the server's message.
 """
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from serving.schemas import (
+from foresight.serving.schemas import (
     SERVER_CHECKS,
     ActionPrediction,
     ActionQuery,

@@ -1,7 +1,7 @@
 """Fast response writing for the batchable JSON endpoints.
 
 BentoML writes an answer by validating it again into its root model (a list of
-:class:`~serving.schemas.ActionPrediction`), dumping that to dicts and those to JSON with
+:class:`~foresight.serving.schemas.ActionPrediction`), dumping that to dicts and those to JSON with
 the standard library. :func:`install` replaces that step, for one API method, with
 ``orjson`` writing the answer objects from their fields: the same JSON document.
 

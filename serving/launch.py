@@ -2,7 +2,7 @@
 
     serve(port=3000, world="world@production", behavior="behavior@production")
 
-runs ``bentoml serve serving.service:Foresight`` in a child process with the references in
+runs ``bentoml serve foresight.serving.service:Foresight`` in a child process with the references in
 its environment. The models are loaded here first, weights included: ``bentoml serve``
 restarts a worker whose start-up fails, forever, so a reference that does not resolve or a
 truncated ``weights.safetensors`` would otherwise show up only as a loop of tracebacks.
@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from datasets.storage import Store
-from serving.runtime import ENV_REFS, ROLES, SOURCE_ENV, ModelLoadError, refs_from_env
-from training.registry import ModelRegistry, RegistryError
+from foresight.datasets.storage import Store
+from foresight.serving.runtime import ENV_REFS, ROLES, SOURCE_ENV, ModelLoadError, refs_from_env
+from foresight.training.registry import ModelRegistry, RegistryError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE = "serving.service:Foresight"
+SERVICE = "foresight.serving.service:Foresight"
 OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.json"
 
 
@@ -58,7 +60,7 @@ def check_refs(refs: Mapping[str, str], store: Store | None = None) -> dict[str,
 def check_models(refs: Mapping[str, str], store: Store | None = None) -> dict[str, str]:
     """Resolve and load each role's model, weights included, or ModelLoadError naming the
     version: what the server's worker would do at start-up, once, in this process."""
-    from serving.runtime import load_model_ref
+    from foresight.serving.runtime import load_model_ref
 
     store = store or Store.from_env()
     resolved = check_refs(refs, store)
@@ -95,7 +97,6 @@ def server_env(
         env["FORESIGHT_RELOAD_SECONDS"] = str(reload_seconds)
     env["FORESIGHT_BATCHING"] = "1" if batching else "0"
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 
@@ -210,7 +211,8 @@ class ServerProcess:
         self.env = server_env(**env_options)
         self.cwd = Path(code_dir) if code_dir else REPO_ROOT
         if code_dir:
-            self.env["PYTHONPATH"] = os.pathsep.join([str(code_dir), self.env["PYTHONPATH"]])
+            path = [str(code_dir), self.env.get("PYTHONPATH", "")]
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen | None = None
 
@@ -260,8 +262,8 @@ class ServerProcess:
 def openapi_spec() -> dict[str, Any]:
     """The service's OpenAPI document (what ``/docs.json`` serves), without importing models;
     without the benchmarking endpoints, as the product API."""
-    from serving.middleware import public_spec
-    from serving.service import Foresight
+    from foresight.serving.middleware import public_spec
+    from foresight.serving.service import Foresight
 
     return public_spec(Foresight.openapi_spec.asdict())
 
@@ -278,6 +280,20 @@ def write_openapi(path: str | os.PathLike = OPENAPI_PATH) -> Path:
     return path
 
 
+def stage_bento(context: str | os.PathLike) -> str:
+    """The bento's build context: bentofile.yaml and the layers the service imports, laid out
+    under ``foresight/`` as they are installed (the repo keeps them at its root)."""
+    context = Path(context)
+    shutil.copy(REPO_ROOT / "bentofile.yaml", context / "bentofile.yaml")
+    for layer in ("datasets", "training", "serving"):
+        shutil.copytree(
+            REPO_ROOT / layer,
+            context / "foresight" / layer,
+            ignore=shutil.ignore_patterns("__pycache__", "README.md"),
+        )
+    return str(context)
+
+
 def build_bento(world: str | None = None, behavior: str | None = None) -> str:
     """Put the referenced versions into BentoML's model store and ``bentoml build``; the tag.
 
@@ -285,19 +301,19 @@ def build_bento(world: str | None = None, behavior: str | None = None) -> str:
     ``foresight-behavior``, latest); its container serves them with
     FORESIGHT_MODEL_SOURCE=bento, no store needed.
     """
-    from serving.runtime import load_model_ref
+    from foresight.serving.runtime import load_model_ref
 
     refs = refs_from_env(world, behavior)
     check_refs(refs)
     for role in ROLES:
         load_model_ref(role, refs[role], Store.from_env())  # exports as a side effect
-    out = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag", str(REPO_ROOT)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
+    with tempfile.TemporaryDirectory(prefix="foresight-bento-") as context:
+        out = subprocess.run(
+            [sys.executable, "-m", "bentoml", "build", "--output", "tag", stage_bento(context)],
+            cwd=context,
+            capture_output=True,
+            text=True,
+        )
     if out.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
@@ -307,4 +323,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["openapi"]:
         print(write_openapi())
     else:
-        sys.exit("usage: python -m serving.launch openapi   (rewrites serving/openapi.json)")
+        sys.exit(
+            "usage: python -m foresight.serving.launch openapi   (rewrites serving/openapi.json)"
+        )

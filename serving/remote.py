@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.client import ForesightClient
-from training.arena import EpisodeInfo
-from training.planning import JointHistory
+from foresight.serving.client import ForesightClient
+from foresight.training.agents.arena import EpisodeInfo
+from foresight.training.agents.planning import JointHistory
 
 
 def history_body(history: JointHistory) -> dict[str, Any]:

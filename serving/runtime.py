@@ -5,7 +5,7 @@ built bento, from BentoML's model store), keeps them as one immutable :class:`Mo
 and swaps in a new set when an alias moves. A request takes the current set once and uses
 it to the end, so a swap never disturbs requests in flight.
 
-The predict functions turn parsed requests (:mod:`serving.schemas`) into model windows,
+The predict functions turn parsed requests (:mod:`foresight.serving.schemas`) into model windows,
 batch queries that share an agent layout, and turn the model's tensors back into response
 types.
 """
@@ -25,12 +25,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from datasets.storage import Store
-from serving import schemas as S
-from training.data import Window
-from training.planning import JointHistory, Planner, PlannerConfig
-from training.registry import ModelRef, ModelRegistry, RegistryError, load_registered
-from training.world_model import imagine
+from foresight.datasets.storage import Store
+from foresight.serving import schemas as S
+from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig
+from foresight.training.data import Window
+from foresight.training.models.world_model import imagine
+from foresight.training.registry import ModelRef, ModelRegistry, RegistryError, load_registered
 
 log = logging.getLogger("foresight.serving")
 
@@ -119,7 +119,7 @@ def export_to_bento(role: Role, loaded: LoadedModel, aliases: list[str]) -> str:
     from bentoml.exceptions import NotFound
     from safetensors.torch import save_file
 
-    from training.train import model_state
+    from foresight.training.loop.train import model_state
 
     tag = bento_tag_for(role, loaded.card)
     try:
@@ -146,7 +146,7 @@ def _load_from_bento(role: Role, ref: str) -> LoadedModel:
     import bentoml
     from safetensors.torch import load_file
 
-    from training.train import load_model
+    from foresight.training.loop.train import load_model
 
     parsed = ModelRef.parse(ref)
     candidates = []

@@ -1,6 +1,6 @@
 """The Foresight BentoML service: world and behavior models behind a JSON API.
 
-    bentoml serve serving.service:Foresight      # or: foresight serve --port 3000
+    bentoml serve foresight.serving.service:Foresight      # or: foresight serve --port 3000
 
 Configuration (environment, read at start-up):
 
@@ -13,7 +13,7 @@ Configuration (environment, read at start-up):
     FORESIGHT_MAX_BODY_BYTES   largest request body           (default 8 MiB)
     FORESIGHT_BODY_TIMEOUT_S, FORESIGHT_MAX_CLIENT_REQUESTS, FORESIGHT_MAX_REQUESTS,
     FORESIGHT_HEAVY_QUEUE, FORESIGHT_BENCH_ENDPOINTS: limits against hostile clients
-                               and the /echo endpoint (see serving.middleware)
+                               and the /echo endpoint (see foresight.serving.middleware)
     FORESIGHT_MODEL_SOURCE     registry (default) | bento (the versions packaged in a bento)
     FORESIGHT_BATCHING         1 (default) | 0: adaptive batching off (for benchmarks)
     FORESIGHT_TORCH_THREADS    torch intra-op threads (default 1: small models answer
@@ -45,7 +45,7 @@ run on the event loop, because handing ~1 ms of model work to a thread and back 
 wake-ups and GIL hand-offs (ms each on a loaded machine); large batches run in one model
 thread, /imagine and /act in another. The garbage collector is tuned at start-up
 (:meth:`Foresight.tune_garbage_collector`) and batched answers are written by orjson
-(:mod:`serving.fastio`). /act plans with one :class:`~training.planning.Planner` built
+(:mod:`foresight.serving.fastio`). /act plans with one :class:`~foresight.training.agents.planning.Planner` built
 from the served models (rebuilt when a reload swaps them).
 """
 
@@ -66,9 +66,9 @@ from bentoml.exceptions import BadInput, BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field
 
-from serving import fastio, runtime
-from serving.middleware import ForesightMiddleware
-from serving.schemas import (
+from foresight.serving import fastio, runtime
+from foresight.serving.middleware import ForesightMiddleware
+from foresight.serving.schemas import (
     MAX_QUERIES,
     ActionPrediction,
     ActionQuery,
@@ -168,7 +168,7 @@ def _reload_seconds() -> float:
     workers=1,
     threads=1,
     # No BentoML max_concurrency: it counts a request from its headers on, so clients that
-    # stall mid-body filled it (every request got 429). serving.middleware limits instead.
+    # stall mid-body filled it (every request got 429). foresight.serving.middleware limits instead.
     traffic={"timeout": 60},
     # Tracing samples nothing unless configured, yet its middleware opens a span per
     # request and per body chunk sent or received (~0.2 ms a request, measured): the API
@@ -305,7 +305,7 @@ class Foresight:
     @bentoml.api(route="/echo")
     async def echo(self, message: str = "") -> EchoResponse:
         """Returns its input: the cost of HTTP and JSON alone. Benchmarks only: 404 unless
-        FORESIGHT_BENCH_ENDPOINTS=1 (serving.middleware)."""
+        FORESIGHT_BENCH_ENDPOINTS=1 (foresight.serving.middleware)."""
         return EchoResponse(message=message)
 
 

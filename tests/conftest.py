@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from datasets.s3server import S3Server
-from datasets.storage import Store
+from foresight.datasets.s3server import S3Server
+from foresight.datasets.storage import Store
 
 
 @pytest.fixture(scope="session", autouse=True)

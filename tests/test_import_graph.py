@@ -17,10 +17,15 @@ ALLOWED = {
 
 
 def _module_name(path: Path) -> str:
+    """``training/loop/train.py`` -> ``foresight.training.loop.train`` (the import name)."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join(["foresight", *parts])
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -81,7 +86,7 @@ def test_find_cycle_sees_a_cycle():
 
 def test_package_init_imports_are_ours_when_a_package_re_exports():
     # a parent package counts as an import target (``import datasets`` -> datasets/__init__.py)
-    assert "datasets.storage" in import_graph()["datasets.catalog"]
+    assert "foresight.datasets.storage" in import_graph()["foresight.datasets.catalog"]
 
 
 def test_no_import_cycle_between_our_modules():
@@ -97,6 +102,18 @@ def test_each_layer_imports_only_the_layers_below():
         f"{name} imports {target}"
         for name, targets in import_graph().items()
         for target in targets
-        if target.split(".")[0] not in ALLOWED[name.split(".")[0]]
+        if _layer(target) not in ALLOWED[_layer(name)]
     ]
     assert not wrong, wrong
+
+
+def test_our_modules_are_imported_only_by_their_namespaced_names():
+    """``import datasets`` would load Hugging Face's package (or ours twice, under two names)."""
+    bare = []
+    for path in (p for pkg in (*PACKAGES, "tests", "bench") for p in (ROOT / pkg).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bare += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare, bare

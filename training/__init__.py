@@ -1,10 +1,10 @@
-"""Training: tensors from a dataset, world and behavior models, training loop, baselines,
-evaluation and imagination rollouts.
+"""Training: tensors from a dataset version, the models, their training loop, evaluation, the
+registry and the agents that plan with them.
 
-- :mod:`training.data`: trajectory table -> dense tensors, windows by index, episode split.
-- :mod:`training.world_model`: ``WorldModel`` (next observation, reward, termination) and
-  :func:`~training.world_model.imagine`.
-- :mod:`training.behavior_model`: ``BehaviorModel`` (each agent's next action).
-- :mod:`training.train`: ``train``, ``TrainConfig``, ``build_model``, ``model_state``.
-- :mod:`training.baselines`, :mod:`training.evaluate`: baselines, metrics, reports.
+- :mod:`.data`: trajectory table -> dense tensors, windows by index, episode split.
+- :mod:`.models`: the world model and the behavior model.
+- :mod:`.loop`: the training loop and the train-evaluate-register workflow.
+- :mod:`.evaluation`: baselines, metrics, reports, quality gates.
+- :mod:`.registry`: model versions, cards and aliases.
+- :mod:`.agents`: the planner and the arena.
 """

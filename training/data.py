@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from datasets.schema import REQUIRED_COLUMNS, DatasetSpec
+from foresight.datasets.schema import REQUIRED_COLUMNS, DatasetSpec
 
 
 @dataclass

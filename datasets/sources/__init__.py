@@ -6,8 +6,8 @@
 - :func:`generate_episodes` records a whole dataset of one env and policy.
 """
 
-from datasets.sources.generate import GenerateResult, generate_episodes, make_env
-from datasets.sources.policies import (
+from foresight.datasets.sources.generate import GenerateResult, generate_episodes, make_env
+from foresight.datasets.sources.policies import (
     POLICY_NAMES,
     SUPPORTED_ENVS,
     GreedyPolicy,
@@ -17,7 +17,7 @@ from datasets.sources.policies import (
     make_policy,
     resolve_env_name,
 )
-from datasets.sources.recorder import EpisodeStats, TrajectoryRecorder
+from foresight.datasets.sources.recorder import EpisodeStats, TrajectoryRecorder
 
 __all__ = [
     "POLICY_NAMES",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.sources.policies import (
+from foresight.datasets.sources.policies import (
     CONTROLLERS,
     ReferenceController,
     SpreadController,

@@ -16,13 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
-from datasets.sources.policies import POLICY_NAMES, SUPPORTED_ENVS, make_policy, resolve_env_name
-from datasets.sources.recorder import TrajectoryRecorder
+from foresight.datasets.sources.policies import (
+    POLICY_NAMES,
+    SUPPORTED_ENVS,
+    make_policy,
+    resolve_env_name,
+)
+from foresight.datasets.sources.recorder import TrajectoryRecorder
 
 if TYPE_CHECKING:
     from pettingzoo import ParallelEnv
 
-    from datasets.storage import FileSystem
+    from foresight.datasets.storage import FileSystem
 
 
 @dataclass
@@ -76,7 +81,7 @@ def generate_episodes(
     ``out`` is a local folder or ``s3://bucket/prefix``; files are
     ``{env}-s{seed}-part{k:04d}.jsonl[.gz]`` plus ``foresight_spec.json``. ``policy`` is one of
     ``random``, ``greedy``, ``noisy``, ``mixed``; ``policy_params`` go to
-    :func:`~datasets.sources.policies.make_policy` (e.g. ``{"epsilon": 0.1}``).
+    :func:`~foresight.datasets.sources.policies.make_policy` (e.g. ``{"epsilon": 0.1}``).
     """
     name = resolve_env_name(env)
     if policy not in POLICY_NAMES:
@@ -101,7 +106,7 @@ def generate_episodes(
         "seed": seed,
         "episodes": episodes,
         "max_cycles": max_cycles,
-        "generator": "datasets.sources.generate_episodes",
+        "generator": "foresight.datasets.sources.generate_episodes",
     }
     indices: Any = range(episodes)
     if progress:

@@ -6,7 +6,7 @@ Users wrap their own environment and policy::
         for i in range(100):
             recorder.record_episode(policy, seed=i)
 
-Each line is one ``(episode_id, step, agent_id)`` row (see :mod:`datasets.schema`): what the
+Each line is one ``(episode_id, step, agent_id)`` row (see :mod:`foresight.datasets.schema`): what the
 agent saw at ``step``, what it did, what it received, and whether it was then terminated or
 truncated. Agents that leave the episode stop having rows. Files rotate every
 ``episodes_per_file`` episodes and become visible only when complete (a hidden temp name then
@@ -30,13 +30,13 @@ import numpy as np
 import orjson
 from gymnasium import spaces
 
-from datasets.schema import SPEC_FILENAME, ActionSpec, DatasetSpec, SpecError
-from datasets.storage import FileSystem, is_s3, join
+from foresight.datasets.schema import SPEC_FILENAME, ActionSpec, DatasetSpec, SpecError
+from foresight.datasets.storage import FileSystem, is_s3, join
 
 if TYPE_CHECKING:
     from pettingzoo import ParallelEnv
 
-    from datasets.sources.policies import Policy
+    from foresight.datasets.sources.policies import Policy
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from datasets.schema import SPEC_FILENAME, ActionSpec, DatasetSpec
+from foresight.datasets.schema import SPEC_FILENAME, ActionSpec, DatasetSpec
 
 OBS = 4
 AGENTS = ("a0", "a1", "a2")

@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from datasets import DatasetError, DatasetRef, dataset_stats, ingest_logs, open_dataset
-from datasets.storage import S3Config, StorageError, Store
-from pipelines.cli import main
+from foresight.datasets import DatasetError, DatasetRef, dataset_stats, ingest_logs, open_dataset
+from foresight.datasets.storage import S3Config, StorageError, Store
+from foresight.pipelines.cli import main
 from tests.datasets.helpers import episode_rows, episodes, write_jsonl
 
 
@@ -113,7 +113,7 @@ def test_s3_errors_name_the_endpoint(s3_server, tmp_path):
 def _tag_many(root: str, env: dict, worker: int, count: int) -> None:
     import os
 
-    from datasets.catalog import DatasetTable
+    from foresight.datasets.catalog import DatasetTable
 
     os.environ.update(env)
     table = DatasetTable(Store(root), "toy")
@@ -137,7 +137,7 @@ def test_concurrent_tags_lose_nothing(store, tmp_path, round_):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    from datasets.catalog import DatasetTable
+    from foresight.datasets.catalog import DatasetTable
 
     table = DatasetTable(store, "toy")
     expected = {f"w{w}_{i}": i % 2 for w in range(4) for i in range(8)}

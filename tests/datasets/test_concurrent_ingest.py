@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datasets import DatasetTable, ingest_logs, open_dataset
-from datasets.catalog import META_KEY
+from foresight.datasets import DatasetTable, ingest_logs, open_dataset
+from foresight.datasets.catalog import META_KEY
 from tests.datasets.helpers import episode_rows, write_jsonl
 
 PROCESSES = 3
@@ -25,7 +25,16 @@ def _start_ingest(store, source: str, extra_env: dict | None = None) -> subproce
     env = {k: v for k, v in os.environ.items() if k != "FORESIGHT_FAULT"}
     env.update({"FORESIGHT_STORE": store.root, **(extra_env or {})})
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "ingest", source, "--dataset", "toy", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "foresight.pipelines.cli",
+            "ingest",
+            source,
+            "--dataset",
+            "toy",
+            "--json",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -181,8 +190,8 @@ def _hold_lease(root: str, env: dict, ttl: float, ready: str) -> None:
     import time
 
     os.environ.update(env)
-    from datasets.lease import Lease
-    from datasets.storage import Store
+    from foresight.datasets.lease import Lease
+    from foresight.datasets.storage import Store
 
     Lease(Store(root), "leases/datasets/toy.json", ttl=ttl).acquire()
     Path(ready).write_text(str(os.getpid()))
@@ -197,7 +206,7 @@ def test_lease_of_a_killed_holder_is_taken_over(store, tmp_path):
     import signal
     import time
 
-    from datasets.lease import Lease, LeaseBusy
+    from foresight.datasets.lease import Lease, LeaseBusy
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "FORESIGHT_S3"))}
     ctx = mp.get_context("spawn")

@@ -8,7 +8,7 @@ import multiprocessing as mp
 
 import pytest
 
-from datasets.storage import Store
+from foresight.datasets.storage import Store
 
 
 def test_write_if_exclusive_and_compare_and_swap(store: Store):

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datasets import DatasetTable, IngestError, ingest_logs, open_dataset
-from datasets.schema import MAX_ID_CHARS, MAX_INFO_CHARS, ActionSpec, DatasetSpec
-from datasets.storage import Store
+from foresight.datasets import DatasetTable, IngestError, ingest_logs, open_dataset
+from foresight.datasets.schema import MAX_ID_CHARS, MAX_INFO_CHARS, ActionSpec, DatasetSpec
+from foresight.datasets.storage import Store
 from tests.datasets.helpers import ABSENT, write_records
 
 FORMATS = ("jsonl", "jsonl-exact", "parquet", "csv")
@@ -500,7 +500,7 @@ def test_not_utf8_line_is_quarantined_not_altered(tmp_path):
 
 def test_plain_jsonl_cases_take_the_fast_path(tmp_path):
     """Guards the table: ``jsonl`` and ``jsonl-exact`` must exercise different parsers."""
-    from datasets.readers import _parse_block_fast, input_schema
+    from foresight.datasets.readers import _parse_block_fast, input_schema
 
     path = write_records(tmp_path / "v.jsonl", [base_record("discrete", "v")], "jsonl")
     block = path.read_bytes()

@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 from deltalake.exceptions import DeltaError
 
-from datasets import DatasetTable, IngestError, ingest_logs, open_dataset
-from datasets import ingest as ingest_module
-from datasets.ingest import InjectedFault
-from datasets.schema import SPEC_FILENAME
+from foresight.datasets import DatasetTable, IngestError, ingest_logs, open_dataset
+from foresight.datasets import ingest as ingest_module
+from foresight.datasets.ingest import InjectedFault
+from foresight.datasets.schema import SPEC_FILENAME
 from tests.datasets.helpers import OBS, episode_rows, episodes, spec, write_jsonl
 
 
@@ -204,7 +204,7 @@ def test_killed_ingest_process_leaves_no_partial_version(store, tmp_path):
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "foresight.pipelines.cli",
             "ingest",
             str(tmp_path / "b.jsonl"),
             "--dataset",

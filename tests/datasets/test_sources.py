@@ -14,8 +14,8 @@ import pytest
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from datasets.schema import SPEC_FILENAME, DatasetSpec, SpecError
-from datasets.sources import (
+from foresight.datasets.schema import SPEC_FILENAME, DatasetSpec, SpecError
+from foresight.datasets.sources import (
     POLICY_NAMES,
     SUPPORTED_ENVS,
     RandomPolicy,

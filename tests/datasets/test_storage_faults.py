@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.s3server import S3Server
+from foresight.datasets.s3server import S3Server
 
 # Far above what the configured bounds allow (a few seconds), far below the minutes an
 # unbounded client waits on a silent server.
@@ -76,7 +76,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def foresight(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "foresight.pipelines.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -92,7 +92,7 @@ def write_logs(folder: Path, episodes: int, files: int = 1) -> Path:
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "foresight.pipelines.cli",
             "generate",
             "--env",
             "simple_spread",
@@ -177,7 +177,15 @@ def test_s3_server_killed_mid_ingest(tmp_path):
             FORESIGHT_S3_RETRIES="1",
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "ingest", str(logs), "--dataset", "big"],
+            [
+                sys.executable,
+                "-m",
+                "foresight.pipelines.cli",
+                "ingest",
+                str(logs),
+                "--dataset",
+                "big",
+            ],
             env=env,
             cwd=tmp_path,
             stdout=subprocess.PIPE,

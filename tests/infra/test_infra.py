@@ -297,7 +297,7 @@ def test_code_location_serves_our_definitions_where_the_workspace_looks():
     services = compose()["services"]
     command = services["code-location"]["command"]
     assert command[:3] in (["dagster", "code-server", "start"], ["dagster", "api", "grpc"])
-    assert command[command.index("-m") + 1] == "pipelines.definitions"
+    assert command[command.index("-m") + 1] == "foresight.pipelines.definitions"
     assert command[command.index("-h") + 1] == "0.0.0.0"
     port = int(command[command.index("-p") + 1])
     (entry,) = load_yaml("workspace.yaml")["load_from"]
@@ -425,9 +425,8 @@ def test_images_are_slim_non_root_and_copy_every_package(dockerfile):
     # COPY src... dest: every word but the last is a path in the build context (the repo root).
     copied = {word for kind, args in steps if kind == "COPY" for word in args.split()[:-1]}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {
-        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    }
+    # the package folders: foresight.<layer>... lives in <layer>/ (package-dir maps foresight)
+    packages = {p.split(".")[1] for p in pyproject["tool"]["setuptools"]["packages"]}
     assert packages | {"pyproject.toml", "README.md"} <= copied
     for path in copied:
         assert (ROOT / path).exists(), f"{dockerfile} copies missing {path}"
@@ -437,7 +436,7 @@ def test_images_are_slim_non_root_and_copy_every_package(dockerfile):
 def test_code_image_serves_the_definitions_and_has_the_deployment_extras():
     steps = dict(dockerfile_instructions("Dockerfile.code"))
     command = exec_form(steps["CMD"])
-    assert command[command.index("-m") + 1] == "pipelines.definitions"
+    assert command[command.index("-m") + 1] == "foresight.pipelines.definitions"
     assert steps["EXPOSE"] == command[command.index("-p") + 1] == "4000"
     extras = {
         req.split("==")[0] for reqs in dockerfile_pip_installs("Dockerfile.code") for req in reqs
@@ -537,7 +536,7 @@ def test_helm_values_use_the_charts_keys():
     assert isinstance(image["repository"], str) and image["repository"]
     assert isinstance(image["tag"], str), "quote the tag: the chart expects a string"
     assert image["pullPolicy"] in {"Always", "IfNotPresent", "Never"}
-    assert deployment["dagsterApiGrpcArgs"] == ["-m", "pipelines.definitions"]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "foresight.pipelines.definitions"]
     assert isinstance(deployment["port"], int)
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert set(values["runLauncher"]["config"]) == {"k8sRunLauncher"}

@@ -11,8 +11,8 @@ import time
 
 import polars as pl
 
-from datasets.storage import S3Config, Store
-from pipelines.cli import main
+from foresight.datasets.storage import S3Config, Store
+from foresight.pipelines.cli import main
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -77,7 +77,7 @@ def test_storage_up_serves_s3_until_stopped(tmp_path):
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "foresight.pipelines.cli",
             "storage",
             "up",
             "--dir",
@@ -132,7 +132,7 @@ def test_open_dataset_gives_lazyframe(store, tmp_path, capsys):
         out,
     )
     run_cli(capsys, "ingest", out, "--dataset", "tag")
-    import datasets
+    from foresight import datasets
 
     frame = datasets.open_dataset("tag@0", store)
     assert isinstance(frame, pl.LazyFrame)
@@ -148,7 +148,7 @@ def test_open_dataset_gives_lazyframe(store, tmp_path, capsys):
 def test_models_list_names_a_truncated_card_and_lists_the_rest(tmp_path, capsys, monkeypatch):
     import torch
 
-    from training.registry import ModelRegistry
+    from foresight.training.registry import ModelRegistry
 
     store = Store(str(tmp_path / "store"))
     monkeypatch.setenv("FORESIGHT_STORE", store.root)

@@ -1,6 +1,6 @@
 """Every `foresight` command's documented errors, as one table: argv -> exit code, stderr.
 
-The bulk runs in process (``pipelines.cli.main``) against a copy of one small store: a dataset
+The bulk runs in process (``foresight.pipelines.cli.main``) against a copy of one small store: a dataset
 ``spread@0`` and three versions of a really trained world model (production moved 2 -> 3).
 A few cases run the CLI as a subprocess, where what matters is what the process did or did
 not do: no training for a bad ``--name``, no folder for a bad dataset name, no file touched
@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from datasets.storage import Store
-from pipelines.cli import main
+from foresight.datasets.storage import Store
+from foresight.pipelines.cli import main
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A store built once per module; each test gets its own copy (see ``store_copy``)."""
-    from datasets.ingest import ingest_logs
-    from datasets.sources.generate import generate_episodes
-    from training.registry import ModelRegistry
-    from training.train import TrainConfig
-    from training.workflow import train_and_register
+    from foresight.datasets.ingest import ingest_logs
+    from foresight.datasets.sources.generate import generate_episodes
+    from foresight.training.loop.train import TrainConfig
+    from foresight.training.loop.workflow import train_and_register
+    from foresight.training.registry import ModelRegistry
 
     base = tmp_path_factory.mktemp("cli-table")
     store = Store(str(base / "store"))
@@ -172,7 +172,7 @@ def test_cli_table(store_copy, capsys, argv, code, fragment):
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "foresight.pipelines.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

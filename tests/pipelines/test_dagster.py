@@ -6,11 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from datasets import open_dataset
-from pipelines.assets import trajectory_dataset
-from pipelines.definitions import defs
-from pipelines.resources import ForesightStore
-from pipelines.sensors import landing_sensor
+from foresight.datasets import open_dataset
+from foresight.pipelines.assets import trajectory_dataset
+from foresight.pipelines.definitions import defs
+from foresight.pipelines.resources import ForesightStore
+from foresight.pipelines.sensors import landing_sensor
 from tests.datasets.helpers import episodes, write_jsonl
 
 
@@ -67,7 +67,7 @@ def test_sensor_requests_each_new_file_exactly_once(store, tmp_path):
 
 
 def test_sensor_finds_files_in_a_store_under_a_dot_folder_and_skips_temp_names(tmp_path):
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
 
     store = Store(str(tmp_path / ".foresight"))  # the default store root is a dot-folder
     landed = land(store, tmp_path, "a.jsonl", episodes(2))
@@ -129,7 +129,7 @@ def test_run_queue_starts_one_ingest_per_dataset_and_never_blocks_other_datasets
         QueuedRunCoordinatorDaemon,
     )
 
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
 
     store = Store(str(tmp_path / "store"))
     resources = {"foresight_store": resource_for(store)}
@@ -147,7 +147,7 @@ def test_run_queue_starts_one_ingest_per_dataset_and_never_blocks_other_datasets
     origin = RemoteJobOrigin(
         repository_origin=RemoteRepositoryOrigin(
             code_location_origin=InProcessCodeLocationOrigin(
-                LoadableTargetOrigin(module_name="pipelines.definitions")
+                LoadableTargetOrigin(module_name="foresight.pipelines.definitions")
             ),
             repository_name="__repository__",
         ),
@@ -189,7 +189,7 @@ def _materialize_ingest(root: str, env: dict, uri: str, out: str, start) -> None
     import os
 
     os.environ.update(env)
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
 
     start.wait()  # every run starts together, once all processes have imported Dagster
     result = dg.materialize(

@@ -1,4 +1,4 @@
-"""`dagster dev -m pipelines.definitions` for real: the UI's GraphQL lists our asset and sensor."""
+"""`dagster dev -m foresight.pipelines.definitions` for real: the UI's GraphQL lists our asset and sensor."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.s3server import free_ports
+from foresight.datasets.s3server import free_ports
 
 QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
   name sensors { name } assetNodes { assetKey { path } } jobs { name } } } } }"""
@@ -28,7 +28,16 @@ def test_dagster_dev_shows_assets_and_sensor(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home), "FORESIGHT_STORE": str(tmp_path / "store")}
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.Popen(
-        [str(dagster), "dev", "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(dagster),
+            "dev",
+            "-m",
+            "foresight.pipelines.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -17,9 +17,10 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 
-from datasets.sources.generate import generate_episodes
-from datasets.storage import Store
-from training import arena, workflow
+from foresight.datasets.sources.generate import generate_episodes
+from foresight.datasets.storage import Store
+from foresight.training.agents import arena
+from foresight.training.loop import workflow
 
 URL = os.environ.get("FORESIGHT_TEST_POSTGRES")
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +96,8 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
         arena.DEFAULT_FACTORIES, "anticipatory", arena.DEFAULT_FACTORIES["scripted-anticipation"]
     )
 
-    from pipelines.definitions import defs
-    from pipelines.sensors import landing_sensor
+    from foresight.pipelines.definitions import defs
+    from foresight.pipelines.sensors import landing_sensor
 
     instance = dg.DagsterInstance.get()
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"

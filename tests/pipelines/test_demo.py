@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_tiny(tmp_path):
         **{k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "FORESIGHT_STORE"}},
         "FORESIGHT_STORE": str(store),
     }
-    cmd = [sys.executable, "-m", "pipelines.demo", "--episodes", "12", "--fast"]
+    cmd = [sys.executable, "-m", "foresight.pipelines.demo", "--episodes", "12", "--fast"]
     cmd += ["--epochs", "1", "--arena-episodes", "2"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,7 +39,7 @@ def test_demo_runs_end_to_end_tiny(tmp_path):
 
     # Run again: the seeded landing files are already ingested, nothing new is added.
     again = subprocess.run(
-        [sys.executable, "-m", "pipelines.demo", "--episodes", "12", "--no-train"],
+        [sys.executable, "-m", "foresight.pipelines.demo", "--episodes", "12", "--no-train"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -5,19 +5,20 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from datasets import ingest_logs
-from datasets.sources.generate import generate_episodes
-from pipelines.model_assets import (
+from foresight.datasets import ingest_logs
+from foresight.datasets.sources.generate import generate_episodes
+from foresight.pipelines.model_assets import (
     behavior_model,
     closed_loop_evaluation,
     production_models,
     staging_models,
     world_model,
 )
-from pipelines.resources import ForesightStore
-from training import arena, workflow
-from training.registry import ModelRegistry
-from training.workflow import quality_gate
+from foresight.pipelines.resources import ForesightStore
+from foresight.training.agents import arena
+from foresight.training.loop import workflow
+from foresight.training.loop.workflow import quality_gate
+from foresight.training.registry import ModelRegistry
 
 TINY = {
     "epochs": 1,
@@ -31,7 +32,7 @@ TINY = {
 
 @pytest.fixture
 def spread(tmp_path):
-    from datasets.storage import Store
+    from foresight.datasets.storage import Store
 
     store = Store(str(tmp_path / "store"))
     logs = tmp_path / "logs"

@@ -4,7 +4,7 @@ A test helper, so it lives under tests/ and ships in neither the wheel nor the b
 
 The models are freshly initialized (seeded) with the architecture of the given configs,
 so their compute per request is that of trained models of the same size; their cards
-have the fields ``training.workflow`` writes that serving reads (kind, model_config,
+have the fields ``foresight.training.loop.workflow`` writes that serving reads (kind, model_config,
 dataset lineage, spec).
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from datasets.schema import ActionSpec, DatasetSpec
-from datasets.storage import Store
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.registry import ModelRegistry, ModelVersion
-from training.train import model_state
-from training.world_model import WorldModel, WorldModelConfig
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.datasets.storage import Store
+from foresight.training.loop.train import model_state
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import WorldModel, WorldModelConfig
+from foresight.training.registry import ModelRegistry, ModelVersion
 
 
 def spread_spec(agents: int = 3) -> DatasetSpec:

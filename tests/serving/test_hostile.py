@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from datasets.storage import Store
-from serving.launch import REPO_ROOT, ServerProcess
+from foresight.datasets.storage import Store
+from foresight.serving.launch import REPO_ROOT, ServerProcess
 from tests.serving.helpers import free_port, register_pair, served_store
 
 from .test_service import AGENTS, history, past
@@ -148,7 +148,7 @@ def test_metrics_need_the_api_key(server):
 
 
 def foresight_serve(store: Store, port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipelines.cli", "--store", store.root, "serve"]
+    cmd = [sys.executable, "-m", "foresight.pipelines.cli", "--store", store.root, "serve"]
     cmd += ["--port", str(port), "--reload-seconds", "0"]
     return subprocess.Popen(
         cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -208,7 +208,7 @@ def test_foresight_serve_refuses_truncated_weights(tmp_path):
     weights = tmp_path / "store" / "models" / "behavior" / "1" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     port = free_port()
-    cmd = [sys.executable, "-m", "pipelines.cli", "--store", store.root, "serve"]
+    cmd = [sys.executable, "-m", "foresight.pipelines.cli", "--store", store.root, "serve"]
     cli = subprocess.Popen(
         [*cmd, "--port", str(port), "--reload-seconds", "0"],
         cwd=REPO_ROOT,

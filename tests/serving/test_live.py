@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datasets.storage import Store
-from serving import launch
-from serving.client import AsyncForesightClient, ForesightClient, ForesightError
-from serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
-from serving.runtime import ModelLoadError
-from serving.schemas import ActionQuery, ActRequest, ImagineRequest, NextQuery
+from foresight.datasets.storage import Store
+from foresight.serving import launch
+from foresight.serving.client import AsyncForesightClient, ForesightClient, ForesightError
+from foresight.serving.launch import OPENAPI_PATH, ServerProcess, build_bento, comparable_spec
+from foresight.serving.runtime import ModelLoadError
+from foresight.serving.schemas import ActionQuery, ActRequest, ImagineRequest, NextQuery
 from tests.serving.helpers import (
     TINY_BEHAVIOR,
     free_port,
@@ -93,7 +93,7 @@ def test_openapi_in_repo_matches_the_live_docs(server):
     assert live.status_code == 200
     kept = json.loads(OPENAPI_PATH.read_text())
     assert comparable_spec(live.json()) == comparable_spec(kept), (
-        "serving/openapi.json is stale: run `python -m serving.launch openapi`"
+        "serving/openapi.json is stale: run `python -m foresight.serving.launch openapi`"
     )
 
 
@@ -186,8 +186,8 @@ def test_bentoml_build_packages_the_served_models(store, _bentoml_home):
 
 
 def test_arena_via_http_decides_through_the_service(server, store, monkeypatch):
-    from serving.remote import http_factories
-    from training.workflow import run_arena_registered
+    from foresight.serving.remote import http_factories
+    from foresight.training.loop.workflow import run_arena_registered
 
     calls = {"act": 0, "predict_actions": 0}
 

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from serving.launch import OPENAPI_PATH, ServerProcess, comparable_spec
+from foresight.serving.launch import OPENAPI_PATH, ServerProcess, comparable_spec
 from tests.serving.helpers import free_port, served_store
 
 MAX_EXAMPLES = 60

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from datasets.storage import Store
-from serving import runtime
-from serving.runtime import ModelHost, ModelLoadError
-from serving.schemas import (
+from foresight.datasets.storage import Store
+from foresight.serving import runtime
+from foresight.serving.runtime import ModelHost, ModelLoadError
+from foresight.serving.schemas import (
     MAX_ACT_HORIZON,
     MAX_ACT_SAMPLES,
     MAX_HORIZON,
@@ -20,10 +20,10 @@ from serving.schemas import (
     ImagineRequest,
     NextQuery,
 )
+from foresight.training.agents.planning import Planner, PlannerConfig
+from foresight.training.data import build_tensors, gather_window
+from foresight.training.registry import WEIGHTS, ModelRegistry
 from tests.serving.helpers import TINY_BEHAVIOR, register_pair, register_untrained, spread_spec
-from training.data import build_tensors, gather_window
-from training.planning import Planner, PlannerConfig
-from training.registry import WEIGHTS, ModelRegistry
 
 AGENTS = ["agent_0", "agent_1", "agent_2"]
 
@@ -53,7 +53,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def svc(store):
-    from serving.service import Foresight
+    from foresight.serving.service import Foresight
 
     instance = Foresight()
     yield instance
@@ -238,7 +238,7 @@ def test_unresolvable_or_wrong_kind_reference_fails_at_start(store):
 def client(store, tmp_path_factory):
     from starlette.testclient import TestClient
 
-    from serving.service import Foresight
+    from foresight.serving.service import Foresight
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("prom")))
@@ -407,8 +407,8 @@ def test_bench_endpoints_only_when_benchmarking_asks(monkeypatch):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from serving.middleware import ForesightMiddleware
-    from serving.service import Foresight
+    from foresight.serving.middleware import ForesightMiddleware
+    from foresight.serving.service import Foresight
 
     spec = Foresight.openapi_spec.asdict()
     inner = Starlette(
@@ -434,7 +434,7 @@ def test_flags_are_read_when_the_service_is_built(store, monkeypatch):
     """FORESIGHT_BATCHING and friends take effect at construction, no module reload."""
     from bentoml._internal.marshal.dispatcher import Optimizer
 
-    from serving.service import Foresight
+    from foresight.serving.service import Foresight
 
     def built():
         instance = Foresight()
@@ -486,7 +486,7 @@ def test_api_key_middleware_guards_everything_but_health(monkeypatch):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from serving.middleware import ForesightMiddleware
+    from foresight.serving.middleware import ForesightMiddleware
 
     ok = lambda request: PlainTextResponse("ok")  # noqa: E731
     paths = ("/x", "/readyz", "/metrics")
@@ -511,7 +511,7 @@ def test_every_503_says_overloaded_with_retry_after():
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from serving.middleware import ForesightMiddleware
+    from foresight.serving.middleware import ForesightMiddleware
 
     def unavailable(request):
         return PlainTextResponse("An unexpected error has occurred", status_code=503)
@@ -523,10 +523,10 @@ def test_every_503_says_overloaded_with_retry_after():
 
 
 def test_batcher_dispatches_when_the_model_is_free():
-    """BentoML's learned cork wait is kept at 0 (see serving.service._dispatch_when_free)."""
+    """BentoML's learned cork wait is kept at 0 (see foresight.serving.service._dispatch_when_free)."""
     from bentoml._internal.marshal.dispatcher import Optimizer
 
-    import serving.service  # noqa: F401  (patches on import)
+    import foresight.serving.service  # noqa: F401  (patches on import)
 
     opt = Optimizer(max_latency=1.0)
     for _ in range(10):  # batches that waited 80 ms: BentoML would hold the next one 80 ms
@@ -536,7 +536,7 @@ def test_batcher_dispatches_when_the_model_is_free():
 
 
 def test_api_routes_skip_tracing_spans_unless_asked():
-    from serving.service import API_ROUTES, Foresight
+    from foresight.serving.service import API_ROUTES, Foresight
 
     excluded = Foresight.config["tracing"]["excluded_urls"]
     assert {f"/{r}$" for r in API_ROUTES} == set(excluded) and "/act$" in excluded
@@ -544,11 +544,11 @@ def test_api_routes_skip_tracing_spans_unless_asked():
 
 
 def test_answers_are_written_as_pydantic_would(svc):
-    """serving.fastio writes the answer objects with orjson: the same JSON document."""
+    """foresight.serving.fastio writes the answer objects with orjson: the same JSON document."""
     from pydantic import TypeAdapter
 
-    from serving.fastio import dumps
-    from serving.schemas import ActionPrediction, NextPrediction
+    from foresight.serving.fastio import dumps
+    from foresight.serving.schemas import ActionPrediction, NextPrediction
 
     queries = [
         ActionQuery(obs=history(3), samples=2),
@@ -565,7 +565,7 @@ def test_answers_are_written_as_pydantic_would(svc):
 def test_startup_hook_freezes_the_heap_and_shutdown_restores_the_collector(store):
     import gc
 
-    from serving.service import GC_THRESHOLD, Foresight
+    from foresight.serving.service import GC_THRESHOLD, Foresight
 
     before = gc.get_threshold()
     instance = Foresight()

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from datasets.schema import ActionSpec, DatasetSpec
+from foresight.datasets.schema import ActionSpec, DatasetSpec
 
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.float32)
 """Discrete action -> push direction (MPE's order: noop, -x, +x, -y, +y)."""

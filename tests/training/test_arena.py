@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.sources.anticipation import spread_targets
-from training.arena import ci95, env_spec, run_arena, team_roster
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.planning import PlannerConfig
-from training.world_model import WorldModel, WorldModelConfig
+from foresight.datasets.sources.anticipation import spread_targets
+from foresight.training.agents.arena import ci95, env_spec, run_arena, team_roster
+from foresight.training.agents.planning import PlannerConfig
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import WorldModel, WorldModelConfig
 
 ALL = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation", "anticipatory+greedy"]
 EXTRA = {"simple_spread": ["anticipatory-known-reward"]}
@@ -103,8 +103,8 @@ def test_bad_requests():
 
 
 def test_spread_reward_matches_the_env():
-    from datasets.sources.generate import make_env
-    from training.arena import spread_reward
+    from foresight.datasets.sources.generate import make_env
+    from foresight.training.agents.arena import spread_reward
 
     env = make_env("simple_spread")
     obs, _ = env.reset(seed=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.data import build_tensors, gather_window
-from training.train import TrainConfig, train
+from foresight.training.data import build_tensors, gather_window
+from foresight.training.loop.train import TrainConfig, train
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
 
 
 def model(tiny, **kw) -> BehaviorModel:

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 import torch
 
-from training.data import (
+from foresight.training.data import (
     build_tensors,
     gather_targets,
     gather_window,

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 import torch
 
-from datasets import ingest_logs
-from datasets.catalog import open_dataset
-from datasets.sources.generate import generate_episodes
-from datasets.storage import Store
-from training.registry import ModelRegistry
-from training.train import TRACE_ENV, rank_batches
+from foresight.datasets import ingest_logs
+from foresight.datasets.catalog import open_dataset
+from foresight.datasets.sources.generate import generate_episodes
+from foresight.datasets.storage import Store
+from foresight.training.loop.train import TRACE_ENV, rank_batches
+from foresight.training.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_two_gloo_processes_train_one_model(tmp_path):
         "CI": "true",
     }
     epochs = 3
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "world", "--dataset", "spread"]
+    cmd = [sys.executable, "-m", "foresight.pipelines.cli", "train", "world", "--dataset", "spread"]
     cmd += ["--epochs", str(epochs), "--batch-size", "64", "--device", "cpu", "--nproc", "2"]
     proc = subprocess.run(cmd + ["--json"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

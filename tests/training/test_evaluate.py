@@ -3,16 +3,16 @@ import json
 import polars as pl
 import pytest
 
-from datasets.schema import ActionSpec, DatasetSpec
-from training.baselines import (
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.data import build_tensors, gather_targets, gather_window, sample_rows
+from foresight.training.evaluation.baselines import (
     ConstantVelocityBaseline,
     Kinematics,
     fit_world_baselines,
     mpe_kinematics,
 )
-from training.data import build_tensors, gather_targets, gather_window, sample_rows
-from training.evaluate import evaluate, rollout_mse, write_report
-from training.train import TrainConfig, train
+from foresight.training.evaluation.evaluate import evaluate, rollout_mse, write_report
+from foresight.training.loop.train import TrainConfig, train
 
 from .conftest import make_frame
 from .test_train import TINY_BEHAVIOR, TINY_WORLD

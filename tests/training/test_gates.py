@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from datasets import ingest_logs
-from datasets.storage import Store
-from training.arena import DEFAULT_FACTORIES, run_arena
-from training.behavior_model import BehaviorModelConfig
-from training.registry import ModelRegistry
-from training.train import TrainConfig
-from training.workflow import beats_reactive, quality_gate, train_and_register
+from foresight.datasets import ingest_logs
+from foresight.datasets.storage import Store
+from foresight.training.agents.arena import DEFAULT_FACTORIES, run_arena
+from foresight.training.loop.train import TrainConfig
+from foresight.training.loop.workflow import beats_reactive, quality_gate, train_and_register
+from foresight.training.models.behavior_model import BehaviorModelConfig
+from foresight.training.registry import ModelRegistry
 
 from .conftest import make_frame
 

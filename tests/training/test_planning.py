@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from datasets.schema import ActionSpec, DatasetSpec
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.planning import (
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.agents.planning import (
     JointHistory,
     Planner,
     PlannerConfig,
@@ -17,7 +16,13 @@ from training.planning import (
     _concat_step,
     history_from_episode,
 )
-from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, WorldPrediction
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import (
+    ObsDistribution,
+    WorldModel,
+    WorldModelConfig,
+    WorldPrediction,
+)
 
 IDS = ["agent_0", "agent_1", "agent_2"]
 TINY_WORLD = dict(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.registry import ModelRef, ModelRegistry, RegistryError
+from foresight.training.registry import ModelRef, ModelRegistry, RegistryError
 
 
 def tensors(seed: int) -> dict[str, torch.Tensor]:
@@ -92,7 +92,7 @@ def test_half_written_version_is_invisible(store):
 
 @pytest.mark.parametrize("kind", ["world", "behavior"])
 def test_a_version_of_another_architecture_is_refused_naming_both(store, kind):
-    from training.registry import LEGACY_ARCHITECTURES, current_architectures
+    from foresight.training.registry.catalog import LEGACY_ARCHITECTURES, current_architectures
 
     registry = ModelRegistry(store)
     current = current_architectures()[kind]

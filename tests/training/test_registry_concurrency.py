@@ -16,8 +16,8 @@ import queue as queue_mod
 import pytest
 import torch
 
-from datasets.storage import Store
-from training.registry import ModelRegistry
+from foresight.datasets.storage import Store
+from foresight.training.registry import ModelRegistry
 
 WORKERS = 4
 ROUNDS = 3

@@ -10,10 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from datasets.schema import ActionSpec, DatasetSpec
-from training.behavior_model import BehaviorModelConfig
-from training.data import build_tensors, gather_window
-from training.train import (
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.data import build_tensors, gather_window
+from foresight.training.loop.train import (
     CRASH_ENV,
     TrainConfig,
     _use_progress,
@@ -23,7 +22,8 @@ from training.train import (
     model_state,
     train,
 )
-from training.world_model import WorldModelConfig
+from foresight.training.models.behavior_model import BehaviorModelConfig
+from foresight.training.models.world_model import WorldModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_WORLD = WorldModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)
@@ -76,8 +76,8 @@ CRASH_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads({threads})  # as in the parent: the reduction order changes the bits
     from tests.training.conftest import make_frame
-    from training.train import TrainConfig, train
-    from training.world_model import WorldModelConfig
+    from foresight.training.loop.train import TrainConfig, train
+    from foresight.training.models.world_model import WorldModelConfig
     frame, spec = make_frame()
     config = TrainConfig(epochs=4, batch_size=64, seed=7, patience=10)
     model = WorldModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)

@@ -1,19 +1,24 @@
 import pytest
 import torch
 
-from datasets.schema import ActionSpec, DatasetSpec
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.data import (
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.data import (
     build_tensors,
     compute_normalizer,
     gather_targets,
     gather_window,
     sample_rows,
 )
-from training.evaluate import evaluate
-from training.train import TrainConfig, train
-from training.workflow import quality_gate
-from training.world_model import ObsDistribution, WorldModel, WorldModelConfig, imagine
+from foresight.training.evaluation.evaluate import evaluate
+from foresight.training.loop.train import TrainConfig, train
+from foresight.training.loop.workflow import quality_gate
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import (
+    ObsDistribution,
+    WorldModel,
+    WorldModelConfig,
+    imagine,
+)
 
 from .conftest import make_frame
 

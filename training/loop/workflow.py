@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import polars as pl
 
-from datasets.catalog import DatasetTable, resolve_ref
-from datasets.schema import DatasetSpec
-from datasets.storage import Store
-from training.registry import ModelRegistry, ModelVersion, RegistryError, load_registered
-from training.train import TrainConfig, config_dict, model_state, ranks, train
+from foresight.datasets.catalog import DatasetTable, resolve_ref
+from foresight.datasets.schema import DatasetSpec
+from foresight.datasets.storage import Store
+from foresight.training.loop.train import TrainConfig, config_dict, model_state, ranks, train
+from foresight.training.registry import ModelRegistry, ModelVersion, RegistryError, load_registered
 
 ModelKind = Literal["world", "behavior"]
 
@@ -129,7 +129,7 @@ def train_and_register(
     trains (DistributedDataParallel); only rank 0 evaluates and registers, and the other
     ranks return ``{"rank": r, "model": None}``.
     """
-    from training.evaluate import evaluate, write_report
+    from foresight.training.evaluation.evaluate import evaluate, write_report
 
     store = store or Store.from_env()
     config = config or TrainConfig()
@@ -265,7 +265,7 @@ def evaluate_registered(
     training time minus the episodes a world model was calibrated on; on another version
     they are every episode the model was never fitted on.
     """
-    from training.evaluate import evaluate, write_report
+    from foresight.training.evaluation.evaluate import evaluate, write_report
 
     store = store or Store.from_env()
     model, mv = load_registered(model_ref, store)
@@ -327,7 +327,7 @@ def run_arena_registered(
     Models are loaded only when a controller needs them (``bc``, ``anticipatory``).
     """
 
-    from training.arena import run_arena, write_arena_report
+    from foresight.training.agents.arena import run_arena, write_arena_report
 
     store = store or Store.from_env()
     parts = {p for team in controllers for p in team.split("+")} - set(factories or {})

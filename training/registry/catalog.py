@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets.storage import Store
+from foresight.datasets.storage import Store
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
@@ -136,8 +136,8 @@ LEGACY_ARCHITECTURES = {"world": "agent-transformer/1", "behavior": "gru/1"}
 
 def current_architectures() -> dict[str, str]:
     """Model kind -> the weights layout this code builds (``model_config["architecture"]``)."""
-    from training.behavior_model import ARCHITECTURE as BEHAVIOR
-    from training.world_model import ARCHITECTURE as WORLD
+    from foresight.training.models.behavior_model import ARCHITECTURE as BEHAVIOR
+    from foresight.training.models.world_model import ARCHITECTURE as WORLD
 
     return {"world": WORLD, "behavior": BEHAVIOR}
 
@@ -525,7 +525,7 @@ def _corrupt_state(uri: str, exc: Exception) -> str:
 
 def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
     """A registered model, rebuilt from its card's config, with its weights, in eval mode."""
-    from training.train import load_model
+    from foresight.training.loop.train import load_model
 
     tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
     return load_model(mv.card["kind"], mv.card["model_config"], tensors), mv

@@ -41,9 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets.schema import DatasetSpec
-from training.data import Normalizer, Targets, Window
-from training.world_model import Block, action_features
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import Normalizer, Targets, Window
+from foresight.training.models.world_model import Block, action_features
 
 ARCHITECTURE = "bayes-experts/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""

@@ -35,14 +35,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from datasets.schema import DatasetSpec
-from training.baselines import (
-    Kinematics,
-    fit_behavior_baselines,
-    fit_world_baselines,
-    mpe_kinematics,
-)
-from training.data import (
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import (
     TrajectoryTensors,
     build_tensors,
     check_model_spec,
@@ -51,8 +45,14 @@ from training.data import (
     gather_window,
     sample_rows,
 )
-from training.train import select_device
-from training.world_model import ObsDistribution, _append_step, imagine
+from foresight.training.evaluation.baselines import (
+    Kinematics,
+    fit_behavior_baselines,
+    fit_world_baselines,
+    mpe_kinematics,
+)
+from foresight.training.loop.train import select_device
+from foresight.training.models.world_model import ObsDistribution, _append_step, imagine
 
 ROLLOUT_HORIZONS = (1, 5, 10)
 IMAGINE_HORIZONS = (5, 10)

@@ -51,8 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.schema import DatasetSpec
-from training.data import Window, describe_spec
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import Window, describe_spec
 
 Action = int | list[float]
 
@@ -299,9 +299,9 @@ def _gumbel_argmax(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 class Planner:
     """Plans for ego agents with a world model and a behavior model (see module docstring).
 
-    ``world``: a :class:`~training.world_model.WorldModel` (or anything with ``predict``,
+    ``world``: a :class:`~foresight.training.models.world_model.WorldModel` (or anything with ``predict``,
     ``context`` and ``config.spec``); ``behavior``: a
-    :class:`~training.behavior_model.BehaviorModel`. Pass their registry cards to check the
+    :class:`~foresight.training.models.behavior_model.BehaviorModel`. Pass their registry cards to check the
     dataset names as well as the specs.
 
     ``reward_fn`` (optional): a known objective, ``(next_obs (R, N, D), joint action (R, N))
@@ -356,7 +356,7 @@ class Planner:
         cls, world_ref: str, behavior_ref: str, store=None, config: PlannerConfig | None = None
     ) -> Planner:
         """Load both models from the registry and check their cards name the same dataset."""
-        from training.registry import load_registered
+        from foresight.training.registry import load_registered
 
         world, wmv = load_registered(world_ref, store)
         behavior, bmv = load_registered(behavior_ref, store)
@@ -625,7 +625,7 @@ def history_window(
 ) -> Window:
     """A :class:`JointHistory` as a batch-of-one :class:`Window` of ``context`` steps.
 
-    ``action_spec``: the models' :class:`~datasets.schema.ActionSpec`. Errors name the
+    ``action_spec``: the models' :class:`~foresight.datasets.schema.ActionSpec`. Errors name the
     field and what it should be.
     """
     discrete = action_spec.discrete

@@ -11,9 +11,9 @@ covers the remaining agents). Episode ``i`` is seeded from ``(seed, i)`` alone, 
 team plays the same start states (a paired comparison).
 
 Built-in controllers: ``random``; ``greedy`` (the reactive scripted policy of
-:mod:`datasets.sources.policies`); ``bc`` (the behavior model's most likely action:
-reactive imitation); ``anticipatory`` (the :class:`~training.planning.Planner`);
-``scripted-anticipation`` (:mod:`datasets.sources.anticipation`, a hand-written agent that
+:mod:`foresight.datasets.sources.policies`); ``bc`` (the behavior model's most likely action:
+reactive imitation); ``anticipatory`` (the :class:`~foresight.training.agents.planning.Planner`);
+``scripted-anticipation`` (:mod:`foresight.datasets.sources.anticipation`, a hand-written agent that
 knows the others' true rule); ``anticipatory-known-reward`` (simple_spread only: the
 planner scoring imagined states by the env's true reward instead of the world model's
 reward head, a diagnostic). More come in through ``factories`` (name -> factory), e.g.
@@ -35,17 +35,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from datasets.schema import ActionSpec, DatasetSpec
-from datasets.sources.anticipation import ScriptedAnticipation
-from datasets.sources.generate import make_env
-from datasets.sources.policies import (
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.datasets.sources.anticipation import ScriptedAnticipation
+from foresight.datasets.sources.generate import make_env
+from foresight.datasets.sources.policies import (
     SUPPORTED_ENVS,
     GreedyPolicy,
     make_policy,
     resolve_env_name,
 )
-from training.data import check_model_spec
-from training.planning import JointHistory, Planner, PlannerConfig, history_window
+from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
+from foresight.training.data import check_model_spec
 
 Action = int | np.ndarray
 

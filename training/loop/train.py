@@ -36,9 +36,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from datasets.schema import DatasetSpec
-from training.behavior_model import BehaviorModel, BehaviorModelConfig
-from training.data import (
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import (
     TrajectoryTensors,
     build_tensors,
     check_model_spec,
@@ -48,7 +47,8 @@ from training.data import (
     sample_rows,
     split_episodes,
 )
-from training.world_model import WorldModel, WorldModelConfig
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import WorldModel, WorldModelConfig
 
 ModelKind = Literal["world", "behavior"]
 CRASH_ENV = "FORESIGHT_TRAIN_CRASH_AFTER_EPOCH"

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets.schema import DatasetSpec
-from training.data import Normalizer, Targets, Window
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import Normalizer, Targets, Window
 
 ARCHITECTURE = "agent-transformer/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""

@@ -1,8 +1,8 @@
 """Baselines that every learned model is reported next to.
 
-World baselines are world predictors like :class:`~training.world_model.WorldModel`
+World baselines are world predictors like :class:`~foresight.training.models.world_model.WorldModel`
 (``context`` and ``predict(window) -> WorldPrediction``), so the same evaluation code,
-rollouts and :func:`~training.world_model.imagine` run on them. Each gets a per-feature
+rollouts and :func:`~foresight.training.models.world_model.imagine` run on them. Each gets a per-feature
 Gaussian whose std is its own one-step residual on the training split, so NLL and
 interval coverage are defined for it too.
 
@@ -12,7 +12,7 @@ interval coverage are defined for it too.
 - linear: least squares on two steps of joint observation + joint action (fixed agent
   set, fit on the training split).
 
-Behavior baselines are policies like :class:`~training.behavior_model.BehaviorModel`
+Behavior baselines are policies like :class:`~foresight.training.models.behavior_model.BehaviorModel`
 (``context`` and ``action_distribution(window)``): marginal action frequencies, and
 repeat-last-action. The third behavior baseline, the same model with a context of one
 step, is trained by the caller (see ``bench/end_to_end.py``).
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from datasets.schema import DatasetSpec
-from training.behavior_model import ActionDistribution
-from training.data import TrajectoryTensors, Window, gather_targets, gather_window
-from training.world_model import ObsDistribution, WorldPrediction, action_features
+from foresight.datasets.schema import DatasetSpec
+from foresight.training.data import TrajectoryTensors, Window, gather_targets, gather_window
+from foresight.training.models.behavior_model import ActionDistribution
+from foresight.training.models.world_model import ObsDistribution, WorldPrediction, action_features
 
 
 @dataclass
