@@ -19,7 +19,6 @@ Configuration (environment, read at start-up):
     FORESIGHT_TORCH_THREADS    torch intra-op threads (default 1: small models answer
                                faster on one thread, and the event loop keeps a core)
     FORESIGHT_INLINE_QUERIES   batches up to this many queries run on the event loop (4)
-    FORESIGHT_BATCH_CORK       1: BentoML's learned batching wait (default 0, see below)
     FORESIGHT_TRACE_API        1: OpenTelemetry spans on the API routes (default 0)
 
 Every flag is read when the service is built (``Foresight()``, the middleware when the
@@ -28,14 +27,15 @@ is read at import, because it is part of the service's BentoML configuration.
 
 A reference that does not resolve stops the service at start-up with the reason.
 
-Adaptive batching: /predict_actions and /predict_next queue requests for up to
-``MAX_LATENCY_MS``; BentoML (1.4.39) answers 503 to the oldest queued request when its
-wait so far plus the predicted time of a batch of the whole queue reaches it. An agent
-asks at decision time, so a late answer is worth little: 1 s is 11x the p99 measured at
-64 concurrent clients (91 ms, bench/results/serve.md, no request refused) and low enough
-that an overloaded server sheds load quickly instead of queueing without bound. A batch leaves as
-soon as the model is free (:func:`_dispatch_when_free`), so at low load a request is not
-held back, and under load a batch holds what arrived while the previous one ran.
+Adaptive batching: /predict_actions and /predict_next hand their queries to a
+:class:`~foresight.serving.batching.Batcher` of their own (BentoML's batching is not used:
+its dispatcher held a lone request back by a wait it learned under load). A request that
+finds the model idle is dispatched on the next turn of the event loop; under load a batch
+holds what arrived while the previous one ran, up to ``MAX_BATCH_SIZE`` queries. A request
+queued longer than ``MAX_LATENCY_MS`` is answered 503 when its turn comes. An agent asks at
+decision time, so a late answer is worth little: 1 s is an order of magnitude above the
+p99 at 64 concurrent clients (BENCHMARKS.md, no request refused) and low enough that an
+overloaded server sheds load quickly instead of queueing without bound.
 
 /act and /imagine run in their own thread behind a bounded queue (the middleware answers
 503 when it is full), so a burst of them never delays the batched endpoints.
@@ -66,7 +66,10 @@ from bentoml.exceptions import BadInput, BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from foresight.datasets.storage import Store
 from foresight.serving import fastio, runtime
+from foresight.serving.batching import Batcher
+from foresight.serving.episodes import EpisodeSink
 from foresight.serving.middleware import ForesightMiddleware
 from foresight.serving.schemas import (
     MAX_QUERIES,
@@ -75,6 +78,8 @@ from foresight.serving.schemas import (
     ActRequest,
     ActResponse,
     EchoResponse,
+    EpisodesRequest,
+    EpisodesResponse,
     ImagineRequest,
     ImagineResponse,
     ModelsResponse,
@@ -85,9 +90,9 @@ from foresight.serving.schemas import (
 )
 
 MAX_LATENCY_MS = 1000
-"""Longest a batched request may wait before BentoML answers 503 (see the module doc)."""
+"""Longest a batched request may wait in the queue before it is answered 503 (module doc)."""
 MAX_BATCH_SIZE = 64
-"""Queries per model call; larger requests are split across calls by BentoML."""
+"""Queries per model call from merged requests; a larger request runs as one batch alone."""
 BATCHED_ROUTES = ("predict_actions", "predict_next")
 DEFAULT_RELOAD_SECONDS = 30.0
 TRACE_API = os.environ.get("FORESIGHT_TRACE_API", "0") == "1"
@@ -111,46 +116,6 @@ T = TypeVar("T")
 JSONList = Annotated[list[T], ContentType("application/json")]
 """A JSON list answer. The media type is given because otherwise BentoML rebuilds the
 list's JSON schema on every response to find it (~3 ms per request, measured)."""
-
-
-def _dispatch_when_free(enabled: bool = True) -> None:
-    """Keep BentoML's adaptive batcher from holding a lone request back (``enabled``), or
-    give it back its learned wait (FORESIGHT_BATCH_CORK=1).
-
-    The batcher (``CorkDispatcher``) holds a request until the queue's wait reaches its
-    ``Optimizer.wait``, the average wait of the last 50 batches. Under load every request
-    waits for the batch before it, so that average grows to the batch time, and afterwards
-    each request at low load is held that long, which keeps the average there (it decays
-    by ~5% per refresh, one per 5 s at most): measured, /predict_actions at 1 client went
-    from 2.6 ms before a burst of 64 clients to 35-83 ms after it. With the learned wait at
-    0 a batch leaves as soon as the model is free and holds every request that arrived
-    while it was busy: batch sizes still follow the load (mean 32 at 64 clients), and
-    requests that would wait past ``max_latency_ms`` still get 503.
-
-    This patches a BentoML internal (1.4.39) for the whole worker process;
-    tests/serving checks that it still takes.
-    """
-    from bentoml._internal.marshal.dispatcher import Optimizer
-
-    refresh = Optimizer.trigger_refresh
-    patched = getattr(refresh, "_foresight", False)
-    if not enabled:
-        if patched:
-            Optimizer.trigger_refresh = refresh.__wrapped__
-        return
-    if patched:
-        return
-
-    @functools.wraps(refresh)
-    def trigger_refresh(self) -> None:
-        refresh(self)
-        self.wait = 0.0
-
-    trigger_refresh._foresight = True  # type: ignore[attr-defined]
-    Optimizer.trigger_refresh = trigger_refresh
-
-
-_dispatch_when_free()  # the default; Foresight() applies FORESIGHT_BATCH_CORK
 
 
 def _reload_seconds() -> float:
@@ -181,10 +146,15 @@ class Foresight:
     def __init__(self) -> None:
         torch.set_num_threads(int(os.environ.get("FORESIGHT_TORCH_THREADS", "1")))
         self.batching = os.environ.get("FORESIGHT_BATCHING", "1") != "0"
-        for route in BATCHED_ROUTES:  # BentoML reads the flag per request
-            Foresight.apis[route].batchable = self.batching
-        _dispatch_when_free(os.environ.get("FORESIGHT_BATCH_CORK", "0") != "1")
         self.inline_max = int(os.environ.get("FORESIGHT_INLINE_QUERIES", DEFAULT_INLINE_QUERIES))
+        self.batchers = {
+            route: Batcher(
+                functools.partial(self._compute, getattr(runtime, route)),
+                MAX_BATCH_SIZE,
+                MAX_LATENCY_MS / 1000,
+            )
+            for route in BATCHED_ROUTES
+        }
         self.host = runtime.ModelHost(runtime.refs_from_env())
         self.host.start_polling(_reload_seconds())
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="foresight-model")
@@ -230,32 +200,31 @@ class Foresight:
         pool = self._heavy_thread if heavy else self._model_thread
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    async def _compute(self, fn: Callable[..., list[T]], queries: list) -> list[T]:
+        """One batch of queries through ``fn`` (a runtime predict function) on the current
+        models: small batches on the event loop, large ones in the model thread."""
+        inline = len(queries) <= self.inline_max
+        return await self._run(fn, self.host.current, queries, inline=inline)
+
+    async def _predict(self, route: str, queries: list) -> list:
+        if self.batching:
+            return await self.batchers[route](queries)
+        return await self._compute(getattr(runtime, route), queries)
+
     def __is_ready__(self) -> bool:
         return self.host.current is not None
 
-    @bentoml.api(
-        route="/predict_actions",
-        batchable=True,  # Foresight() applies FORESIGHT_BATCHING
-        max_batch_size=MAX_BATCH_SIZE,
-        max_latency_ms=MAX_LATENCY_MS,
-    )
+    @bentoml.api(route="/predict_actions")  # batched by self.batchers, not by BentoML
     async def predict_actions(self, queries: ActionQueries) -> JSONList[ActionPrediction]:
         """Per-agent next-action distributions (probabilities, or mean and std), one answer
         per query, in order."""
-        inline = len(queries) <= self.inline_max
-        return await self._run(runtime.predict_actions, self.host.current, queries, inline=inline)
+        return await self._predict("predict_actions", queries)
 
-    @bentoml.api(
-        route="/predict_next",
-        batchable=True,  # Foresight() applies FORESIGHT_BATCHING
-        max_batch_size=MAX_BATCH_SIZE,
-        max_latency_ms=MAX_LATENCY_MS,
-    )
+    @bentoml.api(route="/predict_next")  # batched by self.batchers, not by BentoML
     async def predict_next(self, queries: NextQueries) -> JSONList[NextPrediction]:
         """Next joint observation (mean and std, or samples), rewards and termination
         probability for a joint action, one answer per query, in order."""
-        inline = len(queries) <= self.inline_max
-        return await self._run(runtime.predict_next, self.host.current, queries, inline=inline)
+        return await self._predict("predict_next", queries)
 
     @bentoml.api(route="/imagine", input_spec=ImagineRequest)
     async def imagine(self, **request) -> ImagineResponse:
@@ -307,6 +276,31 @@ class Foresight:
         """Returns its input: the cost of HTTP and JSON alone. Benchmarks only: 404 unless
         FORESIGHT_BENCH_ENDPOINTS=1 (foresight.serving.middleware)."""
         return EchoResponse(message=message)
+
+    @functools.cached_property
+    def episode_sink(self) -> EpisodeSink:
+        """Buffer of posted episodes (foresight.serving.episodes), writing into the store's
+        landing zone; the served world model's card names the default dataset."""
+        return EpisodeSink(Store.from_env(), lambda: self.host.current.world.card)
+
+    @bentoml.on_startup
+    def start_episode_sink(self) -> None:
+        self.episode_sink.start()
+
+    @bentoml.on_shutdown
+    def flush_episodes(self) -> None:
+        """Write every accepted episode before the process goes (SIGTERM included)."""
+        if "episode_sink" in self.__dict__:
+            self.episode_sink.close()
+
+    @bentoml.api(route="/episodes", input_spec=EpisodesRequest)
+    async def episodes(self, **request) -> EpisodesResponse:
+        """Whole episodes in the trajectory contract, checked as ingest checks them (400
+        naming each bad row; nothing of the request is kept), buffered and written as
+        files into <store>/landing/<dataset>/ for the landing sensor; 413 past
+        FORESIGHT_EPISODES_MAX_ROWS rows, 503 with Retry-After while the landing zone
+        cannot be written (foresight.serving.episodes)."""
+        return await self.episode_sink.handle(EpisodesRequest.model_construct(**request))
 
 
 Foresight.add_asgi_middleware(ForesightMiddleware)

@@ -432,8 +432,6 @@ def test_bench_endpoints_only_when_benchmarking_asks(monkeypatch):
 
 def test_flags_are_read_when_the_service_is_built(store, monkeypatch):
     """FORESIGHT_BATCHING and friends take effect at construction, no module reload."""
-    from bentoml._internal.marshal.dispatcher import Optimizer
-
     from foresight.serving.service import Foresight
 
     def built():
@@ -441,23 +439,22 @@ def test_flags_are_read_when_the_service_is_built(store, monkeypatch):
         instance.shutdown()
         return instance
 
+    query = [ActionQuery(obs=history(2))]
     monkeypatch.setenv("FORESIGHT_BATCHING", "0")
     monkeypatch.setenv("FORESIGHT_INLINE_QUERIES", "9")
-    monkeypatch.setenv("FORESIGHT_BATCH_CORK", "1")
     try:
         instance = built()
         assert not instance.batching and instance.inline_max == 9
-        assert not Foresight.apis["predict_actions"].batchable
-        assert not Foresight.apis["predict_next"].batchable
-        assert not getattr(Optimizer.trigger_refresh, "_foresight", False)  # learned wait back
+        run(instance.predict_actions(query))
+        assert instance.batchers["predict_actions"].batches == 0  # answered without the queue
     finally:
         monkeypatch.delenv("FORESIGHT_BATCHING")
         monkeypatch.delenv("FORESIGHT_INLINE_QUERIES")
-        monkeypatch.delenv("FORESIGHT_BATCH_CORK")
         instance = built()
     assert instance.batching and instance.inline_max == 4
-    assert Foresight.apis["predict_actions"].batchable
-    assert getattr(Optimizer.trigger_refresh, "_foresight", False)
+    run(instance.predict_actions(query))
+    assert instance.batchers["predict_actions"].batches == 1
+    assert not any(api.batchable for api in Foresight.apis.values())  # BentoML's is not used
 
 
 @pytest.mark.parametrize("path", ["/models", "/reload", "/predict_actions", "/act"])
@@ -522,17 +519,81 @@ def test_every_503_says_overloaded_with_retry_after():
     assert r.json()["error"].startswith("overloaded")
 
 
-def test_batcher_dispatches_when_the_model_is_free():
-    """BentoML's learned cork wait is kept at 0 (see foresight.serving.service._dispatch_when_free)."""
-    from bentoml._internal.marshal.dispatcher import Optimizer
+def test_concurrent_requests_are_merged_and_each_gets_its_own_answers(svc):
+    queries = [[ActionQuery(obs=history(3 + i % 3, seed=i))] for i in range(12)]
+    queries[5] = [ActionQuery(obs=history(4, seed=50, agents=AGENTS[:2]))] * 2  # other layout
+    batcher = svc.batchers["predict_actions"]
+    before = batcher.batches
 
-    import foresight.serving.service  # noqa: F401  (patches on import)
+    async def together():
+        return await asyncio.gather(*(svc.predict_actions(q) for q in queries))
 
-    opt = Optimizer(max_latency=1.0)
-    for _ in range(10):  # batches that waited 80 ms: BentoML would hold the next one 80 ms
-        opt.log_outbound(n=32, wait=0.08, duration=0.01)
-    opt.trigger_refresh()
-    assert opt.wait == 0.0 and opt.o_a > 0
+    answers = run(together())
+    assert batcher.batches - before < len(queries)  # merged into fewer model calls
+    for q, got in zip(queries, answers, strict=True):
+        [want] = runtime.predict_actions(svc.host.current, q[:1])
+        assert len(got) == len(q) and set(got[0].agents) == set(want.agents)
+        for agent, dist in want.agents.items():
+            assert torch.allclose(
+                torch.tensor(got[0].agents[agent].probs), torch.tensor(dist.probs)
+            )
+
+
+def _gated_batcher(max_batch=64, max_wait_s=10.0):
+    """A Batcher over a fake model that records its batches and runs while ``gate`` is open."""
+    from foresight.serving.batching import Batcher
+
+    calls: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def model(queries):
+        calls.append(list(queries))
+        await gate.wait()
+        if -1 in queries:
+            raise RuntimeError("model failed")
+        return [q * 10 for q in queries]
+
+    return Batcher(model, max_batch, max_wait_s), calls, gate
+
+
+def test_batcher_dispatches_a_lone_request_and_queues_arrivals_while_busy():
+    async def scenario():
+        batcher, calls, gate = _gated_batcher(max_batch=4)
+        first = asyncio.ensure_future(batcher([1]))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls == [[1]]  # idle model: dispatched on the next turn, nothing waited for
+        rest = [asyncio.ensure_future(batcher(q)) for q in ([2, 3], [4], [5, 6], [7] * 5)]
+        await asyncio.sleep(0)
+        assert len(calls) == 1  # the model is busy: they queue
+        gate.set()
+        answers = await asyncio.gather(first, *rest)
+        return calls, answers
+
+    calls, answers = run(scenario())
+    # FIFO, up to 4 queries a batch; a request larger than the limit runs alone
+    assert calls == [[1], [2, 3, 4], [5, 6], [7] * 5]
+    assert answers == [[10], [20, 30], [40], [50, 60], [70] * 5]
+
+
+def test_batcher_refuses_requests_queued_past_the_deadline_and_survives_model_errors():
+    from foresight.serving.batching import Overloaded
+
+    async def scenario():
+        batcher, calls, gate = _gated_batcher(max_wait_s=0.05)
+        first = asyncio.ensure_future(batcher([-1]))  # this batch fails
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(batcher([2]))
+        await asyncio.sleep(0.1)  # the queued request is now past its deadline
+        gate.set()
+        results = await asyncio.gather(first, late, return_exceptions=True)
+        return results, await batcher([3]), calls
+
+    (failed, refused), after, calls = run(scenario())
+    assert isinstance(failed, RuntimeError) and "model failed" in str(failed)
+    assert isinstance(refused, Overloaded) and refused.error_code == 503
+    assert "waited" in str(refused)
+    assert after == [30] and calls == [[-1], [3]]  # the late one never reached the model
 
 
 def test_api_routes_skip_tracing_spans_unless_asked():
