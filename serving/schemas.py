@@ -490,3 +490,51 @@ class ReloadResponse(BaseModel):
 
 class EchoResponse(BaseModel):
     message: str
+
+
+# -- /episodes -------------------------------------------------------------------------------
+
+TrajectoryRow = Annotated[
+    dict[str, Any],
+    Field(
+        description="one row of the trajectory contract (datasets/README.md): episode_id, "
+        "step, agent_id, obs, action, reward, terminated, truncated; optional state, "
+        "action_mask, policy_id, timestamp, info. Checked as `foresight ingest` checks it"
+    ),
+]
+
+
+class EpisodesRequest(BaseModel):
+    """Whole episodes that agents lived through, for the next training data.
+
+    Each inner list is one finished episode: its rows share one ``episode_id``, steps run
+    from 0 without a gap, and its last step ends it (a row terminated or truncated). The
+    rows are checked like ingested rows and buffered; the buffer is written as one JSONL
+    file per dataset into ``<store>/landing/<dataset>/``, where the landing sensor
+    ingests it. Bounds: FORESIGHT_EPISODES_MAX_ROWS rows per request (413 beyond) and the
+    middleware's body limit (foresight.serving.episodes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = Field(
+        default=None,
+        description="the dataset whose landing folder receives them (default: the dataset "
+        "the served world model was trained on)",
+    )
+    episodes: list[list[TrajectoryRow]] = Field(
+        default_factory=list, description="episodes, each the list of its rows"
+    )
+    flush: bool = Field(
+        default=False,
+        description="write every buffered episode to the landing zone before answering",
+    )
+
+
+class EpisodesResponse(BaseModel):
+    dataset: str = Field(description="the dataset the episodes were accepted for")
+    episode_ids: list[str] = Field(description="the episodes accepted, in request order")
+    rows: int = Field(description="rows accepted")
+    buffered_rows: int = Field(description="accepted rows of every dataset not yet written")
+    written: list[str] = Field(
+        description="landing files this request wrote (when the buffer filled or flush=true)"
+    )
