@@ -26,6 +26,8 @@ from foresight.serving.schemas import (
     ActionQuery,
     ActRequest,
     ActResponse,
+    EpisodesRequest,
+    EpisodesResponse,
     ImagineRequest,
     ImagineResponse,
     ModelsResponse,
@@ -115,6 +117,11 @@ class ForesightClient:
         body = _dump(_as(ActRequest, request))
         return ActResponse.model_validate(self._post("/act", body))
 
+    def post_episodes(self, request: EpisodesRequest | dict[str, Any]) -> EpisodesResponse:
+        """Whole episodes for the landing zone (``foresight.serving.recorder`` builds them)."""
+        body = _as(EpisodesRequest, request).model_dump()  # NaN stays NaN: the server says so
+        return EpisodesResponse.model_validate(self._post("/episodes", body))
+
     def models(self) -> ModelsResponse:
         return ModelsResponse.model_validate(self._post("/models"))
 
@@ -180,6 +187,10 @@ class AsyncForesightClient:
     async def act(self, request: ActRequest | dict[str, Any]) -> ActResponse:
         body = _dump(_as(ActRequest, request))
         return ActResponse.model_validate(await self._post("/act", body))
+
+    async def post_episodes(self, request: EpisodesRequest | dict[str, Any]) -> EpisodesResponse:
+        body = _as(EpisodesRequest, request).model_dump()  # NaN stays NaN: the server says so
+        return EpisodesResponse.model_validate(await self._post("/episodes", body))
 
     async def models(self) -> ModelsResponse:
         return ModelsResponse.model_validate(await self._post("/models"))
