@@ -119,7 +119,7 @@ class ForesightClient:
 
     def post_episodes(self, request: EpisodesRequest | dict[str, Any]) -> EpisodesResponse:
         """Whole episodes for the landing zone (``foresight.serving.recorder`` builds them)."""
-        body = _as(EpisodesRequest, request).model_dump()  # NaN stays NaN: the server says so
+        body = _as(EpisodesRequest, request).model_dump()
         return EpisodesResponse.model_validate(self._post("/episodes", body))
 
     def models(self) -> ModelsResponse:
@@ -189,7 +189,7 @@ class AsyncForesightClient:
         return ActResponse.model_validate(await self._post("/act", body))
 
     async def post_episodes(self, request: EpisodesRequest | dict[str, Any]) -> EpisodesResponse:
-        body = _as(EpisodesRequest, request).model_dump()  # NaN stays NaN: the server says so
+        body = _as(EpisodesRequest, request).model_dump()
         return EpisodesResponse.model_validate(await self._post("/episodes", body))
 
     async def models(self) -> ModelsResponse:

@@ -2,6 +2,10 @@
 
 ``foresight arena --via-http URL`` plugs these in for ``anticipatory`` (``POST /act``) and
 ``bc`` (``POST /predict_actions``), so every decision of those agents is an HTTP call.
+Episodes they play are recorded (every agent of the episode) and posted to ``POST
+/episodes`` as each one finishes (:mod:`foresight.serving.recorder`); each row's
+``policy_id`` names the controller and the model versions the service answered with, e.g.
+``anticipatory(world@3,behavior@2)``, ``bc(behavior@2)``, ``greedy``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from foresight.serving.client import ForesightClient
+from foresight.serving.recorder import ArenaRecording, EpisodeRecorder, policy_id
 from foresight.training.agents.arena import EpisodeInfo
 from foresight.training.agents.planning import JointHistory
 
@@ -36,8 +41,10 @@ def history_body(history: JointHistory) -> dict[str, Any]:
 class HttpAnticipatoryController:
     """Asks ``POST /act`` for the actions of the agents it drives."""
 
-    def __init__(self, client: ForesightClient) -> None:
+    def __init__(self, client: ForesightClient, observer: ArenaRecording | None = None) -> None:
         self.client = client
+        self.observer = observer
+        self.policy_id = "anticipatory"
 
     def reset(self, info: EpisodeInfo) -> None:
         pass
@@ -45,14 +52,19 @@ class HttpAnticipatoryController:
     def act(self, history: JointHistory, agents: Sequence[str]) -> Mapping[str, Any]:
         body = history_body(history) | {"egos": list(agents), "start_step": history.start_step}
         response = self.client.act(body)
+        self.policy_id = policy_id("anticipatory", response.world_model, response.behavior_model)
+        if self.observer is not None:
+            self.observer.recorder.note_act(response)
         return {agent: response.agents[agent].action for agent in agents}
 
 
 class HttpBehaviorController:
     """The behavior model's most likely action, from ``POST /predict_actions``."""
 
-    def __init__(self, client: ForesightClient) -> None:
+    def __init__(self, client: ForesightClient, observer: ArenaRecording | None = None) -> None:
         self.client = client
+        self.observer = observer
+        self.policy_id = "bc"
 
     def reset(self, info: EpisodeInfo) -> None:
         pass
@@ -61,15 +73,23 @@ class HttpBehaviorController:
         [prediction] = self.client.predict_actions(
             [history_body(history) | {"agents": list(agents)}]
         )
+        self.policy_id = policy_id("bc", behavior=prediction.model)
         return {agent: prediction.agents[agent].mode for agent in agents}
 
 
-def http_factories(url: str, api_key: str | None = None) -> dict[str, Any]:
-    """Arena factories for ``anticipatory`` and ``bc`` that call the service at ``url``."""
+def http_factories(
+    url: str, api_key: str | None = None, record: bool = True, dataset: str | None = None
+) -> dict[str, Any]:
+    """Arena factories for ``anticipatory`` and ``bc`` that call the service at ``url``.
+
+    ``record``: the episodes they play are posted to the service's ``/episodes`` (into
+    ``dataset``'s landing folder; default: the dataset the served world model was trained
+    on). One recorder serves both, so an episode is recorded once whatever its team."""
     client = ForesightClient(url, api_key=api_key)
     if not client.ready():
         raise ValueError(f"no Foresight service ready at {url} (GET /readyz failed)")
+    observer = ArenaRecording(EpisodeRecorder(client, dataset=dataset)) if record else None
     return {
-        "anticipatory": lambda env, models: HttpAnticipatoryController(client),
-        "bc": lambda env, models: HttpBehaviorController(client),
+        "anticipatory": lambda env, models: HttpAnticipatoryController(client, observer),
+        "bc": lambda env, models: HttpBehaviorController(client, observer),
     }

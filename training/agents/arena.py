@@ -97,6 +97,28 @@ ControllerFactory = Callable[[str, ArenaModels], Controller]
 """(short env name, models) -> a fresh controller."""
 
 
+class EpisodeObserver(Protocol):
+    """Sees every agent's steps of an episode: a controller offers one as its ``observer``
+    attribute (``foresight.serving.remote``'s HTTP controllers record the episodes they
+    play through it). A controller's ``policy_id`` attribute, when it has one, names it in
+    ``policies`` (else its controller name)."""
+
+    def begin(self, info: EpisodeInfo) -> None: ...
+
+    def step(
+        self,
+        obs: Mapping[str, Any],
+        actions: Mapping[str, Action],
+        rewards: Mapping[str, float],
+        terminated: Mapping[str, bool],
+        truncated: Mapping[str, bool],
+        policies: Mapping[str, str],
+    ) -> None:
+        """One env step: what each acting agent saw, did and got for it."""
+
+    def end(self) -> None: ...
+
+
 # -- built-in controllers ----------------------------------------------------------------
 
 
@@ -308,6 +330,20 @@ def _play_episode(
             rng=np.random.default_rng([seed, episode, 1 + k]),
         )
         controllers[name].reset(info)
+    observers = {id(o): o for name in groups if (o := getattr(controllers[name], "observer", None))}
+    for observer in observers.values():
+        observer.begin(
+            EpisodeInfo(
+                env=env_name,
+                episode=episode,
+                env_seed=env_seed,
+                agents=agents,
+                controlled=list(agents),  # an observer sees every agent
+                team=dict(roster),
+                obs_sizes=sizes,
+                rng=np.random.default_rng([seed, episode, 0]),
+            )
+        )
 
     def joint(o: dict) -> np.ndarray:
         out = np.zeros((len(agents), D), dtype=np.float32)
@@ -334,10 +370,18 @@ def _play_episode(
             stats.decisions[name] = stats.decisions.get(name, 0) + len(live)
             for a in live:
                 actions[a] = int(chosen[a])
-        obs, rewards, _, _, _ = env.step(actions)
+        seen_obs = obs
+        obs, rewards, terminated, truncated, _ = env.step(actions)
+        for observer in observers.values():
+            policies = {
+                a: getattr(controllers[roster[a]], "policy_id", None) or roster[a] for a in actions
+            }
+            observer.step(seen_obs, actions, rewards, terminated, truncated, policies)
         total += float(sum(rewards.values()))
         taken.append(np.array([actions.get(a, 0) for a in agents], dtype=np.int64))
         seen.append(joint(obs))
+    for observer in observers.values():
+        observer.end()
     return total
 
 
