@@ -4,6 +4,7 @@ registered card, and the arena controller."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -19,12 +20,15 @@ from foresight.training.data import build_tensors, gather_window, sample_rows
 from foresight.training.loop.offline_rl import (
     OfflineRLTrainConfig,
     build_transitions,
+    load_offline_rl,
+    make_loss,
     offline_rl_gate,
     train_and_register_offline_rl,
     train_offline_rl,
+    validation_metrics,
 )
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork
-from foresight.training.registry import ModelRegistry, load_registered
+from foresight.training.registry import ModelRegistry, RegistryError
 
 from .conftest import make_frame
 
@@ -194,12 +198,24 @@ def test_registered_with_its_lineage_and_loaded_back(tmp_path, store: Store):
     assert card["model_config"]["spec"] == spec.to_dict() and card["model_config"]["context"] == 2
     assert card["git_sha"] and set(card["metrics"]) >= {"val/td_loss", "val/cql", "val/agreement"}
     assert card["training"]["reward_scale"] > 0 and len(card["training"]["history"]) == 2
-    model, mv = load_registered("offline-rl", store)
+    model, mv = load_offline_rl("offline-rl", store)
     assert isinstance(model, SharedQNetwork) and mv.version == 1
-    # the registered weights act like the trained ones
+    # the loaded network (weights, normalizer, config) gives back the card's validation numbers
+    split = json.loads(store.fs.read_bytes(store.uri("models", "offline-rl", "1", "split.json")))
+    data = build_tensors(frame, spec)
+    val = build_transitions(
+        model, data, sample_rows(data, split["val"]), card["training"]["reward_scale"]
+    )
+    loss, _ = make_loss(model, config)
+    again = validation_metrics(model, loss, val, config.cql_alpha)
+    assert again["agreement"] == card["metrics"]["val/agreement"]
+    assert again["td_loss"] == pytest.approx(card["metrics"]["val/td_loss"], rel=1e-5)
     history = JointHistory(["a", "b"], np.ones((1, 2, 2), np.float32), np.zeros((1, 2), int))
     controller = OfflineRLController(model)
     assert set(controller.act(history, ["a", "b"])) == {"a", "b"}
+    ModelRegistry(store).register("world", model.state_dict(), {"kind": "world"})
+    with pytest.raises(RegistryError, match="world@1 is a world model, not an offline-rl model"):
+        load_offline_rl("world", store)
 
 
 def test_a_dataset_with_continuous_actions_is_refused_before_training(tmp_path):

@@ -371,6 +371,24 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
+def load_offline_rl(ref: str, store=None) -> tuple[SharedQNetwork, Any]:
+    """A registered offline-RL model, rebuilt from its card's config, with its weights, in
+    eval mode, and its ModelVersion. A model of another kind is refused by name."""
+    from foresight.datasets.storage import Store
+    from foresight.training.registry import ModelRegistry, RegistryError
+
+    tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
+    kind = mv.card["kind"]
+    if kind != KIND:
+        raise RegistryError(
+            f"{mv.ref} is a {kind} model, not an {KIND} model; train one with "
+            f"`foresight train {KIND} --dataset REF`"
+        )
+    model = SharedQNetwork(OfflineRLConfig(**mv.card["model_config"]))
+    model.load_state_dict(tensors)
+    return model.eval(), mv
+
+
 def offline_rl_gate(
     metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> tuple[bool, list[str]]:
