@@ -17,7 +17,7 @@ from foresight.pipelines.model_assets import (
     world_model,
 )
 from foresight.pipelines.resources import ForesightStore
-from foresight.pipelines.sensors import landing_sensor
+from foresight.pipelines.sensors import landing_sensor, retrain_sensor
 
 
 def _env(name: str, default: str = ""):
@@ -44,7 +44,7 @@ defs = dg.Definitions(
         production_models,
     ],
     jobs=[ingest_job, train_job],
-    sensors=[landing_sensor],
+    sensors=[landing_sensor, retrain_sensor],
     schedules=[retrain_schedule],
     resources={"foresight_store": ForesightStore(**store_settings())},
 )

@@ -1,12 +1,18 @@
-"""The landing sensor: each new file under ``<store>/landing/<dataset>/`` is ingested once.
+"""Sensors: the landing sensor ingests what arrives; the retrain sensor retrains on growth.
 
-The cursor holds the files already requested, per dataset, so a restart does not request
-them again; the run key is derived from the files, so Dagster itself also refuses to start
-the same request twice.
+Landing: each new file under ``<store>/landing/<dataset>/`` (dropped by external systems, or
+written by the service's ``POST /episodes``) is ingested once. The cursor holds the files
+already requested, per dataset, so a restart does not request them again; the run key is
+derived from the files, so Dagster itself also refuses to start the same request twice.
+
+Retrain: once the production models' dataset holds FORESIGHT_RETRAIN_GROWTH (a share) more
+episodes than the version they were trained on, ``train_job`` runs on its latest version;
+its gates (baselines, then closed loop) decide whether the candidates are promoted.
 """
 
 import hashlib
 import json
+import os
 
 import dagster as dg
 
@@ -14,7 +20,9 @@ from foresight.datasets.catalog import NAME_RE, DatasetTable
 from foresight.datasets.readers import source_format
 from foresight.datasets.schema import SPEC_FILENAME
 from foresight.pipelines.assets import ingest_job
+from foresight.pipelines.model_assets import train_job
 from foresight.pipelines.resources import ForesightStore
+from foresight.training.registry import ModelRegistry, RegistryError
 
 INGEST_TAG = "foresight/ingest"
 """Run tag holding the dataset an ingest run writes; the run queue allows one per value."""
@@ -79,3 +87,90 @@ def landing_sensor(context: dg.SensorEvaluationContext, foresight_store: Foresig
     if not requests:
         return dg.SkipReason("no new landing files")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+
+
+RETRAIN_GROWTH_ENV = "FORESIGHT_RETRAIN_GROWTH"
+DEFAULT_RETRAIN_GROWTH = 0.25
+"""Retrain once a dataset holds this share more episodes than the version the production
+models were trained on (0.25: a quarter more)."""
+
+
+def retrain_growth() -> float:
+    """The share of new episodes that triggers a retrain (FORESIGHT_RETRAIN_GROWTH)."""
+    raw = os.environ.get(RETRAIN_GROWTH_ENV, str(DEFAULT_RETRAIN_GROWTH))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{RETRAIN_GROWTH_ENV} must be a share such as 0.25, got {raw!r}") from exc
+    if not value > 0:
+        raise ValueError(f"{RETRAIN_GROWTH_ENV} must be > 0, got {value}")
+    return value
+
+
+def dataset_growth(store, since: dict[str, int] | None = None) -> dict:
+    """How much the production models' dataset grew since they were trained on it.
+
+    ``since`` (dataset -> version) holds the versions retrains were already requested for:
+    the growth counts from the later of that and the production models' version, so a
+    candidate the gates refused is retried only after another share of new data, not on
+    every ingest. Returns ``dataset``, ``production`` (version trained on), ``baseline``
+    (the version growth counts from), ``latest``, the episode counts and ``growth``; or
+    ``reason`` when there is nothing to compare.
+    """
+    registry = ModelRegistry(store)
+    try:
+        world = registry.resolve("world@production")
+    except RegistryError:
+        return {"reason": "no world@production model yet"}
+    lineage = world.card.get("dataset") or {}
+    name, trained = lineage.get("name"), lineage.get("version")
+    if not name or trained is None:
+        return {"reason": f"{world.ref}'s card names no dataset version"}
+    table = DatasetTable(store, name)
+    latest = table.latest_version()
+    baseline = max(int(trained), (since or {}).get(name, -1))
+    out = {"dataset": name, "production": int(trained), "baseline": baseline, "latest": latest}
+    if latest is None or latest <= baseline:
+        return out | {"reason": f"{name} has no version after {name}@{baseline}"}
+    before = len(table.episode_ids(baseline))
+    now = len(table.episode_ids(latest))
+    growth = (now - before) / before if before else float("inf")
+    return out | {"episodes_before": before, "episodes_now": now, "growth": growth}
+
+
+@dg.sensor(
+    job=train_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING
+)
+def retrain_sensor(context: dg.SensorEvaluationContext, foresight_store: ForesightStore):
+    """Retrain on the latest version of the production models' dataset once it has grown
+    by FORESIGHT_RETRAIN_GROWTH; the gates of ``train_job`` decide promotion."""
+    since: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    threshold = retrain_growth()
+    growth = dataset_growth(foresight_store.store(), since)
+    if "growth" not in growth:
+        return dg.SkipReason(growth["reason"])
+    name, latest = growth["dataset"], growth["latest"]
+    summary = (
+        f"{name}: {growth['episodes_before']} -> {growth['episodes_now']} episodes from "
+        f"{name}@{growth['baseline']} to {name}@{latest} (+{growth['growth']:.0%}; "
+        f"retrain at +{threshold:.0%})"
+    )
+    if growth["growth"] < threshold:
+        return dg.SkipReason(summary)
+    ref = f"{name}@{latest}"
+    context.log.info(f"retrain: {summary}")
+    request = dg.RunRequest(
+        run_key=f"retrain:{ref}",
+        run_config={
+            "ops": {
+                asset: {"config": {"dataset": ref}} for asset in ("behavior_model", "world_model")
+            }
+        },
+        tags={
+            "foresight/dataset": ref,
+            "foresight/trigger": "growth",
+            "foresight/growth": f"{growth['growth']:.4f}",
+        },
+    )
+    since[name] = latest
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps(since, sort_keys=True))
