@@ -23,7 +23,7 @@ import json
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -183,13 +183,14 @@ def iter_jsonl(stream: BinaryIO, spec: DatasetSpec, gz: bool) -> Iterator[Chunk]
         data = reader.read(BLOCK_BYTES)
         if not data:
             break
-        block = tail + data
-        cut = block.rfind(b"\n") + 1
+        cut = data.rfind(b"\n") + 1
         if cut == 0:  # no newline yet: keep reading (one very long line)
-            tail = block
+            tail += data
             continue
-        block, tail = block[:cut], block[cut:]
-        n_lines = block.count(b"\n")
+        # The previous read's unfinished line and this read's whole lines, in one copy.
+        block = data if not tail and cut == len(data) else b"".join((tail, memoryview(data)[:cut]))
+        tail = data[cut:]
+        n_lines = int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))
         yield _parse_block(block, n_lines, first_line, schema, spec)
         first_line += n_lines
     if tail.strip():
@@ -208,40 +209,94 @@ def _parse_block(
     return _parse_block_exact(block, first_line, schema, spec)
 
 
+@dataclass
+class _KeyBytes:
+    """What the raw bytes of a JSONL block say about its keys and the values after them.
+
+    Polars drops keys that are not in the schema. Every key in JSON is a string directly
+    followed by ':' (optionally after whitespace), so the keys are the colons right after
+    a '"'; more of them than values polars found means an unknown key (or a '":' inside a
+    string value, a harmless false alarm). The byte after such a colon (after one blank,
+    as ``json.dumps`` writes ``": "``) is the first byte of the key's value.
+    """
+
+    keys: int
+    """Colons right after a '"'."""
+    blank_before_colon: bool
+    """Some colon follows a space, tab or CR: a key polars reads but ``keys`` misses."""
+    objects: int
+    """Values (after a key) that start with '{'."""
+    strings: int
+    """Values (after a key) that start with '"'."""
+
+    @classmethod
+    def scan(cls, block: bytes) -> _KeyBytes:
+        buf = np.frombuffer(block, dtype=np.uint8)
+        colons = np.flatnonzero(buf == 58)  # ':'
+        # A colon at 0 would read the block's final '\n' here: neither a quote nor a blank.
+        before = buf[colons - 1]
+        quoted = before == 34  # '"'
+        keys = int(np.count_nonzero(quoted))
+        blank = False
+        if keys != colons.size:  # colons inside string values, or after a blank
+            other = before[~quoted]
+            blank = bool(np.any((other == 32) | (other == 9) | (other == 13)))
+            colons = colons[quoted]
+        # A key's colon is followed by at least a value byte, '}' and '\n' when the block
+        # parses; one that is not (a '":' at the very end) marks the block as suspect.
+        if colons.size and int(colons[-1]) + 2 >= buf.size:
+            return cls(keys, True, 0, 0)
+        first = buf[colons + 1]
+        spaced = first == 32
+        if spaced.any():
+            first = np.where(spaced, buf[colons + 2], first)
+        objects = int(np.count_nonzero(first == 123))  # '{'
+        strings = int(np.count_nonzero(first == 34))
+        return cls(keys, blank, objects, strings)
+
+
+def _scan_beside(block: bytes) -> Callable[[], _KeyBytes]:
+    """Start :meth:`_KeyBytes.scan` on a worker thread (numpy lets go of the GIL), so the
+    byte scan runs beside polars' parse; the returned function waits for its result."""
+    out: list[_KeyBytes] = []
+    worker = threading.Thread(target=lambda: out.append(_KeyBytes.scan(block)), daemon=True)
+    worker.start()
+
+    def result() -> _KeyBytes:
+        worker.join()
+        return out[0] if out else _KeyBytes.scan(block)
+
+    return result
+
+
 def _parse_block_fast(block: bytes, n_lines: int, schema: dict) -> pl.DataFrame | None:
     """Parse with polars, or None when the block needs the line-by-line path."""
+    scanned = _scan_beside(block)
     try:
         frame = pl.read_ndjson(io.BytesIO(block), schema=schema)
     except Exception:  # syntax error, NaN, a value of the wrong type: go exact
+        scanned()
         return None
+    key_bytes = scanned()
     if frame.height != n_lines:  # blank lines: the exact path keeps line numbers right
         return None
-    # Polars drops keys that are not in the schema. Every key in JSON is a string directly
-    # followed by ':' (optionally after whitespace), so count '":' and compare with the
-    # values polars found; more colons than values means an unknown key (or a ':' inside
-    # a string value, a harmless false alarm), and the block goes the exact path.
-    buf = np.frombuffer(block, dtype=np.uint8)
-    colons = np.flatnonzero(buf == 58)  # ':'
-    colons = colons[colons > 0]
-    before = buf[colons - 1]
-    if np.any((before == 32) | (before == 9) | (before == 13)):  # whitespace before ':'
+    if key_bytes.blank_before_colon:
         return None
-    keys = int(np.count_nonzero(before == 34))  # '"'
     values = frame.height * frame.width - sum(frame.null_count().row(0))
-    if keys != values:
+    if key_bytes.keys != values:
         # Explicit nulls are keys without a value; count them before giving up.
         explicit_nulls = sum(block.count(f'"{c}":null'.encode()) for c in ALL_COLUMNS)
-        if keys != values + explicit_nulls:
+        if key_bytes.keys != values + explicit_nulls:
             return None
-    # Every '":' is a real key now, so what follows each one is a value's first byte.
-    return frame if _fast_types_exact(buf, colons[before == 34], frame) else None
+    # Every '":' is a real key now, so the counted first bytes are values' first bytes.
+    return frame if _fast_types_exact(key_bytes, frame) else None
 
 
 _STRING_COLUMNS = ("episode_id", "agent_id", "policy_id", "info")
 _LIST_COLUMNS = ("obs", "state", "action", "action_mask")
 
 
-def _fast_types_exact(buf: np.ndarray, key_colons: np.ndarray, frame: pl.DataFrame) -> bool:
+def _fast_types_exact(key_bytes: _KeyBytes, frame: pl.DataFrame) -> bool:
     """Whether polars kept every value as JSONL allows, where it would coerce silently.
 
     Polars reads a number or ``true`` into a string column as its text, an object as its
@@ -250,22 +305,18 @@ def _fast_types_exact(buf: np.ndarray, key_colons: np.ndarray, frame: pl.DataFra
     string, so the values that start with '"' after their key are exactly the string
     columns' values when none was coerced.
     """
-    last = len(buf) - 1  # a key's colon is never among the last bytes of a block ('}\n')
-    after = buf[np.minimum(key_colons + 1, last)]
-    after2 = buf[np.minimum(key_colons + 2, last)]
-    first = np.where(after == 32, after2, after)  # ": " (json.dumps) or ":"
-    if np.any(first == 123):  # '{': an object value, only ``info`` may hold one
+    if key_bytes.objects:  # only ``info`` may hold an object
         return False
     strings = sum(frame.height - frame[c].null_count() for c in _STRING_COLUMNS)
-    if int(np.count_nonzero(first == 34)) != strings:
+    if key_bytes.strings != strings:
         return False
-    for name in _LIST_COLUMNS:
-        col = frame[name]
-        if isinstance(col.dtype, pl.List):
-            holes = col.explode().null_count() - col.is_null().sum() - (col.list.len() == 0).sum()
-            if holes:
-                return False
-    return True
+    # A null element inside a list, all list columns in one select: the list lengths count
+    # every element, the exploded values only the non-null ones.
+    lists = [c for c in _LIST_COLUMNS if isinstance(frame.schema[c], pl.List)]
+    holes = frame.select(
+        pl.sum_horizontal(pl.col(c).list.len().sum() - pl.col(c).explode().count() for c in lists)
+    ).item()
+    return holes == 0
 
 
 _EXPECTED = {

@@ -508,3 +508,84 @@ def test_plain_jsonl_cases_take_the_fast_path(tmp_path):
     assert _parse_block_fast(block, 1, schema) is not None
     assert _parse_block_fast(block.replace(b'"toy"', b"7"), 1, schema) is None
     assert _parse_block_fast(block + b"\n", 2, schema) is None
+
+
+FAST_PATH_REFUSALS = [
+    # (what, replace this, with this, the exact path's reason)
+    (
+        "unknown-key-number",
+        b'"info": "fine"',
+        b'"info": "fine", "colour": 5',
+        "unknown field(s): colour",
+    ),
+    (
+        "unknown-key-null",
+        b'"info": "fine"',
+        b'"info": "fine", "colour": null',
+        "unknown field(s): colour",
+    ),
+    (
+        "unknown-key-blank",
+        b'"info": "fine"',
+        b'"info": "fine", "colour" : 5',
+        "unknown field(s): colour",
+    ),
+    (
+        "unknown-key-tab",
+        b'"info": "fine"',
+        b'"info": "fine", "colour"\t: 5',
+        "unknown field(s): colour",
+    ),
+    (
+        "number-as-string",
+        b'"policy_id": "toy"',
+        b'"policy_id": 7',
+        "wrong type for 'policy_id': expected a string or null, got int",
+    ),
+    (
+        "bool-as-id",
+        b'"episode_id": "v"',
+        b'"episode_id": true',
+        "wrong type for 'episode_id': expected a string, got bool",
+    ),
+    (
+        "object-as-id",
+        b'"agent_id": "a0"',
+        b'"agent_id": {"a": 0}',
+        "wrong type for 'agent_id': expected a string, got dict",
+    ),
+    (
+        "null-in-list",
+        b"[0.0, 0.1, 0.2]",
+        b"[0.0, null, 0.2]",
+        "wrong type for 'state': expected a list of numbers or null, got list",
+    ),
+]
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["spaced", "compact"])
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [pytest.param(*case[1:], id=case[0]) for case in FAST_PATH_REFUSALS],
+)
+def test_fast_path_refuses_what_polars_would_swallow(tmp_path, old, new, reason, compact):
+    """Each check of the fast path, alone: polars would read these lines without a word
+    (dropping the key, coercing the value), so the block must go the exact path, which
+    names the problem."""
+    from foresight.datasets.readers import _parse_block, _parse_block_fast, input_schema
+
+    path = write_records(tmp_path / "v.jsonl", [base_record("discrete", "v")], "jsonl")
+    line = path.read_bytes()
+    assert old in line
+    bad = line.replace(old, new)
+    if compact:  # what orjson and most loggers write: no blank after ':' or ','
+        line, bad = (x.replace(b'": ', b'":').replace(b", ", b",") for x in (line, bad))
+    block = line * 3 + bad + line  # one bad line among good ones
+    spec = SPECS["discrete"]
+    schema = input_schema(spec)
+    assert _parse_block_fast(line * 4, 4, schema) is not None
+    assert _parse_block_fast(block, 5, schema) is None
+    chunk = _parse_block(block, 5, 1, schema, spec)
+    assert chunk.rows.height == 4
+    assert chunk.rejected["reason"].to_list() == [reason]
+    assert chunk.rejected["_line"].to_list() == [4]
