@@ -20,6 +20,9 @@ Configuration (environment, read at start-up):
                                faster on one thread, and the event loop keeps a core)
     FORESIGHT_INLINE_QUERIES   batches up to this many queries run on the event loop (4)
     FORESIGHT_TRACE_API        1: OpenTelemetry spans on the API routes (default 0)
+    FORESIGHT_EPISODES_MAX_ROWS, _BUFFER_ROWS, _BUFFER_BYTES, _FLUSH_SECONDS, _CONCURRENCY:
+                               POST /episodes: rows per request (20,000), the buffer
+                               written to <store>/landing/ (see foresight.serving.episodes)
 
 Every flag is read when the service is built (``Foresight()``, the middleware when the
 ASGI app starts), so tests set them with ``monkeypatch.setenv``; only FORESIGHT_TRACE_API

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,10 +33,10 @@ def landed_rows(store, dataset: str = "spread") -> list[dict]:
     return rows
 
 
-def landed_episodes(store) -> Counter:
+def landed_episodes(store, dataset: str = "spread") -> Counter:
     """Episode id -> in how many landing files it is (1 = exactly once)."""
     files: Counter = Counter()
-    for uri in store.fs.list_files(store.landing_uri("spread")):
+    for uri in store.fs.list_files(store.landing_uri(dataset)):
         if uri.endswith(".jsonl") and not uri.rsplit("/", 1)[-1].startswith("."):
             lines = store.fs.read_bytes(uri).splitlines()
             files.update({json.loads(line)["episode_id"] for line in lines})
@@ -101,14 +102,32 @@ def test_sigterm_writes_every_accepted_episode_once_across_a_restart(tmp_path_fa
                         )
                     assert recorder.finish() is not None
                 accepted += recorder.posted
+                # a landing folder that cannot be written: 503 with the reason, and what was
+                # accepted stays buffered until it can be
+                blocker = Path(store.landing_uri("fresh"))
+                blocker.write_text("a file where a folder should be")
+                fresh = client.post_episodes({"dataset": "fresh", "episodes": [episode("f1")]})
+                assert fresh.episode_ids == ["f1"]
+                r = httpx.post(
+                    f"{server.url}/episodes",
+                    json={"dataset": "fresh", "episodes": [episode("f2")], "flush": True},
+                    headers={"Authorization": f"Bearer {KEY}"},
+                )
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert "cannot write to the landing zone" in r.json()["error"]
+                assert "fresh" in r.json()["error"]
+                blocker.unlink()
         finally:
             sigterm(server)
         assert len(accepted) == 10
         assert landed_episodes(store) == Counter(dict.fromkeys(accepted, 1))
+        assert landed_episodes(store, "fresh") == Counter({"f1": 1, "f2": 1})
 
         result = ingest_logs([store.landing_uri("spread")], "spread", store=store)
         assert (result.accepted, result.quarantined) == (8 * 9 + 2 * 4 * 2, 0)
         assert sorted(DatasetTable(store, "spread").episode_ids(result.version)) == sorted(accepted)
+        fresh = ingest_logs([store.landing_uri("fresh")], "fresh", store=store)  # a new dataset,
+        assert (fresh.accepted, fresh.quarantined) == (18, 0)  # with the spec written beside
         assert new_landing_files(store, {}) == {}
 
 
