@@ -212,7 +212,7 @@ def main() -> None:
             )
             lines.append(
                 f"## {env}: world {wmv.ref}, behavior {bmv.ref} "
-                f"(trained on {wmv.card['dataset']['resolved']})"
+                f"(trained on {wmv.card.dataset.resolved})"
             )
         else:
             lines.append(f"## {env}: no models in the store; scripted controllers only")

@@ -492,7 +492,7 @@ def main() -> None:
 
     store = Store(str(tmp / "store"))
     world, behavior = register_pair(store, spread_spec(), world_config={}, behavior_config={})
-    wc, bc = world.card["model_config"], behavior.card["model_config"]
+    wc, bc = world.card.model_config, behavior.card.model_config
     models = {
         "world": f"d_model {wc['d_model']}, {wc['n_layers']} layers",
         "behavior": f"{bc.get('architecture', 'gru/1')}, d_model {bc['d_model']}, "

@@ -510,11 +510,11 @@ def cmd_models(args: argparse.Namespace) -> None:
                     {
                         "model": name,
                         "version": mv.version,
-                        "kind": mv.card.get("kind"),
-                        "dataset": (mv.card.get("dataset") or {}).get("resolved"),
+                        "kind": mv.card.kind,
+                        "dataset": mv.card.dataset.resolved if mv.card.dataset else None,
                         "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
-                        "created_at": mv.card.get("created_at"),
-                        "git_sha": (mv.card.get("git_sha") or "")[:12],
+                        "created_at": mv.card.created_at,
+                        "git_sha": (mv.card.git_sha or "")[:12],
                     }
                 )
         _emit(
@@ -530,7 +530,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             "ref": args.ref,
             "resolved": mv.ref,
             "aliases": sorted(a for a, v in registry.aliases(mv.name).items() if v == mv.version),
-            "card": mv.card,
+            "card": mv.card.to_dict(),
         }
         _emit(
             args,

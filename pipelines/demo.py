@@ -216,6 +216,7 @@ def query_service(store, dataset: str, models: dict[str, str]) -> None:
     from foresight.datasets.s3server import free_ports
     from foresight.serving.client import ForesightClient
     from foresight.serving.launch import ServerProcess
+    from foresight.training.registry import ModelCard
 
     _banner(f"6. serve {models['world']} and {models['behavior']}; query every endpoint")
     port = free_ports(1)[0]
@@ -227,7 +228,8 @@ def query_service(store, dataset: str, models: dict[str, str]) -> None:
         with ForesightClient(server.url) as client:
             loaded = client.models()
             for m in loaded.models:
-                lineage = m.card.get("dataset", {}).get("resolved")
+                card = ModelCard.from_dict(m.card)  # the served card is the stored JSON
+                lineage = card.dataset.resolved if card.dataset else None
                 print(f"/models: {m.role} = {m.ref} (trained on {lineage})")
             [pred] = client.predict_actions([history])
             for agent in agents:

@@ -157,7 +157,7 @@ def staging_models(
     moved = {}
     for ref in (world_model, behavior_model):
         mv = registry.resolve(ref)
-        if not mv.card.get("quality_gate", {}).get("passed"):
+        if not (mv.card.quality_gate and mv.card.quality_gate.passed):
             raise dg.Failure(f"{ref} failed its quality gate; not promoting")
         moved[mv.name] = registry.promote(ref, "staging")["to"]
         context.log.info(f"{mv.name}@staging -> {moved[mv.name]}")

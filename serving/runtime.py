@@ -30,7 +30,13 @@ from foresight.serving import schemas as S
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig
 from foresight.training.data import Window
 from foresight.training.models.world_model import imagine
-from foresight.training.registry import ModelRef, ModelRegistry, RegistryError, load_registered
+from foresight.training.registry import (
+    ModelCard,
+    ModelRef,
+    ModelRegistry,
+    RegistryError,
+    load_registered,
+)
 
 log = logging.getLogger("foresight.serving")
 
@@ -59,7 +65,7 @@ class LoadedModel:
     version: str
     """The version loaded (``world@3``)."""
     model: torch.nn.Module
-    card: dict[str, Any]
+    card: ModelCard
     signature: S.ModelSignature
     bento_tag: str | None
     loaded_at: float
@@ -106,10 +112,11 @@ def refs_from_env(world: str | None = None, behavior: str | None = None) -> dict
 # -- BentoML model store ---------------------------------------------------------------------
 
 
-def bento_tag_for(role: Role, card: dict[str, Any]) -> str:
+def bento_tag_for(role: Role, card: ModelCard) -> str:
     """``foresight-world:world-3-<card digest>``: one tag per registry version and store."""
-    digest = hashlib.sha256(json.dumps(card, sort_keys=True, default=str).encode()).hexdigest()
-    version = f"{card['name']}-{card['version']}-{digest[:10]}".lower()
+    body = json.dumps(card.to_dict(), sort_keys=True, default=str)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    version = f"{card.name}-{card.version}-{digest[:10]}".lower()
     return f"{BENTO_PREFIX}{role}:{version}"
 
 
@@ -128,16 +135,16 @@ def export_to_bento(role: Role, loaded: LoadedModel, aliases: list[str]) -> str:
     except NotFound:
         pass
     labels = {
-        "registry_name": str(loaded.card["name"]),
-        "registry_version": str(loaded.card["version"]),
+        "registry_name": str(loaded.card.name),
+        "registry_version": str(loaded.card.version),
         "aliases": ",".join(sorted(aliases)),
-        "kind": str(loaded.card["kind"]),
-        "dataset": str(loaded.card.get("dataset", {}).get("resolved", "")),
+        "kind": str(loaded.card.kind),
+        "dataset": str((loaded.card.dataset.resolved if loaded.card.dataset else None) or ""),
     }
     with bentoml.models.create(tag, labels=labels) as bento_model:
         save_file(model_state(loaded.model), bento_model.path_of("weights.safetensors"))
         with open(bento_model.path_of("card.json"), "w") as f:
-            json.dump(loaded.card, f, indent=2, sort_keys=True, default=str)
+            json.dump(loaded.card.to_dict(), f, indent=2, sort_keys=True, default=str)
     return tag
 
 
@@ -167,9 +174,9 @@ def _load_from_bento(role: Role, ref: str) -> LoadedModel:
         )
     chosen = max(candidates, key=lambda m: int(m.info.labels.get("registry_version", 0)))
     with open(chosen.path_of("card.json")) as f:
-        card = json.load(f)
+        card = ModelCard.from_dict(json.load(f))
     model = load_model(
-        card["kind"], card["model_config"], load_file(chosen.path_of("weights.safetensors"))
+        card.kind, card.model_config, load_file(chosen.path_of("weights.safetensors"))
     )
     return _loaded(role, ref, model, card, str(chosen.tag))
 
@@ -177,17 +184,17 @@ def _load_from_bento(role: Role, ref: str) -> LoadedModel:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _loaded(role: Role, ref: str, model, card: dict, bento_tag: str | None) -> LoadedModel:
-    if card.get("kind") != role:
+def _loaded(role: Role, ref: str, model, card: ModelCard, bento_tag: str | None) -> LoadedModel:
+    if card.kind != role:
         raise ModelLoadError(
-            f"{role} model {ref!r} resolves to {card.get('name')}@{card.get('version')}, "
-            f"a {card.get('kind')!r} model; pass a {role} model"
+            f"{role} model {ref!r} resolves to {card.name}@{card.version}, "
+            f"a {card.kind!r} model; pass a {role} model"
         )
     spec = model.config.spec
     return LoadedModel(
         role=role,
         ref=ref,
-        version=f"{card['name']}@{card['version']}",
+        version=f"{card.name}@{card.version}",
         model=model,
         card=card,
         signature=S.ModelSignature.from_spec(spec),

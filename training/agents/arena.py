@@ -46,6 +46,7 @@ from foresight.datasets.sources.policies import (
 )
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
+from foresight.training.registry.card import ModelCard
 
 Action = int | np.ndarray
 
@@ -89,8 +90,8 @@ class ArenaModels:
     world: Any = None
     behavior: Any = None
     planner_config: PlannerConfig | None = None
-    world_card: dict | None = None
-    behavior_card: dict | None = None
+    world_card: ModelCard | None = None
+    behavior_card: ModelCard | None = None
 
 
 ControllerFactory = Callable[[str, ArenaModels], Controller]
@@ -394,8 +395,8 @@ def run_arena(
     world=None,
     behavior=None,
     planner_config: PlannerConfig | None = None,
-    world_card: dict | None = None,
-    behavior_card: dict | None = None,
+    world_card: ModelCard | None = None,
+    behavior_card: ModelCard | None = None,
     factories: Mapping[str, ControllerFactory] | None = None,
     max_cycles: int = 25,
     out_dir: str | Path | None = None,

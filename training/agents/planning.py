@@ -43,7 +43,7 @@ a short history that begins later is refused (ValueError) unless
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Window, describe_spec
+from foresight.training.registry.card import ModelCard
 
 Action = int | list[float]
 
@@ -180,20 +181,24 @@ def spec_core(spec: dict | None) -> dict[str, Any]:
 
 
 def check_same_dataset(
-    world, behavior, world_card: dict | None = None, behavior_card: dict | None = None
+    world,
+    behavior,
+    world_card: ModelCard | Mapping | None = None,
+    behavior_card: ModelCard | Mapping | None = None,
 ) -> None:
     """ValueError, naming both, when the models were trained on different datasets.
 
     The specs in their configs must agree (env, agents and observation sizes, action spec,
-    state size); with cards, their dataset names must agree too (versions may differ).
+    state size); with cards (or their JSON), their dataset names must agree too (versions
+    may differ).
     """
+    world_card, behavior_card = ModelCard.coerce(world_card), ModelCard.coerce(behavior_card)
 
-    def label(kind: str, model, card: dict | None) -> str:
+    def label(kind: str, model, card: ModelCard | None) -> str:
         spec = getattr(model.config, "spec", None)
         where = ""
-        if card:
-            ds = card.get("dataset", {})
-            where = f" trained on {ds.get('resolved') or ds.get('name')}"
+        if card is not None and card.dataset is not None:
+            where = f" trained on {card.dataset.resolved or card.dataset.name}"
         desc = describe_spec(DatasetSpec.from_dict(spec)) if spec else "no spec"
         return f"{kind} model{where} [{desc}]"
 
@@ -206,9 +211,9 @@ def check_same_dataset(
     problem = None
     if spec_core(ws) != spec_core(bs):
         problem = "their dataset specs differ"
-    elif world_card and behavior_card:
-        wn = world_card.get("dataset", {}).get("name")
-        bn = behavior_card.get("dataset", {}).get("name")
+    elif world_card is not None and behavior_card is not None:
+        wn = world_card.dataset.name if world_card.dataset else None
+        bn = behavior_card.dataset.name if behavior_card.dataset else None
         if wn and bn and wn != bn:
             problem = f"they come from different datasets ({wn!r} vs {bn!r})"
     if problem:
@@ -314,8 +319,8 @@ class Planner:
         world,
         behavior,
         config: PlannerConfig | None = None,
-        world_card: dict | None = None,
-        behavior_card: dict | None = None,
+        world_card: ModelCard | Mapping | None = None,
+        behavior_card: ModelCard | Mapping | None = None,
         reward_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         check_same_dataset(world, behavior, world_card, behavior_card)

@@ -23,7 +23,16 @@ from foresight.datasets.catalog import DatasetTable, resolve_ref
 from foresight.datasets.schema import DatasetSpec
 from foresight.datasets.storage import Store
 from foresight.training.loop.train import TrainConfig, config_dict, model_state, ranks, train
-from foresight.training.registry import ModelRegistry, ModelVersion, RegistryError, load_registered
+from foresight.training.registry import (
+    DatasetLineage,
+    ModelCard,
+    ModelRegistry,
+    ModelVersion,
+    QualityGate,
+    RegistryError,
+    TrainingSummary,
+    load_registered,
+)
 
 ModelKind = Literal["world", "behavior"]
 
@@ -102,7 +111,7 @@ def _behavior_for(store: Store, dataset: str, version: int, ref: str | None) -> 
             if ref:
                 raise
             continue
-        if mv.card.get("dataset", {}).get("name") == dataset:
+        if mv.card.dataset is not None and mv.card.dataset.name == dataset:
             model, _ = load_registered(candidate, store)
             return model, mv.ref
     return None, None
@@ -178,33 +187,30 @@ def train_and_register(
     )
     passed, failures = quality_gate(kind, evaluation)
     model_name = name or kind
-    card = {
-        "kind": kind,
-        "dataset": {
-            "ref": dataset_ref,
-            "name": table.name,
-            "version": version,
-            "resolved": f"{table.name}@{version}",
-        },
-        "spec": spec.to_dict(),
-        "train_config": config_dict(config),
-        "model_config": asdict(result.model_config),
-        "metrics": evaluation["model"],
-        "baselines": evaluation["baselines"],
-        "evaluation": evaluation["meta"],
-        "quality_gate": {"passed": passed, "failures": failures},
-        "training": {
-            "epochs_run": len(result.history),
-            "best_epoch": result.best_epoch,
-            "seconds": round(time.time() - started, 1),
-            "final": result.history[-1] if result.history else {},
-            "n_train_episodes": len(result.train_episode_ids),
-            "n_val_episodes": len(result.val_episode_ids),
-            "n_calibration_episodes": len(result.calib_episode_ids),
-            "history": result.history,
-        },
-        "behavior_model_for_imagination": behavior_used,
-    }
+    card = ModelCard(
+        kind=kind,
+        dataset=DatasetLineage(
+            ref=dataset_ref, name=table.name, version=version, resolved=f"{table.name}@{version}"
+        ),
+        spec=spec.to_dict(),
+        train_config=config_dict(config),
+        model_config=asdict(result.model_config),
+        metrics=evaluation["model"],
+        baselines=evaluation["baselines"],
+        evaluation=evaluation["meta"],
+        quality_gate=QualityGate(passed=passed, failures=failures),
+        training=TrainingSummary(
+            epochs_run=len(result.history),
+            best_epoch=result.best_epoch,
+            seconds=round(time.time() - started, 1),
+            final=result.history[-1] if result.history else {},
+            n_train_episodes=len(result.train_episode_ids),
+            n_val_episodes=len(result.val_episode_ids),
+            n_calibration_episodes=len(result.calib_episode_ids),
+            history=result.history,
+        ),
+        behavior_model_for_imagination=behavior_used,
+    )
     registry = ModelRegistry(store)
     split = {
         "train": result.train_episode_ids,
@@ -221,11 +227,11 @@ def train_and_register(
     return {
         "model": mv.ref,
         "version": mv.version,
-        "dataset": card["dataset"]["resolved"],
+        "dataset": card.dataset.resolved,
         "metrics": evaluation["model"],
         "baselines": evaluation["baselines"],
-        "quality_gate": card["quality_gate"],
-        "training": card["training"],
+        "quality_gate": card.quality_gate.to_dict(),
+        "training": card.training.to_dict(),
         "report": report,
     }
 
@@ -270,7 +276,9 @@ def evaluate_registered(
     store = store or Store.from_env()
     model, mv = load_registered(model_ref, store)
     card = mv.card
-    ref = dataset_ref or card["dataset"]["resolved"]
+    if dataset_ref is None and not (card.dataset and card.dataset.resolved):
+        raise ValueError(f"the card of {mv.ref} names no dataset version; pass a dataset")
+    ref = dataset_ref or card.dataset.resolved
     table, version, frame, spec = load_frame(ref, store)
     split = json.loads(
         store.fs.read_bytes(store.uri("models", mv.name, str(mv.version), SPLIT_FILE))
@@ -284,10 +292,10 @@ def evaluate_registered(
         )
     behavior = None
     behavior_used = None
-    if card["kind"] == "world":
+    if card.kind == "world":
         behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
     evaluation = evaluate(
-        card["kind"],
+        card.kind,
         model,
         frame,
         spec,
@@ -296,8 +304,8 @@ def evaluate_registered(
         train_episode_ids=sorted(trained_on & set(frame["episode_id"].unique().to_list())) or None,
         device=device,
     )
-    passed, failures = quality_gate(card["kind"], evaluation)
-    history = card.get("training", {}).get("history", [])
+    passed, failures = quality_gate(card.kind, evaluation)
+    history = card.training.history if card.training else []
     report = _write_report(store, mv, evaluation, history, write_report)
     return {
         "model": mv.ref,

@@ -1,8 +1,16 @@
 """The model registry: versions with their cards, aliases with their history, on the store.
 
-:mod:`.catalog` holds it; the names a caller needs are re-exported here.
+:mod:`.catalog` holds the registry, :mod:`.card` the model card's type; the names a caller
+needs are re-exported here.
 """
 
+from foresight.training.registry.card import (
+    CardError,
+    DatasetLineage,
+    ModelCard,
+    QualityGate,
+    TrainingSummary,
+)
 from foresight.training.registry.catalog import (
     CARD,
     WEIGHTS,
@@ -17,6 +25,11 @@ from foresight.training.registry.catalog import (
 
 __all__ = [
     "CARD",
+    "CardError",
+    "DatasetLineage",
+    "ModelCard",
+    "QualityGate",
+    "TrainingSummary",
     "WEIGHTS",
     "ModelRef",
     "ModelRegistry",

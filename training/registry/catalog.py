@@ -29,11 +29,13 @@ import logging
 import re
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from foresight.datasets.storage import Store
+from foresight.training.registry.card import CardError, ModelCard
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
@@ -102,7 +104,7 @@ class ModelVersion:
 
     name: str
     version: int
-    card: dict[str, Any] = field(default_factory=dict)
+    card: ModelCard = field(default_factory=ModelCard)
 
     @property
     def ref(self) -> str:
@@ -144,7 +146,7 @@ def current_architectures() -> dict[str, str]:
 
 def check_architecture(mv: ModelVersion) -> None:
     """RegistryError when ``mv``'s card records another weights layout than this code builds."""
-    kind, config = mv.card.get("kind"), mv.card.get("model_config")
+    kind, config = mv.card.kind, mv.card.model_config
     expected = current_architectures().get(kind)
     if expected is None or not isinstance(config, dict):
         return  # not a world/behavior model with a config: nothing to build, nothing to check
@@ -154,7 +156,7 @@ def check_architecture(mv: ModelVersion) -> None:
             f"model {mv.ref} is a {kind} model of architecture {found!r}, but this code "
             f"builds {kind} models of architecture {expected!r}; its weights cannot be "
             f"loaded. Retrain it with this code (or load it with the code version that "
-            f"trained it: git {mv.card.get('git_sha', 'unknown')})"
+            f"trained it: git {mv.card.git_sha or 'unknown'})"
         )
 
 
@@ -228,7 +230,8 @@ class ModelRegistry:
                 numbers.append(int(tail))
         return sorted(numbers)
 
-    def card(self, name: str, version: int) -> dict[str, Any]:
+    def card(self, name: str, version: int) -> ModelCard:
+        """The card of ``name@version``; a RegistryError when it is missing or unreadable."""
         uri = self._version_uri(check_model_name(name), version, CARD)
         try:
             card = json.loads(self.store.fs.read_bytes(uri))
@@ -239,12 +242,13 @@ class ModelRegistry:
                 f"the card of model {name}@{version} is not valid JSON ({exc}) at {uri}; "
                 f"delete the version (foresight models delete {name}@{version}) and retrain"
             ) from exc
-        if not isinstance(card, dict):
+        try:
+            return ModelCard.from_dict(card)
+        except CardError as exc:
             raise RegistryError(
-                f"the card of model {name}@{version} is not a JSON object at {uri}; "
+                f"the card of model {name}@{version} at {uri} is not a model card ({exc}); "
                 f"delete the version (foresight models delete {name}@{version}) and retrain"
-            )
-        return card
+            ) from exc
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every readable version; an unreadable card is skipped and put in ``problems``."""
@@ -328,14 +332,16 @@ class ModelRegistry:
         self,
         name: str,
         tensors: dict[str, Any],
-        card: dict[str, Any],
+        card: ModelCard | Mapping[str, Any],
         parent: int | None = None,
         extra_files: dict[str, bytes] | None = None,
     ) -> ModelVersion:
         """Store a new version: claim its number, write weights (and extra files), card last.
 
         The card makes the version visible, so a registration that dies half-way leaves
-        nothing behind that lists or loads (its number stays used).
+        nothing behind that lists or loads (its number stays used). The registry sets the
+        card's ``name`` and ``version``, and ``created_at``, ``parent_version`` and
+        ``git_sha`` unless the card carries them (a card registered again keeps its own).
         """
         from safetensors.torch import save
 
@@ -349,22 +355,24 @@ class ModelRegistry:
                     f"name (letters, digits, '_', '-', '.'), not {WEIGHTS} or {CARD}"
                 )
         numbers = self.version_numbers(name)
-        full_card = {
-            "name": name,
-            "created_at": time.time(),
-            "parent_version": parent if parent is not None else (numbers[-1] if numbers else None),
-            "git_sha": card.get("git_sha") or git_sha(),
-            **{k: v for k, v in card.items() if k not in {"name", "version"}},
+        given = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+        if parent is None:
+            parent = numbers[-1] if numbers else None
+        filled = {
+            "created_at": given.created_at if given.has("created_at") else time.time(),
+            "parent_version": given.parent_version if given.has("parent_version") else parent,
+            "git_sha": given.git_sha if given.has("git_sha") else git_sha(),
         }
-        json.dumps(full_card, allow_nan=False)  # fail before claiming or writing anything
+        # fail before claiming or writing anything
+        json.dumps(given.registered(name=name, version=0, **filled).to_dict(), allow_nan=False)
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         version = self._claim_version(name, numbers)
-        full_card["version"] = version
+        full_card = given.registered(name=name, version=version, **filled)
         weights = save(tensors, metadata={"name": name, "version": str(version)})
         self.store.fs.write_bytes(self._version_uri(name, version, WEIGHTS), weights)
         for filename, data in (extra_files or {}).items():
             self.store.fs.write_bytes(self._version_uri(name, version, filename), data)
-        body = json.dumps(full_card, indent=2, sort_keys=True).encode()
+        body = json.dumps(full_card.to_dict(), indent=2, sort_keys=True).encode()
         if not self.store.fs.write_if(self._version_uri(name, version, CARD), body, None):
             raise RegistryError(  # the counter makes this unreachable; never overwrite a card
                 f"model {name}@{version} already has a card in {self.store.root}: another "
@@ -528,4 +536,4 @@ def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVer
     from foresight.training.loop.train import load_model
 
     tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
-    return load_model(mv.card["kind"], mv.card["model_config"], tensors), mv
+    return load_model(mv.card.kind, mv.card.model_config, tensors), mv
