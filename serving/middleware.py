@@ -180,9 +180,41 @@ def public_spec(spec: dict[str, Any], hidden: frozenset[str] = BENCH_PATHS) -> d
     return {**spec, "paths": paths, "components": components}
 
 
+def _branch(part: Any) -> bool:
+    """A union member's label in a pydantic error location (``list[list[float]]``,
+    ``function-after[_decode(), EncodedArray]``), not a field."""
+    return isinstance(part, str) and "[" in part
+
+
+WRONG_KIND = frozenset({"list_type", "model_type", "model_attributes_type", "dict_type"})
+
+
+def _relevant(detail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the errors of union members the input is not of (a JSON object is not a list)
+    when another member has errors at the same place: those are the ones that say what is
+    wrong (an observation history sent as an EncodedArray with a bad ``data``)."""
+
+    def place(item: dict[str, Any]) -> tuple:
+        loc = tuple(item.get("loc", ()))
+        cut = next((i for i, part in enumerate(loc) if _branch(part)), len(loc))
+        return loc[:cut]
+
+    specific = {place(d) for d in detail if d.get("type") not in WRONG_KIND}
+    kept = [
+        d
+        for d in detail
+        if not (
+            d.get("type") in WRONG_KIND
+            and any(map(_branch, d.get("loc", ())))
+            and place(d) in specific
+        )
+    ]
+    return kept or detail
+
+
 def _field_message(item: dict[str, Any]) -> str:
     """One pydantic error as ``queries.0.obs.agent_9: unknown agent id ...``."""
-    loc = [str(p) for p in item.get("loc", ()) if p not in ("body",)]
+    loc = [str(p) for p in item.get("loc", ()) if p not in ("body",) and not _branch(p)]
     msg = str(item.get("msg", "invalid"))
     msg = msg.removeprefix("Value error, ")
     head, sep, rest = msg.partition(": ")
@@ -204,7 +236,8 @@ def error_body(status: int, payload: Any) -> dict[str, Any]:
         return {"error": str(payload), "detail": []}
     detail = payload.get("detail")
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
-        return {"error": "; ".join(_field_message(d) for d in detail), "detail": detail}
+        message = "; ".join(_field_message(d) for d in _relevant(detail))
+        return {"error": message, "detail": detail}
     if isinstance(detail, str) and "error" not in payload:
         return {"error": detail, "detail": []}
     return {"error": str(payload.get("error", f"HTTP {status}")), "detail": detail or []}

@@ -7,6 +7,11 @@ per agent, oldest step first, the last step is "now":
     past_actions {agent_id: [action per step]}         T-1 actions: the one taken after each
                                                         observation but the last (optional)
 
+An agent's ``obs`` may instead be an :class:`EncodedArray`, ``{"dtype": "float32",
+"shape": [T, D], "data": "<base64>"}``: the same numbers, parsed without one JSON number
+per feature (the client sends this by default). Parsed, it is a (T, D) float32 array, which
+the service reads like the list form.
+
 An action is an int index (discrete action spaces) or a list of floats (continuous).
 
 Checks that need no model (shapes agree inside a request, finite numbers, bounds) run on
@@ -18,11 +23,21 @@ a batch with good ones.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    model_validator,
+)
 
 MAX_QUERIES = 256
 """Queries per /predict_actions or /predict_next request."""
@@ -51,12 +66,72 @@ Action = Annotated[
     int | list[FiniteFloat],
     Field(description="discrete: action index; continuous: vector of floats"),
 ]
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class EncodedArray(BaseModel):
+    """One agent's observations (T steps of D features) as base64 of float32 bytes.
+
+    The compact alternative to a list of lists of JSON numbers: parsing it costs a base64
+    decode instead of one JSON number per feature. ``data`` holds the array's bytes in
+    C order (row after row), little-endian: ``base64(np.asarray(obs, "<f4").tobytes())``.
+    """
+
+    model_config = STRICT
+
+    dtype: Literal["float32"] = Field(description="element type; only float32")
+    shape: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        description="[T, D]: steps, features per step"
+    )
+    data: str = Field(description="base64 (RFC 4648, with padding) of the T*D*4 bytes")
+    _array: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _decode(self) -> EncodedArray:
+        T, D = self.shape
+        if not 1 <= T <= MAX_HISTORY or not 1 <= D <= MAX_OBS_SIZE:
+            raise ValueError(
+                f"shape: {self.shape} is out of bounds; T must be in 1..{MAX_HISTORY}, D in "
+                f"1..{MAX_OBS_SIZE}"
+            )
+        try:
+            raw = binascii.a2b_base64(self.data, strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"data: not valid base64 ({exc})") from None
+        if len(raw) != T * D * 4:
+            raise ValueError(
+                f"data: holds {len(raw)} bytes; shape {self.shape} of float32 needs {T * D * 4}"
+            )
+        array = np.frombuffer(raw, "<f4").reshape(T, D)
+        if not np.isfinite(array).all():
+            raise ValueError("data: holds NaN or infinite values; send finite numbers")
+        self._array = array
+        return self
+
+    @classmethod
+    def of(cls, steps: Any) -> EncodedArray:
+        """The encoding of ``steps`` (T lists of D numbers, or a (T, D) array)."""
+        array = np.ascontiguousarray(steps, dtype="<f4")
+        assert array.ndim == 2, array.shape
+        return cls(
+            dtype="float32",
+            shape=list(array.shape),
+            data=base64.b64encode(array.tobytes()).decode("ascii"),
+        )
+
+
+AgentSteps = (
+    Annotated[list[Vector], Field(min_length=1, max_length=MAX_HISTORY)] | EncodedArray
+)  # strict: a JSON list can only be the first, an object only the second
+"""One agent's observations: a list of T vectors, or the same as an :class:`EncodedArray`."""
+
 History = Annotated[
-    dict[str, Annotated[list[Vector], Field(min_length=1, max_length=MAX_HISTORY)]],
+    dict[str, AgentSteps],
     Field(
         min_length=1,
         max_length=MAX_AGENTS,
-        description="agent id -> observations, oldest first; every agent has the same T steps",
+        description="agent id -> observations, oldest first, as a list of T vectors or an "
+        "EncodedArray of shape [T, D]; every agent has the same T steps",
     ),
 ]
 PastActions = Annotated[
@@ -66,8 +141,6 @@ PastActions = Annotated[
         "agents left out have no known past actions"
     ),
 ]
-
-STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 # -- what the served models accept -----------------------------------------------------------
@@ -114,7 +187,15 @@ def set_served_signature(kind: Literal["world", "behavior"], sig: ModelSignature
 # -- shared checks ---------------------------------------------------------------------------
 
 
-def _steps(obs: dict[str, list[list[float]]]) -> int:
+def _decoded(obs: dict[str, Any]) -> None:
+    """Replace every :class:`EncodedArray` of ``obs`` by its (T, D) float32 array, in place:
+    the runtime reads arrays and lists alike."""
+    for agent, steps in obs.items():
+        if isinstance(steps, EncodedArray):
+            obs[agent] = steps._array
+
+
+def _steps(obs: dict[str, Any]) -> int:
     """Common history length T; ValueError naming the agent whose length differs."""
     lengths = {agent: len(steps) for agent, steps in obs.items()}
     T = next(iter(lengths.values()))
@@ -126,7 +207,9 @@ def _steps(obs: dict[str, list[list[float]]]) -> int:
             )
     for agent, steps in obs.items():
         width = len(steps[0])
-        if len(set(map(len, steps))) == 1:  # every step as wide as step 0 (C-speed check)
+        if (
+            isinstance(steps, np.ndarray) or len(set(map(len, steps))) == 1
+        ):  # every step as wide as step 0 (C-speed check)
             continue
         for t, vec in enumerate(steps):
             if len(vec) != width:
@@ -223,7 +306,16 @@ class _HistoryFields(BaseModel):
         | None
     ) = None
 
+    @field_serializer("obs")
+    def _dump_obs(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Decoded arrays go back out as :class:`EncodedArray` (lists stay lists)."""
+        return {
+            a: EncodedArray.of(s).model_dump() if isinstance(s, np.ndarray) else s
+            for a, s in obs.items()
+        }
+
     def _check_history(self, *kinds: str) -> int:
+        _decoded(self.obs)
         T = _steps(self.obs)
         sigs = _signatures(*kinds)
         _check_agents("obs", self.obs, sigs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -381,6 +382,68 @@ def test_service_keeps_serving_after_a_loop_of_malformed_requests(client):
             assert _post(client, path, body).status_code < 500
     r = client.post("/predict_next", json=_valid_next())
     assert r.status_code == 200 and r.json()[0]["model"] == "world@1"
+
+
+def encoded(obs: dict, **change) -> dict:
+    """``obs`` with every agent's steps as an EncodedArray body, ``change`` applied to each."""
+    from foresight.serving.schemas import EncodedArray
+
+    return {a: {**EncodedArray.of(steps).model_dump(), **change} for a, steps in obs.items()}
+
+
+def test_observations_as_base64_float32_get_the_answers_of_json_numbers(client):
+    obs = history(6, seed=3)
+    for path, extra in (
+        ("/predict_actions", {}),
+        ("/predict_next", {"action": dict.fromkeys(AGENTS, 2)}),
+    ):
+        as_json = client.post(path, json={"queries": [{"obs": obs, **extra}]})
+        as_array = client.post(path, json={"queries": [{"obs": encoded(obs), **extra}]})
+        assert as_json.status_code == as_array.status_code == 200, as_array.text
+        assert as_array.json() == as_json.json()
+    body = {"obs": obs, "past_actions": past(6), "egos": AGENTS[:1], "samples": 1}
+    as_json = client.post("/act", json=body)
+    as_array = client.post("/act", json={**body, "obs": encoded(obs)})
+    assert as_array.status_code == 200, as_array.text
+    assert as_array.json()["agents"].keys() == as_json.json()["agents"].keys()
+    mixed = {**encoded(obs), "agent_1": obs["agent_1"]}  # lists and arrays in one request
+    assert client.post("/predict_actions", json={"queries": [{"obs": mixed}]}).status_code == 200
+
+
+def b64(array) -> str:
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.asarray(array, "<f4").tobytes()).decode()
+
+
+BAD_ARRAYS = [
+    # (change to each agent's EncodedArray, words the error names)
+    ({"dtype": "float64"}, ["obs.agent_0.dtype", "float32"]),
+    ({"data": "AAAA" * 10}, ["obs.agent_0.data", "30 bytes", "needs 360"]),
+    ({"data": "not base64!"}, ["obs.agent_0.data", "base64"]),
+    ({"shape": [5, 18, 1]}, ["obs.agent_0.shape"]),
+    ({"shape": [0, 18]}, ["obs.agent_0.shape", "bounds"]),
+    (
+        {"shape": [4, 18], "data": b64(np.zeros((4, 18)))},
+        ["obs.agent_1", "5 steps", "agent_0 has 4"],
+    ),
+    ({"shape": [1, 18], "data": b64(np.full((1, 18), np.nan))}, ["obs.agent_0.data", "NaN"]),
+    ({"shape": [5, 17], "data": b64(np.zeros((5, 17)))}, ["obs.agent_0", "17 features", "18"]),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD_ARRAYS, ids=range(len(BAD_ARRAYS)))
+def test_bad_encoded_observations_are_a_4xx_naming_the_field(client, change, words):
+    obs = encoded(history(5), **change)
+    if "shape" in change and change["shape"][0] == 4:  # only agent_0 is shorter
+        obs = {**encoded(history(5)), "agent_0": obs["agent_0"]}
+    r = client.post("/predict_actions", json={"queries": [{"obs": obs}]})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    error = r.json()["error"]
+    for word in words:
+        assert word in error, (word, error)
 
 
 def test_asgi_endpoints_and_health(client):
