@@ -26,9 +26,13 @@ One request (:meth:`EpisodeSink.post`):
    (FORESIGHT_EPISODES_BUFFER_ROWS / _BYTES): that request first writes the buffer, then
    joins it. So a full buffer costs one write, not a refusal, while the store takes writes.
 5. The store refusing a write: the request that needed it gets 503 with the reason and
-   ``Retry-After``, and is not accepted; what was accepted before stays buffered and is
-   written again, under the same file name (so a write that did land is not doubled), at
-   the next flush.
+   ``Retry-After``, and is not accepted (so a client that retries doubles nothing); what
+   was accepted before stays buffered and is written again, under the same file name (so
+   a write that did land is not doubled), at the next flush.
+
+A process killed without SIGTERM (SIGKILL, out of memory) loses what it buffered: at most
+``flush_seconds`` of episodes. FORESIGHT_EPISODES_FLUSH_SECONDS=0 trades that for one
+landing file per request: each is written before it is answered.
 
 More than ``concurrency`` requests checked at once (FORESIGHT_EPISODES_CONCURRENCY) get
 503 with ``Retry-After`` at once: checking is CPU work beside the models' event loop.
@@ -487,9 +491,18 @@ class EpisodeSink:
                     f"episodes: {len(problems)} problems; nothing of this request was kept",
                     shown,
                 )
-            written = self._add(dataset, blocks, n_rows, spec if pending else None)
+            batch = _Batch(dataset, spec=spec if pending else None)
+            batch.lines, batch.rows, batch.episodes = blocks, n_rows, len(blocks)
+            batch.nbytes = sum(len(b) for b in blocks)
+        else:
+            batch = None
         if request.flush or self.limits.flush_seconds == 0:
-            written += self._flush_or_503()
+            # written now, after what was buffered: a 503 means this request was not accepted
+            written = self._flush_or_503()
+            if batch is not None:
+                written.append(self._write_or_503(batch))
+        elif batch is not None:
+            written = self._add(batch)
         return EpisodesResponse(
             dataset=dataset,
             episode_ids=ids,
@@ -504,15 +517,26 @@ class EpisodeSink:
         except StorageError as exc:
             raise EpisodesRejected(
                 503,
-                f"landing: cannot write to the landing zone ({exc}); episodes accepted "
-                "before stay buffered and are written when it is writable again",
+                f"landing: cannot write to the landing zone ({exc}); this request was not "
+                "accepted, the episodes accepted before it stay buffered and are written when "
+                "the landing zone is writable again",
                 retry=True,
             ) from exc
 
-    def _add(
-        self, dataset: str, blocks: list[bytes], rows: int, spec: DatasetSpec | None
-    ) -> list[str]:
-        nbytes = sum(len(b) for b in blocks)
+    def _write_or_503(self, batch: _Batch) -> str:
+        try:
+            with self._flush_lock:
+                return self._write(batch)
+        except StorageError as exc:
+            raise EpisodesRejected(
+                503,
+                f"landing: cannot write to the landing zone ({exc}); this request was not accepted",
+                retry=True,
+            ) from exc
+
+    def _add(self, new: _Batch) -> list[str]:
+        """Buffer a checked request (writing the buffer first when it would overflow)."""
+        rows, nbytes = new.rows, new.nbytes
         limits = self.limits
         written: list[str] = []
         with self._lock:
@@ -530,13 +554,15 @@ class EpisodeSink:
                     retry=True,
                 ) from exc
         with self._lock:
-            batch = self._open.get(dataset)
+            batch = self._open.get(new.dataset)
             if batch is None:
-                batch = self._open[dataset] = _Batch(dataset, spec=spec)
-            batch.lines.extend(blocks)
-            batch.rows += rows
-            batch.nbytes += nbytes
-            batch.episodes += len(blocks)
+                self._open[new.dataset] = new
+            else:
+                batch.lines.extend(new.lines)
+                batch.rows += rows
+                batch.nbytes += nbytes
+                batch.episodes += new.episodes
+                batch.spec = batch.spec or new.spec
         return written
 
     async def handle(self, request: EpisodesRequest):

@@ -67,7 +67,7 @@ def test_accepted_episodes_land_as_files_that_ingest_and_the_sensor_take(store):
     assert a.buffered_rows == 24 and a.written == []
     assert landed_episodes(store) == []  # buffered, not written yet
     b = sink.post(EpisodesRequest(episodes=[episode("e3")], flush=True))
-    assert len(b.written) == 1 and b.buffered_rows == 0
+    assert len(b.written) == 2 and b.buffered_rows == 0  # the buffer, then this request
     assert sorted(landed_episodes(store)) == ["e1", "e2", "e3"]
     # the dataset did not exist: the served models' spec is written beside the first file
     assert store.fs.exists(store.landing_uri("spread", SPEC_FILENAME))
@@ -82,6 +82,11 @@ def test_accepted_episodes_land_as_files_that_ingest_and_the_sensor_take(store):
     sink.post(EpisodesRequest(episodes=[episode("e4")], flush=True))
     again = ingest_logs([store.landing_uri("spread")], "spread", store=store)
     assert again.accepted == 9 and again.version == result.version + 1
+    # an episode already in the dataset is quarantined at ingest, as any duplicate is
+    sink.post(EpisodesRequest(episodes=[episode("e1"), episode("e5")], flush=True))
+    third = ingest_logs([store.landing_uri("spread")], "spread", store=store)
+    assert (third.accepted, third.quarantined) == (9, 9)
+    assert list(third.reasons) == ["episode 'e1' is already in the dataset"]
 
 
 def test_an_unwritable_landing_zone_is_503_and_loses_nothing_accepted(tmp_path):
@@ -95,10 +100,11 @@ def test_an_unwritable_landing_zone_is_503_and_loses_nothing_accepted(tmp_path):
         sink.post(EpisodesRequest(episodes=[episode("e2")], flush=True))
     assert err.value.status == 503 and err.value.retry
     assert "cannot write to the landing zone" in err.value.message and "spread" in err.value.message
-    assert sink.buffered_rows == 18  # e1 and e2 were accepted before the flush failed
+    assert "this request was not accepted" in err.value.message
+    assert sink.buffered_rows == 9  # e1, accepted before; e2 was refused (a retry doubles nothing)
     blocker.unlink()
     assert len(sink.flush()) == 1 and sink.buffered_rows == 0
-    assert sorted(landed_episodes(store)) == ["e1", "e2"]
+    assert landed_episodes(store) == ["e1"]
 
 
 def test_a_full_buffer_is_written_before_the_request_joins_it(tmp_path):
