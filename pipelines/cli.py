@@ -132,7 +132,7 @@ NAME_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     ("models", "promote"): {"REF": "model ref", "--alias": "alias"},
     ("models", "rollback"): {"NAME": "model name", "--alias": "alias"},
     ("models", "delete"): {"REF": "model version"},
-    ("arena",): {"--world": "model ref", "--behavior": "model ref"},
+    ("arena",): {"--world": "model ref", "--behavior": "model ref", "--offline-rl": "model ref"},
     ("serve",): {"--world": "model ref", "--behavior": "model ref"},
     ("storage", "up"): {"--bucket": "bucket"},
 }
@@ -371,10 +371,14 @@ def metrics_table(model: dict[str, float], baselines: dict[str, dict[str, float]
 
 
 def _train_text(d: dict[str, Any]) -> str:
-    gate = d["quality_gate"]
+    gate, training = d["quality_gate"], d["training"]
+    ran = (
+        f"{training['steps']} steps"  # offline-rl trains for a number of steps, not epochs
+        if "steps" in training
+        else f"best epoch {training['best_epoch']}/{training['epochs_run']}"
+    )
     lines = [
-        f"registered {d['model']} (trained on {d['dataset']}, best epoch "
-        f"{d['training']['best_epoch']}/{d['training']['epochs_run']}, {d['training']['seconds']}s)",
+        f"registered {d['model']} (trained on {d['dataset']}, {ran}, {training['seconds']}s)",
         metrics_table(d["metrics"], d["baselines"]),
         "quality gate: "
         + (
@@ -426,6 +430,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.kind == "offline-rl":
+        return _train_offline_rl(args)
+    for flag in ("steps", "gamma", "cql_alpha"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} is for offline-rl, not {args.kind}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_distributed(args)
     config = TrainConfig(seed=args.seed, device=args.device)
@@ -451,6 +460,33 @@ def cmd_train(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if rk.main:
         _emit(args, result, _train_text)
+
+
+def _train_offline_rl(args: argparse.Namespace) -> None:
+    """``foresight train offline-rl``: the offline-RL peer (TorchRL's discrete CQL)."""
+    from foresight.training.loop.offline_rl import OfflineRLTrainConfig
+    from foresight.training.loop.offline_rl_workflow import train_and_register_offline_rl
+
+    if args.nproc != 1 or args.epochs is not None:
+        raise ValueError(
+            "offline-rl trains in one process for --steps optimizer steps: "
+            "--nproc and --epochs are for the world and behavior models"
+        )
+    config = OfflineRLTrainConfig(seed=args.seed, device=args.device)
+    for key in ("steps", "batch_size", "lr", "gamma", "cql_alpha"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    model_config = {"context": args.context} if args.context is not None else None
+    result = train_and_register_offline_rl(
+        args.dataset,
+        _store(args),
+        config,
+        model_config,
+        name=args.name,
+        resume=args.resume,
+        progress=None if not args.json else False,
+    )
+    _emit(args, result, _train_text)
 
 
 def _damaged_weights(exc: Exception, refs: Sequence[str], store) -> ValueError:
@@ -598,12 +634,13 @@ def cmd_arena(args: argparse.Namespace) -> None:
             store=store,
             world_ref=args.world,
             behavior_ref=args.behavior,
+            offline_rl_ref=args.offline_rl,
             seed=args.seed,
             factories=factories,
             progress=sys.stderr.isatty() and not args.json,
         )
     except SafetensorError as exc:
-        raise _damaged_weights(exc, [args.world, args.behavior], store) from exc
+        raise _damaged_weights(exc, [args.world, args.behavior, args.offline_rl], store) from exc
     result = {k: v for k, v in result.items() if k != "controllers"} | {
         "controllers": {
             t: {k: v for k, v in r.items() if k != "returns"}
@@ -723,9 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dest", help="folder or s3://bucket/prefix")
 
     p = add(
-        "train", cmd_train, "train a world or behavior model on a dataset version and register it"
+        "train",
+        cmd_train,
+        "train a world, behavior or offline-rl model on a dataset version and register it",
     )
-    p.add_argument("kind", choices=["world", "behavior"])
+    p.add_argument("kind", choices=["world", "behavior", "offline-rl"])
     p.add_argument("--dataset", required=True, help="name, name@N or name@tag")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -735,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--name", default=None, help="registry name (default: the kind)")
+    p.add_argument("--steps", type=int, default=None, help="offline-rl: optimizer steps")
+    p.add_argument("--gamma", type=float, default=None, help="offline-rl: discount")
+    p.add_argument("--cql-alpha", type=float, default=None, help="offline-rl: CQL weight")
     p.add_argument(
         "--nproc",
         type=int,
@@ -783,6 +825,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")
     p.add_argument("--behavior", default="behavior@production")
+    p.add_argument(
+        "--offline-rl",
+        default="offline-rl",
+        help="offline-RL peer model ref for the offline-rl team (default: its latest version)",
+    )
     p.add_argument(
         "--via-http", default=None, metavar="URL", help="anticipatory agents ask this live service"
     )

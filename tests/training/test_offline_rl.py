@@ -23,10 +23,10 @@ from foresight.training.loop.offline_rl import (
     load_offline_rl,
     make_loss,
     offline_rl_gate,
-    train_and_register_offline_rl,
     train_offline_rl,
     validation_metrics,
 )
+from foresight.training.loop.offline_rl_workflow import train_and_register_offline_rl
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork
 from foresight.training.registry import ModelRegistry, RegistryError
 
@@ -230,3 +230,48 @@ def test_a_dataset_with_continuous_actions_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="offline-rl needs discrete actions"):
         train_and_register_offline_rl("cont", store, OfflineRLTrainConfig(steps=1))
     assert ModelRegistry(store).names() == []  # nothing registered
+
+
+def test_the_arena_plays_the_offline_rl_team():
+    from foresight.training.agents.arena import env_spec, run_arena
+
+    model = tiny_network(env_spec("simple_spread"), context=2).eval()
+    result = run_arena(
+        "simple_spread", 2, ["offline-rl", "offline-rl+greedy"], offline_rl=model, max_cycles=4
+    )
+    for team in ("offline-rl", "offline-rl+greedy"):
+        r = result["controllers"][team]
+        assert r["episodes"] == 2 and np.isfinite(r["mean_return"])
+    mixed = result["controllers"]["offline-rl+greedy"]["per_controller_decisions_per_s"]
+    assert set(mixed) == {"offline-rl", "greedy"}
+    with pytest.raises(ValueError, match="needs a offline_rl model"):
+        run_arena("simple_spread", 1, ["offline-rl"], max_cycles=2)
+    frame, spec = signal_frame(episodes=2)
+    with pytest.raises(ValueError, match="offline-rl model does not fit this dataset"):
+        run_arena("simple_spread", 1, ["offline-rl"], offline_rl=tiny_network(spec), max_cycles=2)
+
+
+def test_the_controller_acts_as_the_network_on_the_same_history():
+    from foresight.training.agents.arena import env_spec
+
+    spec = env_spec("simple_spread")
+    model = tiny_network(spec, context=3).eval()
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(5, 3, 18)).astype(np.float32)
+    prev = rng.integers(0, 5, (5, 3))
+    prev[0] = 0
+    ids = list(spec.agents)
+    controller = OfflineRLController(model)
+    got = controller.act(JointHistory(ids, obs, prev), ids)
+    # by hand: the last 3 steps, the agent's one-hot id, time = step 4 / horizon
+    q = []
+    for n in range(3):
+        steps = []
+        for t in (2, 3, 4):
+            x = (torch.from_numpy(obs[t, n]) - model.obs_mean) / model.obs_std
+            a = torch.nn.functional.one_hot(torch.tensor(int(prev[t, n])), 5).float()
+            steps.append(torch.cat([x, a, torch.ones(1)]))
+        ident = torch.nn.functional.one_hot(torch.tensor(n), 3).float()
+        x = torch.cat([*steps, ident, torch.tensor([4 / model.config.horizon])])
+        q.append(model(x))
+    assert got == {a: int(q[n].argmax()) for n, a in enumerate(ids)}

@@ -16,8 +16,9 @@ reactive imitation); ``anticipatory`` (the :class:`~foresight.training.agents.pl
 ``scripted-anticipation`` (:mod:`foresight.datasets.sources.anticipation`, a hand-written agent that
 knows the others' true rule); ``anticipatory-known-reward`` (simple_spread only: the
 planner scoring imagined states by the env's true reward instead of the world model's
-reward head, a diagnostic). More come in through ``factories`` (name -> factory), e.g.
-a remote controller calling the HTTP service's ``/act``.
+reward head, a diagnostic); ``offline-rl`` (the offline-RL peer a user would train on
+the same logs instead: :mod:`foresight.training.agents.offline_rl`). More come in through
+``factories`` (name -> factory), e.g. a remote controller calling the HTTP service's ``/act``.
 
 Team return: per episode, the sum over agents of each agent's episode return.
 """
@@ -44,6 +45,7 @@ from foresight.datasets.sources.policies import (
     make_policy,
     resolve_env_name,
 )
+from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
 from foresight.training.registry.card import ModelCard
@@ -92,6 +94,8 @@ class ArenaModels:
     planner_config: PlannerConfig | None = None
     world_card: ModelCard | None = None
     behavior_card: ModelCard | None = None
+    offline_rl: Any = None
+    """The offline-RL peer's shared Q-network (:mod:`foresight.training.models.offline_rl`)."""
 
 
 ControllerFactory = Callable[[str, ArenaModels], Controller]
@@ -236,6 +240,12 @@ def _anticipatory_known_reward(env: str, models: ArenaModels) -> Controller:
     return _anticipatory(env, models, reward_fn=spread_reward)
 
 
+def _offline_rl(env: str, models: ArenaModels) -> Controller:
+    """The offline-RL peer: argmax of the shared Q-network over each agent's own history."""
+    _need(models, "offline_rl")
+    return OfflineRLController(models.offline_rl)
+
+
 DEFAULT_FACTORIES: dict[str, ControllerFactory] = {
     "random": lambda env, models: RandomController(env),
     "greedy": lambda env, models: GreedyController(env),
@@ -243,6 +253,7 @@ DEFAULT_FACTORIES: dict[str, ControllerFactory] = {
     "anticipatory": _anticipatory,
     "scripted-anticipation": lambda env, models: ScriptedAnticipation(env),
     "anticipatory-known-reward": _anticipatory_known_reward,
+    "offline-rl": _offline_rl,
 }
 
 
@@ -397,6 +408,7 @@ def run_arena(
     planner_config: PlannerConfig | None = None,
     world_card: ModelCard | None = None,
     behavior_card: ModelCard | None = None,
+    offline_rl=None,
     factories: Mapping[str, ControllerFactory] | None = None,
     max_cycles: int = 25,
     out_dir: str | Path | None = None,
@@ -423,9 +435,14 @@ def run_arena(
                 raise ValueError(
                     f"unknown controller {part!r} in team {team!r}; known: {sorted(all_factories)}"
                 )
-    models = ArenaModels(world, behavior, planner_config, world_card, behavior_card)
+    models = ArenaModels(world, behavior, planner_config, world_card, behavior_card, offline_rl)
     spec = env_spec(name, max_cycles)
-    for label, model in (("world model", world), ("behavior model", behavior)):
+    labels = (
+        ("world model", world),
+        ("behavior model", behavior),
+        ("offline-rl model", offline_rl),
+    )
+    for label, model in labels:
         if model is not None:
             check_model_spec(label, model.config.spec, spec)
 

@@ -329,10 +329,12 @@ def run_arena_registered(
     seed: int = 0,
     factories: dict[str, Any] | None = None,
     progress: bool = False,
+    offline_rl_ref: str | None = "offline-rl",
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
 
-    Models are loaded only when a controller needs them (``bc``, ``anticipatory``).
+    Models are loaded only when a controller needs them (``bc``, ``anticipatory``;
+    ``offline-rl`` loads ``offline_rl_ref``, by default the latest offline-rl version).
     """
 
     from foresight.training.agents.arena import run_arena, write_arena_report
@@ -349,6 +351,12 @@ def run_arena_registered(
         if behavior_ref:
             behavior, mv = load_registered(behavior_ref, store)
             behavior_card, refs["behavior"] = mv.card, mv.ref
+    offline_rl = None
+    if "offline-rl" in parts and offline_rl_ref:
+        from foresight.training.loop.offline_rl import load_offline_rl
+
+        offline_rl, mv = load_offline_rl(offline_rl_ref, store)
+        refs["offline-rl"] = mv.ref
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rel = f"reports/arena/{env}-{stamp}"
     result = run_arena(
@@ -360,6 +368,7 @@ def run_arena_registered(
         behavior=behavior,
         world_card=world_card,
         behavior_card=behavior_card,
+        offline_rl=offline_rl,
         factories=factories,
         progress=progress,
     )
