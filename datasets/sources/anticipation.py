@@ -23,45 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from foresight.datasets.sources.policies import (
-    CONTROLLERS,
-    ReferenceController,
-    SpreadController,
-    TagController,
-    move_toward,
-    resolve_env_name,
-    resting_offsets,
-)
+from foresight.datasets.sources.mpe import move_toward
+from foresight.datasets.sources.simple_reference import ReferenceController
+from foresight.datasets.sources.simple_spread import SpreadController, spread_targets
+from foresight.datasets.sources.simple_tag import TagController, anticipating_chase
+from foresight.datasets.sources.simulators import CONTROLLERS, resolve_env_name
 
-
-def spread_targets(
-    obs: dict[str, np.ndarray], agents: Sequence[str], controlled: Sequence[str]
-) -> dict[str, int]:
-    """Landmark index each ``controlled`` agent heads for, given everyone's observation.
-
-    Every agent not in ``controlled`` is assumed to head for its nearest landmark. The
-    controlled agents choose in the order of ``agents``: the nearest landmark that neither
-    an uncontrolled agent nor an earlier controlled one is heading for (the nearest of all
-    when every landmark is taken). Landmarks are indexed as in the observations (the same
-    order for every agent).
-    """
-    taken: set[int] = set()
-    for a in agents:
-        if a not in controlled:
-            n = obs[a].size // 6
-            landmarks = obs[a][4 : 4 + 2 * n].reshape(n, 2)
-            taken.add(int(np.argmin(np.linalg.norm(landmarks, axis=1))))
-    targets: dict[str, int] = {}
-    for a in agents:
-        if a not in controlled:
-            continue
-        n = obs[a].size // 6
-        dist = np.linalg.norm(obs[a][4 : 4 + 2 * n].reshape(n, 2), axis=1)
-        free = [k for k in range(n) if k not in taken]
-        target = min(free, key=lambda k: dist[k]) if free else int(np.argmin(dist))
-        targets[a] = target
-        taken.add(target)
-    return targets
+__all__ = ["ScriptedAnticipation", "spread_targets"]
 
 
 class ScriptedAnticipation:
@@ -111,17 +79,4 @@ class ScriptedAnticipation:
             raise TypeError(f"_tag needs TagController rules, not {type(rules).__name__}")
         if not agent.startswith("adversary"):
             return rules.action(agent, obs[agent], rules.rules(agent)[0])
-        # Where will the prey rest after the flight action its greedy rule picks now?
-        o = obs[agent]
-        n_others = rules.n_adversaries + rules.n_good - 1
-        n_obstacles = (o.size - 4 - 2 * n_others - 2 * rules.n_good) // 2
-        start = 4 + 2 * n_obstacles
-        others = o[start : start + 2 * n_others].reshape(n_others, 2)
-        prey_rel = others[rules.n_adversaries - 1 :]  # (G, 2) good agents after adversaries
-        goods = [a for a in self.agents if not a.startswith("adversary")]
-        j = int(np.argmin(np.linalg.norm(prey_rel, axis=1)))
-        prey = goods[j]
-        flight = rules.action(prey, obs[prey], rules.rules(prey)[0])
-        prey_vel = obs[prey][0:2]
-        ahead = resting_offsets(prey_vel, rules.good_accel)[flight]
-        return move_toward(prey_rel[j] + ahead, o[0:2], rules.adversary_accel)
+        return anticipating_chase(rules, agent, obs, self.agents)

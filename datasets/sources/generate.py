@@ -16,13 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
-from foresight.datasets.sources.policies import (
-    POLICY_NAMES,
-    SUPPORTED_ENVS,
-    make_policy,
-    resolve_env_name,
-)
+from foresight.datasets.sources.policies import POLICY_NAMES, make_policy
 from foresight.datasets.sources.recorder import TrajectoryRecorder
+from foresight.datasets.sources.simulators import SUPPORTED_ENVS, resolve_env_name
 
 if TYPE_CHECKING:
     from pettingzoo import ParallelEnv

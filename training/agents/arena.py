@@ -45,6 +45,7 @@ from foresight.datasets.sources.policies import (
     make_policy,
     resolve_env_name,
 )
+from foresight.datasets.sources.simple_spread import spread_reward
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
@@ -215,21 +216,6 @@ def _anticipatory(env: str, models: ArenaModels, reward_fn=None) -> Controller:
         reward_fn=reward_fn,
     )
     return AnticipatoryController(planner)
-
-
-def spread_reward(next_obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """simple_spread's reward of each agent, (R, N), from the joint observation reached.
-
-    Half the shared term (minus the sum over landmarks of the distance to the closest
-    agent) plus half the agent's own collision penalty (-1 per agent within 0.3), as mpe2
-    computes it with ``local_ratio=0.5``.
-    """
-    R, N, _ = next_obs.shape
-    landmarks = next_obs[..., 4 : 4 + 2 * N].reshape(R, N, N, 2)  # (R, agent, landmark, 2)
-    shared = -landmarks.norm(dim=-1).min(dim=1).values.sum(-1)  # (R,)
-    others = next_obs[..., 4 + 2 * N : 4 + 2 * N + 2 * (N - 1)].reshape(R, N, N - 1, 2)
-    collisions = (others.norm(dim=-1) < 0.3).float().sum(-1)  # (R, N)
-    return 0.5 * shared[:, None] - 0.5 * collisions
 
 
 def _anticipatory_known_reward(env: str, models: ArenaModels) -> Controller:

@@ -8,7 +8,8 @@ interval coverage are defined for it too.
 
 - persistence: next observation = current one.
 - constant velocity: positions move by velocity * dt (only where the observation layout
-  is known: :func:`mpe_kinematics`, or ``spec.extra["kinematics"]``).
+  is known: :func:`~foresight.datasets.sources.simulators.mpe_kinematics`, from the
+  simulator's module, or ``spec.extra["kinematics"]``).
 - linear: least squares on two steps of joint observation + joint action (fixed agent
   set, fit on the training split).
 
@@ -20,51 +21,14 @@ step, is trained by the caller (see ``bench/end_to_end.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from foresight.datasets.schema import DatasetSpec
+from foresight.datasets.sources.mpe import Kinematics
+from foresight.datasets.sources.simulators import mpe_kinematics as mpe_kinematics  # re-export
 from foresight.training.data import TrajectoryTensors, Window, gather_targets, gather_window
 from foresight.training.models.behavior_model import ActionDistribution
 from foresight.training.models.world_model import ObsDistribution, WorldPrediction, action_features
-
-
-@dataclass
-class Kinematics:
-    """Which observation features are positions moved by which velocities."""
-
-    moves: list[tuple[int, int, float]]
-    """(feature, velocity feature, sign): feature += sign * velocity * dt each step."""
-    dt: float = 0.1
-    """Integration step of the environment (MPE: 0.1)."""
-    velocity: list[int] | None = None
-    """Features holding the agent's own velocity (reported as ``mse_vel``)."""
-
-
-def mpe_kinematics(spec: DatasetSpec) -> Kinematics | None:
-    """The known observation layout of an MPE environment, or None when unknown.
-
-    ``spec.extra["kinematics"] = {"moves": [[i, v, sign], ...], "dt": 0.1}`` overrides it.
-    simple_spread with N agents: obs = [self_vel(2), self_pos(2), landmark_rel(2N),
-    other_rel(2(N-1)), comm(2(N-1))], so D = 6N; MPE moves positions by the velocity of
-    the step before, which makes this baseline exact for them.
-    """
-    given = spec.extra.get("kinematics") if spec.extra else None
-    if given:
-        moves = [(int(i), int(v), float(s)) for i, v, s in given["moves"]]
-        return Kinematics(moves, float(given.get("dt", 0.1)), given.get("velocity"))
-    sizes = set(spec.agents.values())
-    if "simple_spread" in spec.env and len(sizes) == 1:
-        (D,) = sizes
-        if D % 6 == 0:
-            n = D // 6
-            moves = [(2, 0, 1.0), (3, 1, 1.0)]
-            for lm in range(n):  # landmark positions relative to self move opposite
-                moves += [(4 + 2 * lm, 0, -1.0), (5 + 2 * lm, 1, -1.0)]
-            return Kinematics(moves, 0.1, [0, 1])
-    return None
 
 
 class WorldBaseline:
