@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import polars as pl
 
 from foresight.datasets.catalog import DatasetError, DatasetTable, check_name
@@ -162,6 +163,19 @@ def _problem(where: tuple[int, int] | tuple[int], reason: str) -> dict[str, Any]
     return {"loc": ["episodes", *where], "msg": reason, "type": "trajectory_contract"}
 
 
+def _json_line(row: dict[str, Any]) -> bytes:
+    """One row as a JSON line. orjson (fast) writes NaN and inf as null, which would read
+    back as a missing value, so a line with a null is written again by the json module,
+    which keeps them as the ``NaN`` tokens the ingest reader names."""
+    try:
+        line = orjson.dumps(row)
+    except TypeError:  # an int beyond 64 bits: the json module writes it, the reader says why
+        line = b"null"
+    if b"null" in line:
+        line = json.dumps(row, separators=(",", ":"), allow_nan=True).encode()
+    return line
+
+
 def check_request(
     episodes: Sequence[Sequence[dict[str, Any]]], spec: DatasetSpec
 ) -> tuple[list[bytes], list[str], list[dict[str, Any]]]:
@@ -174,7 +188,7 @@ def check_request(
         if not episode:
             problems.append((len(lines), _problem((i,), "an episode needs at least one row")))
         for j, row in enumerate(episode):
-            lines.append(json.dumps(row, separators=(",", ":"), allow_nan=True).encode())
+            lines.append(_json_line(row))
             where.append((i, j))
     data = b"\n".join(lines) + b"\n" if lines else b""
     valid_parts: list[pl.DataFrame] = []
