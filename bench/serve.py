@@ -8,8 +8,8 @@ Registers default-size (untrained, seeded) world and behavior models in a tempor
 (the compute per request of a trained model of that size), starts three servers at once:
 
 - ``after``: this checkout's service (batching on);
-- ``before``: the ``serving`` package of git ref ``--before`` (``git archive``), same
-  models, same training code; skipped with ``--before ''``; refs older than the namespace
+- ``before``: the layers (datasets, training, serving) of git ref ``--before`` (``git
+  archive``), same models; skipped with ``--before ''``; refs older than the namespace
   move (c781ea7) are refused (:func:`old_code` says why);
 - ``off``: this checkout's service with batching off;
 
@@ -269,14 +269,18 @@ NAMESPACE_MOVE = "c781ea7"
 """The commit that moved the layers under the ``foresight`` namespace."""
 
 
-def old_code(ref: str, into: Path) -> Path:
-    """The ``serving`` package as of git ref ``ref``, laid out under ``into`` so that
-    ``foresight.serving`` imports it (``into`` goes first on the server's PYTHONPATH; the
-    other layers still come from this checkout).
+OLD_LAYERS = ("datasets", "training", "serving")
+"""What ``--before`` serves from its ref: every layer the service imports, so the old
+service runs on the code it was written against (the models are this checkout's)."""
 
-    Only refs in the ``foresight.*`` layout (the namespace move and later) can be served so:
-    an older ``serving`` imports the bare ``training.*`` modules, which this checkout no
-    longer has. Those refs are refused with the reason."""
+
+def old_code(ref: str, into: Path) -> Path:
+    """The layers of git ref ``ref`` (:data:`OLD_LAYERS`), laid out under ``into`` as
+    ``foresight.*`` (``into`` goes first on the server's PYTHONPATH).
+
+    Only refs in the ``foresight.*`` layout (the namespace move and later) are served:
+    older ones import bare ``serving``/``training`` modules and read model cards of their
+    own time; they are refused with the reason."""
     repo = Path(__file__).resolve().parent.parent
     shown = subprocess.run(
         ["git", "show", f"{ref}:serving/service.py"], cwd=repo, capture_output=True, text=True
@@ -286,13 +290,13 @@ def old_code(ref: str, into: Path) -> Path:
     if "from foresight.serving" not in shown.stdout:
         raise SystemExit(
             f"--before {ref}: its serving package predates the foresight.* namespace (it "
-            f"imports the bare `serving`/`training` modules, which this checkout's training "
-            f"code no longer provides); pass {NAMESPACE_MOVE} (the namespace move) or later"
+            f"imports the bare `serving`/`training` modules); pass {NAMESPACE_MOVE} (the "
+            "namespace move) or later"
         )
     into.mkdir(parents=True, exist_ok=True)
     (into / "foresight").mkdir(exist_ok=True)
     archive = subprocess.run(
-        ["git", "archive", ref, "serving"], cwd=repo, capture_output=True, check=True
+        ["git", "archive", ref, *OLD_LAYERS], cwd=repo, capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into / "foresight")], input=archive, check=True)
     return into
@@ -438,8 +442,8 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
         "",
         "Servers: `after` = this commit; "
         + (
-            f"`before` = the `serving` package of `{args.before}` with the same models and "
-            "training code; "
+            f"`before` = the datasets/training/serving code of `{args.before}` with the same "
+            "models; "
             if args.before
             else ""
         )
