@@ -21,6 +21,7 @@ recorded and raises.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ import numpy as np
 
 from foresight.serving.client import ForesightClient, ForesightError
 from foresight.serving.schemas import ActResponse, EpisodesResponse
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429, 503})
 """Answers that say "later": the episode stays pending."""
@@ -144,7 +147,14 @@ class EpisodeRecorder:
         if self._rows:
             self.pending.append(self._rows)
         self._rows, self.episode_id = [], None
-        return self._post(flush=False)
+        answer = self._post(flush=False)
+        if self.pending:
+            log.warning(
+                "%d recorded episodes wait for the service to accept them (retried with "
+                "the next episode and by close())",
+                len(self.pending),
+            )
+        return answer
 
     def close(self, flush: bool = True) -> EpisodesResponse | None:
         """Post what is pending and (``flush``) ask the service to write its buffer to the
