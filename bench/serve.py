@@ -274,14 +274,14 @@ OLD_LAYERS = ("datasets", "training", "serving")
 service runs on the code it was written against (the models are this checkout's)."""
 
 
-def old_code(ref: str, into: Path) -> Path:
+def old_code(ref: str, into: Path, repo: Path | None = None) -> Path:
     """The layers of git ref ``ref`` (:data:`OLD_LAYERS`), laid out under ``into`` as
     ``foresight.*`` (``into`` goes first on the server's PYTHONPATH).
 
     Only refs in the ``foresight.*`` layout (the namespace move and later) are served:
     older ones import bare ``serving``/``training`` modules and read model cards of their
     own time; they are refused with the reason."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = repo or Path(__file__).resolve().parent.parent
     shown = subprocess.run(
         ["git", "show", f"{ref}:serving/service.py"], cwd=repo, capture_output=True, text=True
     )
@@ -311,7 +311,7 @@ def run_servers(bodies: dict, args, tmp: Path) -> dict:
     if args.before:
         options["before"] = {
             "batching": True,
-            "code_dir": old_code(args.before, tmp / "before"),
+            "code_dir": old_code(args.before, tmp / "before", args.repo),
             **bench,
         }
     results: dict = {}
@@ -506,6 +506,12 @@ def main() -> None:
         "--endpoints",
         default=",".join(ENDPOINTS),
         help="comma-separated endpoints to load (echo and predict_actions are always run)",
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="git repository to take --before from (default: the one holding this script)",
     )
     parser.add_argument("--out", default="bench/results/serve.md")
     args = parser.parse_args()
