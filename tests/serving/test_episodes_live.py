@@ -18,6 +18,7 @@ from foresight.pipelines.sensors import new_landing_files
 from foresight.serving.client import ForesightClient, ForesightError
 from foresight.serving.launch import ServerProcess, stop_group
 from foresight.serving.recorder import EpisodeRecorder
+from foresight.serving.schemas import EpisodesResponse
 from tests.serving.helpers import free_port, served_store
 
 from .test_episodes import episode
@@ -165,3 +166,34 @@ def test_arena_via_http_records_its_episodes_with_the_deciding_versions(tmp_path
         assert all(np.isfinite(d["predicted_return"]) for d in decided)
         result = ingest_logs([store.landing_uri("spread")], "spread", store=store)
         assert (result.accepted, result.quarantined) == (150, 0)
+
+
+def test_the_recorder_keeps_what_the_service_refuses_and_posts_it_later(tmp_path_factory, tmp_path):
+    with served_store(tmp_path_factory, "episodes-retry") as store:
+        server = start(tmp_path, "retry", FORESIGHT_EPISODES_BUFFER_ROWS="10")
+        blocker = Path(store.landing_uri("blocked"))
+        try:
+            with ForesightClient(server.url, api_key=KEY) as client:
+                recorder = EpisodeRecorder(client, dataset="blocked")
+
+                def play() -> EpisodesResponse | None:
+                    recorder.begin()
+                    for t in range(4):  # 4 steps x 2 agents = 8 rows
+                        obs = {a: [0.2] * 18 for a in ("agent_0", "agent_1")}
+                        ended = dict.fromkeys(obs, t == 3)
+                        recorder.record_step(obs, dict.fromkeys(obs, 3), {}, ended, {})
+                    return recorder.finish()
+
+                assert play() is not None  # buffered
+                blocker.parent.mkdir(parents=True, exist_ok=True)
+                blocker.write_text("a file where the landing folder should be")
+                # 8 buffered + 8 > 10: the buffer must be written first, and cannot be
+                assert play() is None and len(recorder.pending) == 1
+                blocker.unlink()
+                answer = play()  # the refused episode goes along with the next one
+                assert answer is not None and len(answer.episode_ids) == 2
+                assert recorder.pending == [] and len(recorder.posted) == 3
+                recorder.close()  # flush=true: everything written now
+        finally:
+            server.stop()
+        assert landed_episodes(store, "blocked") == Counter(dict.fromkeys(recorder.posted, 1))
