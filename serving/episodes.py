@@ -429,7 +429,7 @@ class EpisodeSink:
 
     # -- one request -----------------------------------------------------------------------
     def _dataset(self, requested: str | None) -> str:
-        if requested is None:
+        if not requested:
             card = self.served_card() or {}
             requested = (card.get("dataset") or {}).get("name")
             if not requested:

@@ -169,7 +169,7 @@ class EpisodeRecorder:
     def _post(self, flush: bool) -> EpisodesResponse | None:
         if not self.pending and not flush:
             return None
-        body = {"dataset": self.dataset, "episodes": self.pending, "flush": flush}
+        body = {"dataset": self.dataset or "", "episodes": self.pending, "flush": flush}
         for attempt in range(self.attempts):
             try:
                 answer = self.client.post_episodes(body)

@@ -606,12 +606,12 @@ class EpisodesRequest(BaseModel):
     ingests it. Bounds: FORESIGHT_EPISODES_MAX_ROWS rows per request (413 beyond) and the
     middleware's body limit (foresight.serving.episodes)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    dataset: str | None = Field(
-        default=None,
-        description="the dataset whose landing folder receives them (default: the dataset "
-        "the served world model was trained on)",
+    dataset: str = Field(
+        default="",
+        description="the dataset whose landing folder receives them (empty: the dataset the "
+        "served world model was trained on)",
     )
     episodes: list[list[TrajectoryRow]] = Field(
         default_factory=list, description="episodes, each the list of its rows"
