@@ -21,7 +21,8 @@ One request (:meth:`EpisodeSink.post`):
    dot-named temporary file renamed into place on a local folder, one PUT on S3, so no
    half file is ever listed; the landing sensor and ingest skip dot-names). The buffer is
    written when its oldest episode is ``flush_seconds`` old (FORESIGHT_EPISODES_FLUSH_SECONDS),
-   when a request asks (``flush: true``), when the service shuts down (SIGTERM included),
+   when a request asks (``flush: true``: the buffer, then that request as a file of its
+   own), when the service shuts down (SIGTERM included),
    and when a request would take it past ``buffer_rows`` / ``buffer_bytes``
    (FORESIGHT_EPISODES_BUFFER_ROWS / _BYTES): that request first writes the buffer, then
    joins it. So a full buffer costs one write, not a refusal, while the store takes writes.
