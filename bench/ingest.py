@@ -7,14 +7,16 @@ its peak RSS can be read. Two input sizes show whether memory grows with the inp
 
     .venv/bin/python bench/ingest.py [--rows 1000000 2000000] [--repeat 2]
 
-Besides the best of each, every run's time and the floor/ingest ratio of each interleaved
-pair are printed: on a shared machine their spread is the honest error bar.
+Besides the best of each, every run's time and CPU seconds, the floor/ingest ratio of each
+interleaved pair and the load average are printed: on a shared machine their spread is the
+honest error bar.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import subprocess
@@ -57,24 +59,25 @@ def write_log(path: Path, rows: int, seed: int = 0) -> None:
             episode += 1
 
 
-def child_rss(cmd: list[str]) -> tuple[float, int, str]:
-    """Run under /usr/bin/time-like accounting: a fresh interpreter that reports its own peak."""
+def child_rss(cmd: list[str]) -> tuple[float, int, str, float]:
+    """Run under /usr/bin/time-like accounting: a fresh interpreter that reports the child's
+    wall time, peak RSS, output and CPU seconds (user + system, all its threads)."""
     wrapper = (
         "import resource, runpy, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "dt = time.perf_counter() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print(dt, rss, p.returncode)\n"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(dt, u.ru_maxrss, p.returncode, u.ru_utime + u.ru_stime)\n"
         "sys.stderr.write(p.stderr)\n"
         "sys.stdout.write(p.stdout)\n"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
     first, _, rest = proc.stdout.partition("\n")
-    seconds, rss, code = first.split()
+    seconds, rss, code, cpu = first.split()
     if int(code) != 0:
         raise SystemExit(f"{cmd} failed:\n{proc.stderr}")
-    return float(seconds), int(rss), rest
+    return float(seconds), int(rss), rest, float(cpu)
 
 
 def main() -> None:
@@ -132,6 +135,10 @@ def main() -> None:
                 "pair_ratios": [round(r, 2) for r in pairs],
                 "floor_s_all": [round(r[0], 2) for r in floor],
                 "ingest_s_all": [round(r[0], 2) for r in ingest],
+                # CPU seconds are less sensitive to other load than wall time: the work done.
+                "floor_cpu_s_all": [round(r[3], 2) for r in floor],
+                "ingest_cpu_s_all": [round(r[3], 2) for r in ingest],
+                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -139,7 +146,7 @@ def main() -> None:
         json.dumps(
             {
                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                "cpus": __import__("os").cpu_count(),
+                "cpus": os.cpu_count(),
             }
         )
     )
