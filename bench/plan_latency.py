@@ -6,13 +6,21 @@ initialised with the default architecture for simple_spread's spec at each N: la
 does not depend on the weights, only on the sizes.
 
     .venv/bin/python bench/plan_latency.py --agents 3,6,10 --threads 2
+    .venv/bin/python bench/plan_latency.py --baseline c781ea7   # against an older planner
+
+``--baseline REF`` times the planner of that git revision (its training/agents/planning.py)
+alternately with the current one on the same models and history, so the ratio holds on a
+shared machine whose load moves between runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +46,38 @@ WORLDS = {"default": {}, "d64": {"d_model": 64}}
 """World model sizes: the default (d_model 128) and the arena's (bench/plan.py, 64)."""
 
 
+def load_baseline(ref: str):
+    """The planning module of git revision ``ref``, imported under its own name."""
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(
+        ["git", "show", f"{ref}:training/agents/planning.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "planning_baseline.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("planning_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["planning_baseline"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def measure(
-    n_agents: int, world_cfg: dict, repeats: int, planner_cfg: PlannerConfig
-) -> list[float]:
-    """Seconds of each of ``repeats`` decisions for all ``n_agents`` agents (after warm-up)."""
+    n_agents: int, world_cfg: dict, repeats: int, planner_cfg: dict, baseline=None
+) -> tuple[list[float], list[float]]:
+    """Seconds of each of ``repeats`` decisions for all ``n_agents`` agents (after warm-up),
+    for the current planner and (alternating with it) the ``baseline`` module's."""
     torch.manual_seed(0)
     spec = spread_spec(n_agents)
     D = max(spec.agents.values())
     world = WorldModel(WorldModelConfig(spec=spec.to_dict(), **world_cfg)).eval()
     beh = BehaviorModel(BehaviorModelConfig(spec=spec.to_dict())).eval()
-    planner = Planner(world, beh, planner_cfg)
+    planners = [Planner(world, beh, PlannerConfig(**planner_cfg))]
+    if baseline is not None:
+        planners.append(baseline.Planner(world, beh, baseline.PlannerConfig()))
     T = beh.context  # a full window of history
     rng = np.random.default_rng(0)
     h = JointHistory(
@@ -56,14 +86,16 @@ def measure(
         prev_actions=rng.integers(0, 5, size=(T, n_agents)),
         start_step=4,
     )
-    for _ in range(3):
-        planner.decide(h, h.agent_ids)
-    ts = []
+    for planner in planners:
+        for _ in range(3):
+            planner.decide(h, h.agent_ids)
+    ts: list[list[float]] = [[] for _ in planners]
     for _ in range(repeats):
-        t = time.perf_counter()
-        planner.decide(h, h.agent_ids)
-        ts.append(time.perf_counter() - t)
-    return ts
+        for planner, out in zip(planners, ts, strict=True):
+            t = time.perf_counter()
+            planner.decide(h, h.agent_ids)
+            out.append(time.perf_counter() - t)
+    return ts[0], (ts[1] if baseline is not None else [])
 
 
 def main() -> None:
@@ -72,17 +104,26 @@ def main() -> None:
     p.add_argument("--worlds", default="default,d64", help=f"world sizes among {list(WORLDS)}")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--repeats", type=int, default=30, help="timed decisions per setting")
+    p.add_argument("--precision", default="auto", help="PlannerConfig.precision")
+    p.add_argument("--baseline", default=None, help="git revision whose planner to time too")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     print(f"threads {torch.get_num_threads()}  load average {os.getloadavg()[0]:.2f} (start)")
-    print("| world | N | median ms | p90 ms | ms per agent |")
-    print("|---|---|---|---|---|")
+    print(f"precision {args.precision}; baseline {args.baseline or '-'}")
+    print("| world | N | median ms | p90 ms | ms per agent | baseline median ms | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.worlds.split(","):
         for n in (int(x) for x in args.agents.split(",")):
-            ts = 1000 * np.array(measure(n, WORLDS[name], args.repeats, PlannerConfig()))
+            cfg = {"precision": args.precision}
+            now, before = measure(n, WORLDS[name], args.repeats, cfg, baseline)
+            ts = 1000 * np.array(now)
             med = float(np.median(ts))
+            base = f"{1000 * np.median(before):.1f}" if before else ""
+            ratio = f"{np.median(before) / np.median(now):.2f}x" if before else ""
             print(
-                f"| {name} | {n} | {med:.1f} | {np.percentile(ts, 90):.1f} | {med / n:.1f} |",
+                f"| {name} | {n} | {med:.1f} | {np.percentile(ts, 90):.1f} | {med / n:.1f} "
+                f"| {base} | {ratio} |",
                 flush=True,
             )
     print(f"load average {os.getloadavg()[0]:.2f} (end)")

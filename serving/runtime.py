@@ -29,7 +29,7 @@ from foresight.datasets.storage import Store
 from foresight.serving import schemas as S
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig
 from foresight.training.data import Window
-from foresight.training.models.world_model import imagine
+from foresight.training.models.rollout import imagine
 from foresight.training.registry import (
     ModelCard,
     ModelRef,

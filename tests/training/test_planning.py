@@ -12,11 +12,10 @@ from foresight.training.agents.planning import (
     JointHistory,
     Planner,
     PlannerConfig,
-    _BehaviorStepper,
-    _concat_step,
     history_from_episode,
 )
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.rollout import BehaviorStepper, _concat_step
 from foresight.training.models.world_model import (
     ObsDistribution,
     WorldModel,
@@ -202,8 +201,8 @@ def test_behavior_stepper_exact_and_incremental(T):
     w = planner.window(history(T=T))
     one = w._map(lambda x: x[:, -1:])  # one more step (a copy of the last)
     expect = behavior.action_distribution(_concat_step(w, one))  # reads the last 4 steps
-    exact = _BehaviorStepper(behavior, w, incremental=False)
-    fast = _BehaviorStepper(behavior, w)
+    exact = BehaviorStepper(behavior, w, incremental=False)
+    fast = BehaviorStepper(behavior, w)
     assert fast.incremental and not exact.incremental
     now = behavior.action_distribution(w).logits
     assert torch.allclose(fast.distribution().logits, now, atol=1e-5)

@@ -13,12 +13,8 @@ from foresight.training.evaluation.evaluate import evaluate
 from foresight.training.loop.train import TrainConfig, train
 from foresight.training.loop.workflow import quality_gate
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
-from foresight.training.models.world_model import (
-    ObsDistribution,
-    WorldModel,
-    WorldModelConfig,
-    imagine,
-)
+from foresight.training.models.rollout import imagine
+from foresight.training.models.world_model import ObsDistribution, WorldModel, WorldModelConfig
 
 from .conftest import make_frame
 

@@ -16,19 +16,20 @@ Candidates for discrete actions: "pulse" plans (default: each first action held 
 or all ``horizon`` steps, then ``idle_action``; 13 plans for MPE's 5 moves), exhaustive
 search over the first ``depth`` actions with the last one held (``n_actions ** depth``
 plans), or beam search over the whole horizon. Continuous actions: the cross-entropy method
-(CEM). All candidates and samples run as one batch on the models' device, and the samples share
-their random numbers across candidates (common random numbers), so two candidates are
-compared in the same sampled futures.
+(CEM). All candidates and samples run as one batch of
+:func:`~foresight.training.models.rollout.rollout` (the rollout evaluation and ``/imagine``
+use, with its termination and state rules: an agent whose termination is sampled earns
+nothing after it), and the samples share their random numbers across candidates (common
+random numbers), so two candidates are compared in the same sampled futures.
 
 Several ego agents: by default (``sequential=False``) every ego plans in one batch, each
 against the behavior model's forecast of all the others. With ``sequential=True`` egos plan
 one after the other, in the order of their index in the history, and each later ego's
 futures hold the earlier egos to their chosen plans, so a team of planners cannot all rush
 for the same target on the strength of the same forecast (a deployed team can do this:
-each agent can compute its lower-indexed teammates' decisions). On simple_spread with a
-simulator as the world model both reach the same team return (-23.7 vs -23.9 over 20
-episodes): the team reward already makes an ego leave a landmark it forecasts a teammate
-to take. Sequential planning costs one rollout batch per ego.
+each agent can compute its lower-indexed teammates' decisions). On simple_spread both reach
+the same team return (BENCHMARKS.md): the team reward already makes an ego leave a landmark
+it forecasts a teammate to take. Sequential planning costs one rollout batch per ego.
 
 History format (:class:`JointHistory`), the same windows the models train on: the last
 ``T`` joint observations of the episode, oldest first, every agent's observation padded
@@ -53,6 +54,12 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Window, describe_spec
+from foresight.training.models.rollout import (
+    BehaviorStepper,
+    RolloutNoise,
+    low_precision,
+    rollout,
+)
 from foresight.training.registry.card import ModelCard
 
 Action = int | list[float]
@@ -96,10 +103,12 @@ class PlannerConfig:
     disagreement_penalty: float = 0.0
     """Subtract this times the std of the return over samples (risk aversion, and a
     guard against futures the world model is unsure about)."""
-    precision: str = "float32"
-    """Arithmetic of the models' matrix products while planning: "float32", or "bfloat16"
-    (CPU autocast; with AMX/AVX-512-BF16 about 1.2x faster at 3 agents and 2x at 10, and
-    scores differ by ~1e-2, so decisions near a tie can change)."""
+    precision: str = "auto"
+    """Arithmetic of the world model in rollouts: "float32", "bfloat16" (a copy of it with
+    bfloat16 weights and activations; scores move by ~1e-2, so decisions near a tie can
+    change), or "auto": bfloat16 where the device has bfloat16 matrix units (a CPU with
+    AMX or AVX512-BF16, a CUDA GPU that supports it), float32 elsewhere. BENCHMARKS.md
+    has the speed and the closed-loop return of both."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
@@ -126,9 +135,9 @@ class PlannerConfig:
                 "PlannerConfig.search must be auto, exhaustive, pulse, beam or cem, "
                 f"got {self.search!r}"
             )
-        if self.precision not in ("float32", "bfloat16"):
+        if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(
-                f"PlannerConfig.precision must be float32 or bfloat16, got {self.precision!r}"
+                f"PlannerConfig.precision must be auto, float32 or bfloat16, got {self.precision!r}"
             )
         if not 0 < self.cem_elites <= self.cem_population:
             raise ValueError("PlannerConfig.cem_elites must be in 1..cem_population")
@@ -224,83 +233,6 @@ def check_same_dataset(
         )
 
 
-class _BehaviorStepper:
-    """The behavior model's action distribution, advanced one imagined step at a time.
-
-    The model reads the history once and carries its state (the evidence for each style,
-    and the GRU state where it has one); each imagined step then costs one step of the
-    model instead of re-reading the whole window. Models without that structure (or
-    centralized ones) fall back to re-running ``action_distribution`` on the window.
-    """
-
-    def __init__(self, behavior, window: Window, incremental: bool = True):
-        self.model = behavior
-        m = behavior
-        self.incremental = (
-            incremental
-            and all(hasattr(m, a) for a in ("step_features", "scan", "distribution"))
-            and not getattr(m.config, "centralized", False)
-        )
-        self.window = window.last(behavior.context)
-        if self.incremental:
-            self.out, self.state = self._encode(self.window)  # out (B, N, out)
-        else:
-            self.out = None
-
-    def _encode(self, w: Window, state=None):
-        x = self.model.step_features(w)
-        out, state = self.model.scan(x, w, state, last_only=True)  # (B, 1, N, out)
-        return out[:, -1], state
-
-    def distribution(self):
-        if self.incremental:
-            return self.model.distribution(self.out)
-        return self.model.action_distribution(self.window)
-
-    def repeat(self, rows: torch.Tensor) -> _BehaviorStepper:
-        """A stepper for a batch whose row i is this batch's row ``rows[i]``."""
-        new = object.__new__(_BehaviorStepper)
-        new.model, new.incremental = self.model, self.incremental
-        new.window = self.window if self.incremental else self.window.index(rows)
-        if self.incremental:
-            new.state = self.state.index(rows)
-            new.out = self.out[rows]
-        return new
-
-    def advance(self, w_step: Window) -> None:
-        """Feed one new step (a window of length 1 holding obs, prev action and flags)."""
-        if self.incremental:
-            self.out, self.state = self._encode(w_step, self.state)
-        else:
-            self.window = _concat_step(self.window, w_step).last(self.model.context)
-
-
-def _concat_step(w: Window, step: Window) -> Window:
-    cat = lambda a, b: torch.cat([a, b], dim=1)  # noqa: E731
-    return Window(
-        obs=cat(w.obs, step.obs),
-        feat_mask=w.feat_mask,
-        present=cat(w.present, step.present),
-        time_valid=cat(w.time_valid, step.time_valid),
-        action=cat(w.action, step.action),
-        prev_action=cat(w.prev_action, step.prev_action),
-        prev_valid=cat(w.prev_valid, step.prev_valid),
-        prev_reward=cat(w.prev_reward, step.prev_reward),
-    )
-
-
-def _first_rows(inverse: torch.Tensor, n: int) -> torch.Tensor:
-    """(n,) a row of each group: ``inverse[_first_rows(inverse, n)[u]] == u``."""
-    rows = torch.arange(inverse.shape[0], device=inverse.device)
-    return torch.full((n,), -1, dtype=torch.long, device=inverse.device).scatter_(0, inverse, rows)
-
-
-def _gumbel_argmax(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Categorical sample from ``logits`` (..., n) driven by uniforms ``u`` of that shape."""
-    g = -torch.log(-torch.log(u.clamp(1e-9, 1 - 1e-9)))
-    return (logits.float() + g).argmax(-1)
-
-
 class Planner:
     """Plans for ego agents with a world model and a behavior model (see module docstring).
 
@@ -335,6 +267,10 @@ class Planner:
         self.high = spec.action.high if spec.action.high is not None else 1.0
         self.context = max(world.context, behavior.context)
         self.device = next(world.parameters()).device
+        self.rollout_world = self.world
+        """The world model rollouts run (a bfloat16 copy with ``precision="bfloat16"``)."""
+        if resolve_precision(self.config.precision, self.device) == "bfloat16":
+            self.rollout_world = low_precision(self.world)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         search = self.config.search
         if search == "auto":
@@ -382,11 +318,7 @@ class Planner:
     # -- deciding ------------------------------------------------------------------------
     def decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
         """One :class:`Decision` per ego agent, in the order given."""
-        bf16 = self.config.precision == "bfloat16"
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16),
-        ):
+        with torch.inference_mode():
             return self._decide(history, ego_agents)
 
     def _decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
@@ -397,7 +329,7 @@ class Planner:
         if len(set(ego_agents)) != len(ego_agents):
             raise ValueError(f"ego agents repeat: {list(ego_agents)}")
         base = self.window(history)
-        stepper = _BehaviorStepper(self.behavior, base, self.config.incremental_behavior)
+        stepper = BehaviorStepper(self.behavior, base, self.config.incremental_behavior)
         dist = stepper.distribution()
         mode = dist.mode()[0]  # (N,) or (N, A)
         order = sorted(ego_agents, key=ids.index)
@@ -510,7 +442,7 @@ class Planner:
         plan_sets: list[torch.Tensor],
         egos: list[int],
         base: Window,
-        stepper: _BehaviorStepper,
+        stepper: BehaviorStepper,
         fixed: dict[int, torch.Tensor],
     ) -> list[torch.Tensor]:
         """Score every plan of every ego in one batched rollout: a (P_e,) tensor per ego."""
@@ -534,69 +466,38 @@ class Planner:
                 held[rows, m] = True
             start += plans.shape[0] * K
         # Common random numbers: sample k sees the same noise under every candidate.
-        sample = torch.arange(R, device=dev) % K
-        g = self.generator
-        noise = torch.rand if self.discrete else torch.randn  # Gumbel uniforms or Gaussians
-        e_act = noise(K, H, N, self.n_actions, generator=g, device=dev)[sample]
-        z_obs = torch.randn(K, H, N, D, generator=g, device=dev)  # indexed by sample
-        n_mix = getattr(getattr(self.world, "config", None), "n_mixture", 1)
-        u_mix = torch.rand(K, H, N, D, n_mix, generator=g, device=dev) if n_mix > 1 else None
-
-        # Rows that share a sample and every joint action so far are in the same state
-        # (common random numbers): the models run once per distinct state. ``state_of[r]``
-        # is row r's state; states are rebuilt each step from (parent state, sample, joint).
-        state_of = torch.zeros(R, dtype=torch.long, device=dev)
-        w = base.last(self.world.context)  # one state: the history
-        beh = stepper
+        noise = RolloutNoise.draw(
+            K,
+            H,
+            N,
+            D,
+            self.n_actions,
+            self.discrete,
+            getattr(getattr(self.world, "config", None), "n_mixture", 1),
+            self.generator,
+            dev,
+        )
+        out = rollout(
+            self.rollout_world,
+            stepper,
+            base,
+            H,
+            noise,
+            start_of=torch.zeros(R, dtype=torch.long, device=dev),
+            sample_of=torch.arange(R, device=dev) % K,
+            plans=acts,
+            held=held,
+            reward_fn=self.reward_fn,
+            sample_next=c.sample_obs,
+        )
+        if c.team_reward:
+            per_step = out.reward.sum(2)  # (R, H)
+        else:
+            ego_col = self._ego_col(sizes, egos, K)  # (R, 1)
+            per_step = out.reward.gather(2, ego_col[:, None].expand(R, H, 1))[..., 0]
         ret = torch.zeros(R, device=dev)
-        ego_col = None if c.team_reward else self._ego_col(sizes, egos, K)
         for h in range(H):
-            dist = beh.distribution()
-            if self.discrete:
-                others = _gumbel_argmax(dist.logits[state_of], e_act[:, h])
-            else:
-                others = dist.mean[state_of] + dist.std[state_of] * e_act[:, h]
-            joint = torch.where(held if self.discrete else held[..., None], acts[:, h], others)
-            parts = [state_of[:, None], sample[:, None], joint.reshape(R, -1)]
-            if not self.discrete:
-                parts = [x.double() for x in parts]
-            key = torch.cat(parts, 1)  # (R, 2 + N[*A])
-            uniq, state_of = torch.unique(key, dim=0, return_inverse=True)
-            parent, k_of = uniq[:, 0].long(), uniq[:, 1].long()  # (U,)
-            joint_u = joint[_first_rows(state_of, uniq.shape[0])]  # (U, N[, A])
-            w = w.index(parent)
-            w.action[:, -1] = joint_u
-            present = w.present[:, -1]  # (U, N)
-            last = h == H - 1
-            pred = self.world.predict(w)
-            nxt = None
-            if not last or self.reward_fn is not None:
-                noise = None if u_mix is None else u_mix[k_of, h]
-                nxt = self._next_obs(pred.obs, z_obs[k_of, h], noise) * w.feat_mask
-                nxt = nxt * present[..., None]  # (U, N, D)
-            reward = pred.reward if self.reward_fn is None else self.reward_fn(nxt, joint_u)
-            reward = reward * present  # (U, N)
-            if c.team_reward:
-                r = reward.sum(1)[state_of]
-            else:
-                r = reward[state_of].gather(1, ego_col)[:, 0]
-            ret = ret + (c.discount**h) * r  # (R,)
-            if last:
-                break
-            U = uniq.shape[0]
-            step = Window(
-                obs=nxt[:, None],
-                feat_mask=w.feat_mask,
-                present=present[:, None],
-                time_valid=torch.ones(U, 1, dtype=torch.bool, device=dev),
-                action=torch.zeros_like(joint_u)[:, None],
-                prev_action=joint_u[:, None],
-                prev_valid=present[:, None],
-                prev_reward=reward[:, None],
-            )
-            w = _concat_step(w, step).last(self.world.context)
-            beh = beh.repeat(parent)
-            beh.advance(step)
+            ret = ret + (c.discount**h) * per_step[:, h]  # (R,)
         ret = ret.view(-1, K)  # (P_total, K)
         score = ret.mean(1)
         if c.disagreement_penalty and K > 1:
@@ -607,17 +508,18 @@ class Planner:
         cols = [torch.full((s * K,), e, dtype=torch.long) for s, e in zip(sizes, egos, strict=True)]
         return torch.cat(cols).to(self.device)[:, None]
 
-    def _next_obs(self, dist, z: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """A sample (or the mean) of the next observation, driven by the given noise."""
-        if not self.config.sample_obs:
-            return dist.mean()
-        Kmix = dist.logits.shape[-1]
-        if Kmix == 1 or u is None:
-            loc, scale = dist.loc[..., 0], dist.scale[..., 0]
-        else:
-            k = _gumbel_argmax(dist.logits, u[..., :Kmix])[..., None]  # (R, N, D, 1)
-            loc, scale = dist.loc.gather(-1, k)[..., 0], dist.scale.gather(-1, k)[..., 0]
-        return loc + scale * z
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The arithmetic ``precision="auto"`` means on ``device`` (see PlannerConfig)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu" and (
+        torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    ):
+        return "bfloat16"
+    return "float32"
 
 
 def history_window(

@@ -52,7 +52,8 @@ from foresight.training.evaluation.baselines import (
     mpe_kinematics,
 )
 from foresight.training.loop.train import select_device
-from foresight.training.models.world_model import ObsDistribution, _append_step, imagine
+from foresight.training.models.rollout import append_step, imagine
+from foresight.training.models.world_model import ObsDistribution
 
 ROLLOUT_HORIZONS = (1, 5, 10)
 IMAGINE_HORIZONS = (5, 10)
@@ -122,7 +123,7 @@ def rollout_mse(
             m = (ok[..., None] & fm).float()
             se[k - 1] += (((mean - data.obs[idx]) ** 2) * m).sum().cpu()
             n[k - 1] += m.sum().cpu()
-            w = _append_step(w, mean, w.action[:, -1], ok, p.reward)
+            w = append_step(w, mean, w.action[:, -1], ok, p.reward)
             w.action[:, -1] = data.action[idx]  # the logged joint action at t+k
     return [_ratio(float(a), float(b)) for a, b in zip(se, n, strict=True)]
 

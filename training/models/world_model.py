@@ -12,8 +12,8 @@ Architecture (one network shared by all agents, attention between them):
 The observation head predicts the change ``obs[t+1] - obs[t]`` in units of its training
 std, as a per-feature mixture of ``n_mixture`` Gaussians. Features that never change in
 the training data (e.g. silent communication slots) are copied forward.
-:func:`imagine` samples futures step after step, with some agents' actions fixed and the
-others drawn from a behavior model.
+:mod:`.rollout` samples futures from it step after step, with some agents' actions fixed
+and the others drawn from a behavior model.
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ class WorldModel(nn.Module):
         act = act * pres
         steps = torch.cat([obs * pres, act, pres], dim=-1)  # (B, T, N, F)
         steps = steps.transpose(1, 2).reshape(B, N, -1)  # (B, N, T*F)
-        x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1))  # (B, N, d)
+        dtype = self.encoder[0].weight.dtype  # float32, or bfloat16 in a planning copy
+        x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1).to(dtype))  # (B, N, d)
         for block in self.encoder_blocks:
             x = block(x)
         valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
@@ -308,7 +309,7 @@ class WorldModel(nn.Module):
                 s = torch.cat([w.state * sv, sv], dim=-1).reshape(B, -1)  # (B, T*(Ds+1))
             else:
                 s = torch.zeros(B, T * (self.state_dim + 1), device=x.device)
-            x = torch.cat([x, self.state_encoder(s)[:, None]], dim=1)  # (B, N+1, d)
+            x = torch.cat([x, self.state_encoder(s.to(dtype))[:, None]], dim=1)  # (B, N+1, d)
             valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         valid = valid | ~valid.any(dim=1, keepdim=True)  # never an all-masked row (NaN)
         for block in self.blocks:
@@ -389,126 +390,3 @@ class WorldModel(nn.Module):
             term_prob=torch.sigmoid(term_logit),
             dim_mask=self.dynamic & w.feat_mask,
         )
-
-
-@dataclass
-class Imagination:
-    """Sampled futures: batch of starts B, samples S, horizon H, agents N."""
-
-    obs: torch.Tensor
-    """(B, S, H, N, D) sampled observations at steps t+1..t+H."""
-    action: torch.Tensor
-    """(B, S, H, N) or (B, S, H, N, A): the joint action taken at steps t..t+H-1."""
-    reward: torch.Tensor
-    """(B, S, H, N) expected reward for each of those actions."""
-    terminated: torch.Tensor
-    """(B, S, H, N) bool, sampled termination after each action."""
-    obs_dist: ObsDistribution
-    """Predicted distribution of each sampled step, batch dims (B, S, H, N)."""
-
-
-def _policy_actions(policy, w: Window, generator: torch.Generator | None) -> torch.Tensor:
-    """Joint actions (B, N[, A]) for the last step of ``w`` from a behavior model or callable."""
-    if hasattr(policy, "action_distribution"):
-        return policy.action_distribution(w.last(policy.context)).sample(generator)
-    return policy(w)
-
-
-@torch.no_grad()
-def imagine(
-    model,
-    start_history: Window,
-    horizon: int,
-    n_samples: int = 1,
-    actions: dict[int | str, torch.Tensor] | None = None,
-    policy=None,
-    agent_ids: list[str] | None = None,
-    generator: torch.Generator | None = None,
-) -> Imagination:
-    """Roll out ``n_samples`` sampled futures of ``horizon`` steps from each start.
-
-    ``model``: a WorldModel or any world predictor with ``predict(window)`` and ``context``.
-    ``start_history``: windows (B starts) ending at the current step; the action stored at
-    their last step is ignored. ``actions``: agent (index, or id with ``agent_ids``) -> plan
-    of shape (H,) / (H, A) for every start or (B, H) / (B, H, A) per start; those agents
-    follow the plan. Every other agent's action comes from ``policy`` (a BehaviorModel or a
-    callable window -> (B, N[, A]) actions).
-    """
-    B, N = start_history.batch_size, start_history.num_agents
-    actions = dict(actions or {})
-    fixed: dict[int, torch.Tensor] = {}
-    for agent, plan in actions.items():
-        if isinstance(agent, str):
-            if agent_ids is None:
-                raise ValueError(f"agent {agent!r} given by id: pass agent_ids")
-            if agent not in agent_ids:
-                raise ValueError(f"unknown agent {agent!r}; agents are {agent_ids}")
-            agent = agent_ids.index(agent)
-        if not (0 <= agent < N):
-            raise ValueError(f"agent index {agent} out of range for {N} agents")
-        plan = torch.as_tensor(plan, device=start_history.obs.device)
-        discrete = not torch.is_floating_point(start_history.action)
-        per_start = plan.ndim == (2 if discrete else 3)  # (B, H[, A]) rather than (H[, A])
-        H_plan = plan.shape[1] if per_start else plan.shape[0]
-        if H_plan < horizon:
-            raise ValueError(f"plan of agent {agent} covers {H_plan} steps < horizon {horizon}")
-        fixed[agent] = plan if per_start else plan[None].expand(B, *plan.shape)
-    if policy is None and len(fixed) < N:
-        raise ValueError(f"{N - len(fixed)} agents have no fixed actions and no policy is given")
-    S = n_samples
-    policy_context = getattr(policy, "context", 1) if policy is not None else 1
-    C = max(model.context, policy_context, start_history.context)
-    w = start_history.last(C).index(
-        torch.arange(B, device=start_history.obs.device).repeat_interleave(S)
-    )  # (B*S, C, ...)
-    out_obs, out_act, out_rew, out_term, out_dist = [], [], [], [], []
-    for h in range(horizon):
-        joint = _policy_actions(policy, w, generator) if policy is not None else None
-        if joint is None:
-            joint = torch.zeros_like(w.action[:, -1])
-        joint = joint.clone()
-        for agent, plan in fixed.items():
-            joint[:, agent] = plan[:, h].repeat_interleave(S, dim=0).to(joint.dtype)
-        present = w.present[:, -1]  # (B*S, N): agents keep their presence
-        w.action[:, -1] = joint
-        pred = model.predict(w)
-        nxt = pred.obs.sample(generator) * w.feat_mask * present[..., None]  # (B*S, N, D)
-        term = torch.rand(pred.term_prob.shape, generator=generator, device=nxt.device)
-        out_obs.append(nxt)
-        out_act.append(joint)
-        out_rew.append(pred.reward)
-        out_term.append(term < pred.term_prob)
-        out_dist.append(pred.obs)
-        w = _append_step(w, nxt, joint, present, pred.reward)
-    split = lambda x: x.reshape(B, S, *x.shape[1:])  # noqa: E731  (B*S, ...) -> (B, S, ...)
-    stack = lambda xs: split(torch.stack(xs, dim=1))  # noqa: E731  (B, S, H, ...)
-    dist = ObsDistribution.stack(out_dist, dim=1).index(split)
-    return Imagination(
-        obs=stack(out_obs),
-        action=stack(out_act),
-        reward=stack(out_rew),
-        terminated=stack(out_term),
-        obs_dist=dist,
-    )
-
-
-def _append_step(
-    w: Window, obs: torch.Tensor, action: torch.Tensor, present: torch.Tensor, reward: torch.Tensor
-) -> Window:
-    """Shift the window by one step: the new last step holds ``obs``; its action is unset."""
-    one = lambda x: x[:, None]  # noqa: E731  (B, ...) -> (B, 1, ...)
-    B = w.batch_size
-    new = Window(
-        obs=torch.cat([w.obs[:, 1:], one(obs)], 1),
-        feat_mask=w.feat_mask,
-        present=torch.cat([w.present[:, 1:], one(present)], 1),
-        time_valid=torch.cat([w.time_valid[:, 1:], w.time_valid.new_ones(B, 1)], 1),
-        action=torch.cat([w.action[:, 1:], one(torch.zeros_like(action))], 1),
-        prev_action=torch.cat([w.prev_action[:, 1:], one(action)], 1),
-        prev_valid=torch.cat([w.prev_valid[:, 1:], one(present)], 1),
-        prev_reward=torch.cat([w.prev_reward[:, 1:], one(reward * present)], 1),
-    )
-    if w.state is not None:  # the state is not predicted: unknown from here on
-        new.state = torch.cat([w.state[:, 1:], torch.zeros_like(w.state[:, :1])], 1)
-        new.state_valid = torch.cat([w.state_valid[:, 1:], w.state_valid.new_zeros(B, 1)], 1)
-    return new

@@ -1,0 +1,165 @@
+"""The one rollout: termination, state, shared states and the planner all use its contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.agents.planning import (
+    JointHistory,
+    Planner,
+    PlannerConfig,
+    resolve_precision,
+)
+from foresight.training.data import Window
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.rollout import RolloutNoise, imagine, low_precision, rollout
+from foresight.training.models.world_model import (
+    ObsDistribution,
+    WorldModel,
+    WorldModelConfig,
+    WorldPrediction,
+)
+
+IDS = ["agent_0", "agent_1"]
+SPEC = DatasetSpec(
+    env="synthetic", agents=dict.fromkeys(IDS, 2), action=ActionSpec("discrete", n=3)
+).to_dict()
+
+
+class Counter(nn.Module):
+    """Every observation counts up by one per step; each present agent earns 1 per step;
+    agent 0 terminates after the step at which its observation reads ``end_at``. Records
+    the windows it is asked about."""
+
+    def __init__(self, end_at: float = 0.5):
+        super().__init__()
+        self.config = WorldModelConfig(spec=SPEC)
+        self.context, self.obs_dim, self.end_at = 2, 2, end_at
+        self.seen: list[Window] = []
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def predict(self, w: Window) -> WorldPrediction:
+        self.seen.append(w)
+        last = w.obs[:, -1]  # (B, N, D)
+        ones = torch.ones_like(last)[..., None]
+        term = torch.zeros(last.shape[:2])
+        term[:, 0] = (last[:, 0, 0] >= self.end_at).float()
+        return WorldPrediction(
+            obs=ObsDistribution(ones * 0, (last + 1)[..., None], ones * 1e-6),
+            reward=torch.ones(last.shape[:2]),
+            term_prob=term,
+            dim_mask=w.feat_mask,
+        )
+
+
+def start_window(B: int = 1, T: int = 2, state: bool = False) -> Window:
+    w = Window(
+        obs=torch.zeros(B, T, 2, 2),
+        feat_mask=torch.ones(2, 2, dtype=torch.bool),
+        present=torch.ones(B, T, 2, dtype=torch.bool),
+        time_valid=torch.ones(B, T, dtype=torch.bool),
+        action=torch.zeros(B, T, 2, dtype=torch.long),
+        prev_action=torch.zeros(B, T, 2, dtype=torch.long),
+        prev_valid=torch.ones(B, T, 2, dtype=torch.bool),
+        prev_reward=torch.zeros(B, T, 2),
+    )
+    if state:
+        w.state, w.state_valid = torch.ones(B, T, 3), torch.ones(B, T, dtype=torch.bool)
+    return w
+
+
+def test_an_agent_that_terminates_mid_rollout_is_gone_from_the_next_step_on():
+    world = Counter(end_at=0.5)  # agent 0 reads 1 after step 0: it ends after step 1
+    im = imagine(world, start_window(), 4, actions={0: torch.zeros(4), 1: torch.zeros(4)})
+    # agent 0: its reward and final observation of step 1 count, nothing after
+    assert im.reward[0, 0, :, 0].tolist() == [1, 1, 0, 0]
+    assert im.terminated[0, 0, :, 0].tolist() == [False, True, True, True]
+    assert im.obs[0, 0, :, 0, 0].tolist() == pytest.approx([1, 2, 0, 0], abs=1e-4)
+    # agent 1 goes on; the world sees agent 0 absent from step 2 on
+    assert im.reward[0, 0, :, 1].tolist() == [1, 1, 1, 1]
+    assert not im.terminated[0, 0, :, 1].any()
+    assert im.obs[0, 0, :, 1, 0].tolist() == pytest.approx([1, 2, 3, 4], abs=1e-4)
+    present_now = [w.present[0, -1].tolist() for w in world.seen]
+    assert present_now == [[True, True], [True, True], [False, True], [False, True]]
+
+
+def test_the_planner_scores_a_terminating_future_by_the_same_rule():
+    """Two agents, every plan earns the same, agent 0 ends after step 1: the team's
+    discounted return is 2 + 2 * 0.9 + 1 * 0.9**2 + 1 * 0.9**3, for every candidate."""
+    beh = BehaviorModel(BehaviorModelConfig(spec=SPEC, d_model=8, context=2, expert_width=8))
+    cfg = PlannerConfig(horizon=4, n_samples=2, discount=0.9, precision="float32")
+    history = JointHistory(IDS, np.zeros((2, 2, 2)), np.zeros((2, 2), np.int64))
+    [d] = Planner(Counter(end_at=0.5), beh.eval(), cfg).decide(history, ["agent_1"])
+    expect = 2 + 2 * 0.9 + 0.9**2 + 0.9**3
+    assert all(s == pytest.approx(expect) for _, s in d.candidate_scores), d.candidate_scores
+    # without the termination every step earns 2
+    [d] = Planner(Counter(end_at=99.0), beh, cfg).decide(history, ["agent_1"])
+    assert d.predicted_return == pytest.approx(2 * (1 + 0.9 + 0.9**2 + 0.9**3))
+
+
+def test_imagined_steps_have_no_global_state_the_history_keeps_its_own():
+    world = Counter()
+    imagine(world, start_window(state=True), 3, actions={0: torch.zeros(3), 1: torch.zeros(3)})
+    valid = [w.state_valid[0].tolist() for w in world.seen]
+    assert valid == [[True, True], [True, False], [False, False]]
+    assert world.seen[1].state[0, 0].tolist() == [1, 1, 1]  # the logged state, kept
+
+
+def test_rows_sharing_a_sample_and_actions_are_one_state_and_exact():
+    """Four rows with the same plan and sample give the one row's future, computed once."""
+    torch.manual_seed(0)
+    world = WorldModel(WorldModelConfig(spec=SPEC, d_model=16, n_layers=1, n_heads=2)).eval()
+    beh = BehaviorModel(BehaviorModelConfig(spec=SPEC, d_model=8, context=2, expert_width=8))
+    start = start_window()
+    start.obs = torch.randn_like(start.obs)
+    plans = torch.tensor([0, 1, 2]).repeat(4, 1)[:, :, None].expand(4, 3, 2).contiguous()
+    held = torch.tensor([[True, False]] * 4)
+    noise = RolloutNoise.draw(1, 3, 2, 2, 3, True, generator=torch.Generator().manual_seed(3))
+    zeros = torch.zeros(4, dtype=torch.long)
+    many = rollout(world, beh.eval(), start, 3, noise, start_of=zeros, sample_of=zeros,
+                   plans=plans, held=held, record_all=True)  # fmt: skip
+    one = rollout(world, beh, start, 3, noise, start_of=zeros[:1], sample_of=zeros[:1],
+                  plans=plans[:1], held=held[:1], record_all=True)  # fmt: skip
+    assert many.states == one.states == 3, "one state per step"
+    assert torch.equal(many.reward, one.reward.expand(4, -1, -1))
+    assert torch.equal(many.obs, one.obs.expand(4, -1, -1, -1))
+
+
+def test_imagine_matches_the_planner_score_of_the_same_plan():
+    """With every agent held, the planner's score of a plan is imagine's discounted team
+    return (one rollout; the world here is deterministic)."""
+    beh = BehaviorModel(BehaviorModelConfig(spec=SPEC, d_model=8, context=2, expert_width=8))
+    cfg = PlannerConfig(horizon=3, n_samples=1, discount=0.5, precision="float32")
+    history = JointHistory(IDS, np.zeros((2, 2, 2)), np.zeros((2, 2), np.int64))
+    planner = Planner(Counter(end_at=0.0), beh.eval(), cfg)  # agent 0 ends after step 0
+    [d0, d1] = planner.decide(history, IDS)
+    im = imagine(
+        Counter(end_at=0.0),
+        planner.window(history),
+        3,
+        actions={0: torch.tensor(d0.plan), 1: torch.tensor(d1.plan)},
+    )
+    team = im.reward[0, 0].sum(-1)  # (H,)
+    assert float((team * 0.5 ** torch.arange(3)).sum()) == pytest.approx(d0.predicted_return)
+
+
+def test_low_precision_world_predicts_close_to_float32():
+    torch.manual_seed(0)
+    world = WorldModel(WorldModelConfig(spec=SPEC, d_model=32, n_layers=1, n_heads=2)).eval()
+    low = low_precision(world)
+    assert next(low.parameters()).dtype == torch.bfloat16
+    assert next(world.parameters()).dtype == torch.float32, "the original is untouched"
+    w = start_window(B=8)
+    w.obs = torch.randn_like(w.obs)
+    a, b = world.predict(w), low.predict(w)
+    assert b.reward.dtype == torch.float32
+    assert torch.allclose(a.reward, b.reward, atol=0.05)
+    assert torch.allclose(a.obs.loc, b.obs.loc, atol=0.05)
+    assert resolve_precision("float32", torch.device("cpu")) == "float32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="precision"):
+        PlannerConfig(precision="fp8")
