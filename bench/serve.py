@@ -417,9 +417,16 @@ def targets(floors: dict, res: dict, name: str = "after") -> list[str]:
             f"{act1['p50_ms']:.2f} ms, {added:+.2f} ms over the decision (target <= HTTP floor "
             f"{echo1['p50_ms']:.2f} ms): {_met(added <= echo1['p50_ms'])}"
         )
-    refused = sum(c["n_503"] for (server, _, _), c in res.items() if server == name)
-    other = sum(c["non_200"] - c["n_503"] for (server, _, _), c in res.items() if server == name)
-    out += [f"- refused (503) over the whole run: {refused}; other non-200: {other}", ""]
+    mine = {(e, label): c for (server, e, label), c in res.items() if server == name}
+    batched = sum(c["n_503"] for (e, _), c in mine.items() if e.startswith("predict_actions"))
+    heavy = sum(c["n_503"] for (e, _), c in mine.items() if e in ("act", "imagine"))
+    other = sum(c["non_200"] - c["n_503"] for c in mine.values())
+    out += [
+        f"- 503 from the batched endpoints (max_latency_ms): {batched}; from /act and "
+        f"/imagine (the heavy queue, FORESIGHT_HEAVY_QUEUE, sheds past 4 in progress): "
+        f"{heavy}; other non-200: {other}",
+        "",
+    ]
     return out
 
 
