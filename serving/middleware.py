@@ -272,13 +272,6 @@ def _is_json(media: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-class Occupancy:
-    """Requests in the service right now (bodies read, answer not yet sent), over every
-    middleware of this process: the batcher runs a request at once when it is alone."""
-
-    requests = 0
-
-
 class ForesightMiddleware:
     """Auth, limits and error shapes for every HTTP request (see the module doc)."""
 
@@ -381,7 +374,6 @@ class ForesightMiddleware:
             )
         self._in_service += 1
         self._heavy += heavy
-        Occupancy.requests += 1
         try:
             if path == "/docs.json":
                 send = self._public_docs(send, limits.hidden_paths)
@@ -389,7 +381,6 @@ class ForesightMiddleware:
         finally:
             self._in_service -= 1
             self._heavy -= heavy
-            Occupancy.requests -= 1
 
     def _authorized(self, scope) -> bool:
         for name, value in scope.get("headers", ()):

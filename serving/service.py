@@ -33,9 +33,9 @@ A reference that does not resolve stops the service at start-up with the reason.
 Adaptive batching: /predict_actions and /predict_next hand their queries to a
 :class:`~foresight.serving.batching.Batcher` of their own (BentoML's batching is not used:
 its dispatcher held a lone request back by a wait it learned under load). A request that
-finds the model idle and no other request in the service runs at once; with others in the
-service, its batch leaves on the next turn of the event loop, and under load a batch holds
-what arrived while the previous one ran, up to ``MAX_BATCH_SIZE`` queries. A request
+finds the model idle leaves on the next turn of the event loop (with what was parsed in the
+same turn); under load a batch holds what arrived while the previous one ran, up to
+``MAX_BATCH_SIZE`` queries. A request
 queued longer than ``MAX_LATENCY_MS`` is answered 503 when its turn comes. An agent asks at
 decision time, so a late answer is worth little: 1 s is an order of magnitude above the
 p99 at 64 concurrent clients (BENCHMARKS.md, no request refused) and low enough that an
@@ -74,7 +74,7 @@ from foresight.datasets.storage import Store
 from foresight.serving import fastio, runtime
 from foresight.serving.batching import Batcher
 from foresight.serving.episodes import EpisodeSink
-from foresight.serving.middleware import ForesightMiddleware, Occupancy
+from foresight.serving.middleware import ForesightMiddleware
 from foresight.serving.schemas import (
     MAX_QUERIES,
     ActionPrediction,
@@ -122,11 +122,6 @@ JSONList = Annotated[list[T], ContentType("application/json")]
 list's JSON schema on every response to find it (~3 ms per request, measured)."""
 
 
-def _crowded() -> bool:
-    """Other requests are in the service: a batch may gather them (see Batcher)."""
-    return Occupancy.requests > 1
-
-
 def _reload_seconds() -> float:
     raw = os.environ.get("FORESIGHT_RELOAD_SECONDS", str(DEFAULT_RELOAD_SECONDS))
     try:
@@ -161,7 +156,6 @@ class Foresight:
                 functools.partial(self._compute, getattr(runtime, route)),
                 MAX_BATCH_SIZE,
                 MAX_LATENCY_MS / 1000,
-                crowded=_crowded,
             )
             for route in BATCHED_ROUTES
         }

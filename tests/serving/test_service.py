@@ -582,11 +582,10 @@ def test_every_503_says_overloaded_with_retry_after():
     assert r.json()["error"].startswith("overloaded")
 
 
-def test_concurrent_requests_are_merged_and_each_gets_its_own_answers(svc, monkeypatch):
+def test_concurrent_requests_are_merged_and_each_gets_its_own_answers(svc):
     queries = [[ActionQuery(obs=history(3 + i % 3, seed=i))] for i in range(12)]
     queries[5] = [ActionQuery(obs=history(4, seed=50, agents=AGENTS[:2]))] * 2  # other layout
     batcher = svc.batchers["predict_actions"]
-    monkeypatch.setattr(batcher, "crowded", lambda: True)  # as if they came through HTTP
     before = batcher.batches
 
     async def together():
@@ -603,7 +602,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answers(svc, monke
             )
 
 
-def _gated_batcher(max_batch=64, max_wait_s=10.0, crowded=lambda: True):
+def _gated_batcher(max_batch=64, max_wait_s=10.0):
     """A Batcher over a fake model that records its batches and runs while ``gate`` is open."""
     from foresight.serving.batching import Batcher
 
@@ -617,29 +616,16 @@ def _gated_batcher(max_batch=64, max_wait_s=10.0, crowded=lambda: True):
             raise RuntimeError("model failed")
         return [q * 10 for q in queries]
 
-    return Batcher(model, max_batch, max_wait_s, crowded), calls, gate
+    return Batcher(model, max_batch, max_wait_s), calls, gate
 
 
-def test_batcher_runs_a_lone_request_at_once_and_gathers_when_crowded():
-    async def first_step(crowded: bool):
-        batcher, calls, gate = _gated_batcher(crowded=lambda: crowded)
-        task = asyncio.ensure_future(batcher([1]))
-        await asyncio.sleep(0)  # the request's first step
-        seen = [list(c) for c in calls]
-        gate.set()
-        return seen, await task, batcher.batches
-
-    assert run(first_step(False)) == ([[1]], [10], 1)  # alone: the model runs in its step
-    assert run(first_step(True)) == ([], [10], 1)  # others in: a batch, one loop turn later
-
-
-def test_batcher_gathers_when_crowded_and_queues_arrivals_while_busy():
+def test_batcher_dispatches_a_lone_request_and_queues_arrivals_while_busy():
     async def scenario():
         batcher, calls, gate = _gated_batcher(max_batch=4)
         first = asyncio.ensure_future(batcher([1]))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert calls == [[1]]  # crowded: dispatched on the next turn
+        assert calls == [[1]]  # idle model: dispatched on the next turn, nothing waited for
         rest = [asyncio.ensure_future(batcher(q)) for q in ([2, 3], [4], [5, 6], [7] * 5)]
         await asyncio.sleep(0)
         assert len(calls) == 1  # the model is busy: they queue
