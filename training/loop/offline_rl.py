@@ -53,8 +53,9 @@ METRICS = "metrics.jsonl"
 @dataclass
 class OfflineRLTrainConfig:
     steps: int = 20_000
-    """Optimizer steps (batches of transitions). OG-MARL trains IQL+CQL for 1e5+ steps on a
-    GPU; on 2 CPU cores this many fit in minutes (BENCHMARKS.md, offline-RL peer)."""
+    """Optimizer steps (batches of transitions): about 40 passes over the transitions of
+    2,000 episodes of 3 agents, a few minutes on 2 CPU cores (BENCHMARKS.md, offline-RL
+    peer, has the learning curve)."""
     batch_size: int = 256
     """Transitions (one agent, one step) per optimizer step."""
     lr: float = 3e-4
