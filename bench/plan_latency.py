@@ -67,9 +67,11 @@ def load_baseline(ref: str):
 
 def measure(
     n_agents: int, world_cfg: dict, repeats: int, planner_cfg: dict, baseline=None
-) -> tuple[list[float], list[float]]:
-    """Seconds of each of ``repeats`` decisions for all ``n_agents`` agents (after warm-up),
-    for the current planner and (alternating with it) the ``baseline`` module's."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(wall, process CPU) seconds of each of ``repeats`` decisions for all ``n_agents``
+    agents (after warm-up), for the current planner and (alternating with it) the
+    ``baseline`` module's. CPU time moves less than wall time with other load on the
+    machine (it still grows when the cores' caches are shared)."""
     torch.manual_seed(0)
     spec = spread_spec(n_agents)
     D = max(spec.agents.values())
@@ -89,12 +91,12 @@ def measure(
     for planner in planners:
         for _ in range(3):
             planner.decide(h, h.agent_ids)
-    ts: list[list[float]] = [[] for _ in planners]
+    ts: list[list[tuple[float, float]]] = [[] for _ in planners]
     for _ in range(repeats):
         for planner, out in zip(planners, ts, strict=True):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             planner.decide(h, h.agent_ids)
-            out.append(time.perf_counter() - t)
+            out.append((time.perf_counter() - t, time.process_time() - c))
     return ts[0], (ts[1] if baseline is not None else [])
 
 
@@ -111,21 +113,26 @@ def main() -> None:
     baseline = load_baseline(args.baseline) if args.baseline else None
     print(f"threads {torch.get_num_threads()}  load average {os.getloadavg()[0]:.2f} (start)")
     print(f"precision {args.precision}; baseline {args.baseline or '-'}")
-    print("| world | N | median ms | p90 ms | ms per agent | baseline median ms | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| world | N | median ms | p90 ms | ms per agent | CPU ms | baseline median ms "
+        "| baseline CPU ms | speed-up (wall) | speed-up (CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.worlds.split(","):
         for n in (int(x) for x in args.agents.split(",")):
             cfg = {"precision": args.precision}
             now, before = measure(n, WORLDS[name], args.repeats, cfg, baseline)
-            ts = 1000 * np.array(now)
-            med = float(np.median(ts))
-            base = f"{1000 * np.median(before):.1f}" if before else ""
-            ratio = f"{np.median(before) / np.median(now):.2f}x" if before else ""
-            print(
-                f"| {name} | {n} | {med:.1f} | {np.percentile(ts, 90):.1f} | {med / n:.1f} "
-                f"| {base} | {ratio} |",
-                flush=True,
-            )
+            wall, cpu = (1000 * np.array(x) for x in zip(*now, strict=True))
+            med, cmed = float(np.median(wall)), float(np.median(cpu))
+            row = f"| {name} | {n} | {med:.1f} | {np.percentile(wall, 90):.1f} | {med / n:.1f} "
+            row += f"| {cmed:.1f} "
+            if before:
+                bwall, bcpu = (1000 * np.array(x) for x in zip(*before, strict=True))
+                bmed, bcmed = float(np.median(bwall)), float(np.median(bcpu))
+                row += f"| {bmed:.1f} | {bcmed:.1f} | {bmed / med:.2f}x | {bcmed / cmed:.2f}x |"
+            else:
+                row += "| | | | |"
+            print(row, flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} (end)")
 
 

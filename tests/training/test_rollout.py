@@ -160,6 +160,8 @@ def test_low_precision_world_predicts_close_to_float32():
     assert torch.allclose(a.reward, b.reward, atol=0.05)
     assert torch.allclose(a.obs.loc, b.obs.loc, atol=0.05)
     assert resolve_precision("float32", torch.device("cpu")) == "float32"
-    assert resolve_precision("auto", torch.device("cpu")) in ("float32", "bfloat16")
+    assert resolve_precision("auto", torch.device("cpu"), world) == "float32", "32 wide"
+    wide = WorldModel(WorldModelConfig(spec=SPEC, d_model=128, n_layers=1, n_heads=2))
+    assert resolve_precision("auto", torch.device("cpu"), wide) in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision"):
         PlannerConfig(precision="fp8")

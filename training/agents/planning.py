@@ -106,9 +106,9 @@ class PlannerConfig:
     precision: str = "auto"
     """Arithmetic of the world model in rollouts: "float32", "bfloat16" (a copy of it with
     bfloat16 weights and activations; scores move by ~1e-2, so decisions near a tie can
-    change), or "auto": bfloat16 where the device has bfloat16 matrix units (a CPU with
-    AMX or AVX512-BF16, a CUDA GPU that supports it), float32 elsewhere. BENCHMARKS.md
-    has the speed and the closed-loop return of both."""
+    change), or "auto": bfloat16 for world models 128 or more wide on a device with
+    bfloat16 matrix units, float32 otherwise (:func:`resolve_precision`). BENCHMARKS.md has
+    the speed and the closed-loop return of both."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
@@ -269,7 +269,7 @@ class Planner:
         self.device = next(world.parameters()).device
         self.rollout_world = self.world
         """The world model rollouts run (a bfloat16 copy with ``precision="bfloat16"``)."""
-        if resolve_precision(self.config.precision, self.device) == "bfloat16":
+        if resolve_precision(self.config.precision, self.device, world) == "bfloat16":
             self.rollout_world = low_precision(self.world)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         search = self.config.search
@@ -509,10 +509,15 @@ class Planner:
         return torch.cat(cols).to(self.device)[:, None]
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The arithmetic ``precision="auto"`` means on ``device`` (see PlannerConfig)."""
+def resolve_precision(precision: str, device: torch.device, world=None) -> str:
+    """The arithmetic ``precision="auto"`` means for ``world`` on ``device``: bfloat16 for
+    world models at least 128 wide on a device with bfloat16 matrix units (a CPU with AMX
+    or AVX512-BF16, a CUDA GPU that supports it), float32 otherwise: narrower models spend
+    their time between the matrix products, where bfloat16 is slower on the CPU."""
     if precision != "auto":
         return precision
+    if getattr(getattr(world, "config", None), "d_model", 0) < 128:
+        return "float32"
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if device.type == "cpu" and (
