@@ -134,6 +134,7 @@ NAME_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     ("models", "delete"): {"REF": "model version"},
     ("arena",): {"--world": "model ref", "--behavior": "model ref", "--offline-rl": "model ref"},
     ("serve",): {"--world": "model ref", "--behavior": "model ref"},
+    ("flywheel",): {"--dataset": "dataset name"},
     ("storage", "up"): {"--bucket": "bucket"},
 }
 """Command -> argument (as the help shows it) -> the kind of name it takes."""
@@ -650,6 +651,35 @@ def cmd_arena(args: argparse.Namespace) -> None:
     _emit(args, result, arena_text)
 
 
+def flywheel_text(d: dict) -> str:
+    """The flywheel's table: one row a round, then the models the last round left."""
+    from foresight.pipelines.flywheel import COLUMNS, table_row
+
+    rows = [table_row(r) for r in d["rounds"]] + [table_row(None, d["final"])]
+    lines = [_table(rows, COLUMNS)]
+    if d.get("files"):
+        lines.append("report: " + ", ".join(sorted(d["files"].values())))
+    return "\n".join(lines)
+
+
+def cmd_flywheel(args: argparse.Namespace) -> None:
+    from foresight.pipelines.flywheel import FlywheelConfig, local_instance, run_flywheel
+
+    store = _store(args)
+    config = FlywheelConfig(
+        env=args.env,
+        dataset=args.dataset,
+        rounds=args.rounds,
+        episodes=args.episodes,
+        gate_episodes=args.gate_episodes,
+        seed=args.seed,
+        train={"epochs": args.epochs} if args.epochs else {},
+    )
+    echo = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    result = run_flywheel(config, store, local_instance(store), echo=echo)
+    _emit(args, result, flywheel_text)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from foresight.serving.launch import serve
     from foresight.serving.runtime import ModelLoadError
@@ -833,6 +863,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--via-http", default=None, metavar="URL", help="anticipatory agents ask this live service"
     )
+
+    p = add(
+        "flywheel",
+        cmd_flywheel,
+        "rounds of serve, play and record over HTTP, ingest, retrain, gate, promote, reload",
+    )
+    p.add_argument("--env", default="simple_spread")
+    p.add_argument("--dataset", required=True, help="the production models' dataset")
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--episodes", type=int, default=200, help="arena episodes played a round")
+    p.add_argument(
+        "--gate-episodes", type=int, default=200, help="episodes of each closed-loop gate"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: train's)")
 
     p = sub.add_parser("serve", help="serve the models over HTTP (BentoML)")
     p.set_defaults(fn=cmd_serve)

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from foresight.pipelines.assets import ingest_job, trajectory_dataset
+from foresight.pipelines.flywheel import flywheel_job
 from foresight.pipelines.model_assets import (
     behavior_model,
     closed_loop_evaluation,
@@ -16,6 +17,7 @@ from foresight.pipelines.model_assets import (
     train_job,
     world_model,
 )
+from foresight.pipelines.promotion import not_worse_than_production
 from foresight.pipelines.resources import ForesightStore
 from foresight.pipelines.sensors import landing_sensor, retrain_sensor
 
@@ -43,7 +45,8 @@ defs = dg.Definitions(
         closed_loop_evaluation,
         production_models,
     ],
-    jobs=[ingest_job, train_job],
+    asset_checks=[not_worse_than_production],
+    jobs=[ingest_job, train_job, flywheel_job],
     sensors=[landing_sensor, retrain_sensor],
     schedules=[retrain_schedule],
     resources={"foresight_store": ForesightStore(**store_settings())},

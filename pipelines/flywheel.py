@@ -1,0 +1,465 @@
+"""The data flywheel, round after round: serve, play and record, ingest, retrain, gate, reload.
+
+One round: the production models are served (one ``bentoml serve`` for all rounds, following
+the production aliases); the anticipatory team plays arena episodes through the service,
+each episode recorded and posted to ``POST /episodes`` (landing in the dataset's landing
+folder); ``ingest_job`` ingests what landed; ``train_job`` retrains both models on the grown
+dataset version, and its gates (baselines, reactive teams, then the candidate against
+production on the same episodes) decide whether the production aliases move; the service's
+alias polling swaps the new versions in, with no restart. Each round's arena is the return of
+the models that played it; a last arena measures the models the final round left.
+
+Ingest and training run as the Dagster jobs, in process, on the instance given (the CLI:
+the local instance under the store), so the UI shows every run, check and its numbers.
+
+(No ``from __future__ import annotations``: Dagster reads these annotations at import.)
+"""
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from foresight.datasets.catalog import NAME_RE, DatasetTable
+from foresight.datasets.storage import Store
+from foresight.pipelines.promotion import CHECK as PRODUCTION_CHECK
+from foresight.pipelines.resources import ForesightStore
+from foresight.pipelines.sensors import new_landing_files
+from foresight.serving.client import ForesightClient
+from foresight.serving.launch import ServerProcess
+from foresight.serving.recorder import ArenaRecording, EpisodeRecorder
+from foresight.serving.remote import HttpAnticipatoryController
+from foresight.training.loop.workflow import _write_to_store, run_arena_registered
+from foresight.training.registry import ModelRegistry, RegistryError
+
+log = logging.getLogger("foresight.flywheel")
+
+TEAM = "anticipatory"
+PREFIX = "served"
+"""Episode ids of recorded episodes start with this: the served share of a dataset."""
+
+
+class FlywheelError(ValueError):
+    """Bad flywheel input or a round that cannot go on; the message is one line."""
+
+
+@dataclass
+class FlywheelConfig:
+    """What the rounds play, train and gate; the defaults are the issue's measurement."""
+
+    env: str = "simple_spread"
+    """Simulator the production models were trained on."""
+    dataset: str = "spread"
+    """Dataset the production models were trained on; served episodes join it."""
+    rounds: int = 3
+    """Serve-play-ingest-retrain-gate-reload rounds."""
+    episodes: int = 200
+    """Arena episodes the anticipatory team plays (and records) through the service a round."""
+    gate_episodes: int = 200
+    """Episodes of each closed-loop gate (reactive teams; candidate against production)."""
+    seed: int = 0
+    """Round r plays seeds seed + r * episodes ...: fresh start states every round."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of train_job's model configs (epochs, max_steps_per_epoch, ...)."""
+    reload_seconds: float = 1.0
+    """The service's alias polling period."""
+    reload_timeout: float = 120.0
+    """How long to wait for the service to swap in promoted versions."""
+
+
+def store_resource(store: Store) -> ForesightStore:
+    """The Dagster resource for ``store`` (its S3 endpoint and keys when on S3)."""
+    if store.is_s3:
+        s3 = store.fs.s3
+        return ForesightStore(
+            root=store.root,
+            s3_endpoint=s3.endpoint,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+        )
+    return ForesightStore(root=store.root)
+
+
+def _service_env(store: Store) -> dict[str, str]:
+    env = {"FORESIGHT_STORE": store.root, "FORESIGHT_EPISODES_FLUSH_SECONDS": "0"}
+    if store.is_s3:
+        s3 = store.fs.s3
+        env |= {
+            "FORESIGHT_S3_ENDPOINT": s3.endpoint,
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        }
+    return env
+
+
+def local_instance(store: Store) -> dg.DagsterInstance:
+    """The persistent local Dagster instance (SQLite): ``$DAGSTER_HOME``, else
+    ``<store>/dagster`` (``.foresight/dagster`` for an S3 store), as ``make demo`` uses."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = os.path.join(".foresight" if store.is_s3 else store.root, "dagster")
+        os.makedirs(home, exist_ok=True)
+        config = os.path.join(home, "dagster.yaml")
+        if not os.path.exists(config):
+            with open(config, "w") as f:
+                f.write("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = os.path.abspath(home)
+    return dg.DagsterInstance.get()
+
+
+def production(store: Store) -> dict[str, str]:
+    """``{"world": "world@N", "behavior": "behavior@M"}`` at the production aliases."""
+    registry = ModelRegistry(store)
+    return {k: registry.resolve(f"{k}@production").ref for k in ("world", "behavior")}
+
+
+def check_inputs(config: FlywheelConfig, store: Store) -> dict[str, str]:
+    """The production models, or FlywheelError saying what is missing and what to do."""
+    if config.rounds < 1:
+        raise FlywheelError(f"--rounds must be >= 1, got {config.rounds}")
+    for name in ("episodes", "gate_episodes"):
+        if getattr(config, name) < 2:
+            raise FlywheelError(
+                f"{name} must be >= 2 (a 95% interval), got {getattr(config, name)}"
+            )
+    if (
+        not NAME_RE.match(config.dataset)
+        or DatasetTable(store, config.dataset).latest_version() is None
+    ):
+        raise FlywheelError(
+            f"unknown dataset {config.dataset!r} in {store.root}; see `foresight datasets list`"
+        )
+    try:
+        models = production(store)
+    except RegistryError as exc:
+        raise FlywheelError(
+            f"no production models to serve ({exc}); train and promote them first "
+            "(`foresight train`, `foresight models promote`)"
+        ) from exc
+    card = ModelRegistry(store).resolve(models["world"]).card
+    trained_on = card.dataset.name if card.dataset else None
+    if trained_on != config.dataset:
+        raise FlywheelError(
+            f"{models['world']} (world@production) was trained on {trained_on!r}, not "
+            f"{config.dataset!r}: the flywheel grows the production models' own dataset"
+        )
+    return models
+
+
+def served_share(store: Store, ref: str) -> dict[str, Any]:
+    """Episodes of dataset version ``ref`` and the share of them that came through /episodes."""
+    name, _, version = ref.partition("@")
+    ids = DatasetTable(store, name).episode_ids(int(version))
+    served = sum(1 for e in ids if str(e).startswith(f"{PREFIX}-"))
+    return {"episodes": len(ids), "served_episodes": served, "served_share": served / len(ids)}
+
+
+def _arena(config: FlywheelConfig, store: Store, client: ForesightClient, seed: int, record: bool):
+    """The anticipatory team through the service; with ``record``, each episode is posted to
+    /episodes and the service is asked to write what it holds."""
+    observer = None
+    if record:
+        observer = ArenaRecording(EpisodeRecorder(client, dataset=config.dataset, prefix=PREFIX))
+    factories = {TEAM: lambda env, models: HttpAnticipatoryController(client, observer)}
+    result = run_arena_registered(
+        config.env, config.episodes, [TEAM], store=store, seed=seed, factories=factories
+    )
+    result["models"] = _served(client)
+    if observer is not None:
+        observer.recorder.close(flush=True)
+        if observer.recorder.pending:
+            raise FlywheelError(
+                f"the service did not accept {len(observer.recorder.pending)} recorded "
+                "episodes; see its log"
+            )
+        result["recorded"] = len(observer.recorder.posted)
+    return result
+
+
+def _served(client: ForesightClient) -> dict[str, str]:
+    return {m.role: m.version for m in client.models().models}
+
+
+def pipeline_jobs(resources: dict[str, Any]) -> dg.Definitions:
+    """``ingest_job`` and ``train_job`` with every asset and check they run, resolvable
+    (``definitions.defs`` holds the same, with the sensors and this module's job)."""
+    from foresight.pipelines import model_assets as m
+    from foresight.pipelines.assets import ingest_job, trajectory_dataset
+    from foresight.pipelines.promotion import not_worse_than_production
+
+    assets = [trajectory_dataset, m.behavior_model, m.world_model, m.staging_models]
+    assets += [m.closed_loop_evaluation, m.production_models]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[not_worse_than_production],
+        jobs=[ingest_job, m.train_job],
+        resources=resources,
+    )
+
+
+def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
+    """Ingest what landed for the dataset through ``ingest_job``; the new version's ref."""
+    ingest_job = pipeline_jobs(resources).resolve_job_def("ingest_job")
+    files = new_landing_files(store, {}).get(config.dataset, [])
+    if not files:
+        raise FlywheelError(f"nothing landed in landing/{config.dataset}/ after the arena")
+    run = ingest_job.execute_in_process(
+        run_config={
+            "ops": {"trajectory_dataset": {"config": {"dataset": config.dataset, "files": files}}}
+        },
+        instance=instance,
+        tags={"foresight/flywheel": config.dataset},
+        raise_on_error=False,
+    )
+    if not run.success:
+        raise FlywheelError(f"ingest of {len(files)} landed files failed (run {run.run_id})")
+    return f"{config.dataset}@{DatasetTable(store, config.dataset).latest_version()}"
+
+
+def train_run_config(config: FlywheelConfig, ref: str) -> dict[str, Any]:
+    """``train_job``'s run config: both models on ``ref``, the closed-loop gates' sizes."""
+    model = {"dataset": ref, **config.train}
+    arena = {"env": config.env, "episodes": config.gate_episodes, "seed": config.seed}
+    return {
+        "ops": {
+            "behavior_model": {"config": model},
+            "world_model": {"config": model},
+            "closed_loop_evaluation": {"config": arena | {"controllers": ["greedy", "bc", TEAM]}},
+            f"closed_loop_evaluation_{PRODUCTION_CHECK}": {"config": arena},
+        }
+    }
+
+
+def _retrain(config: FlywheelConfig, store: Store, ref: str, instance, resources) -> dict:
+    """``train_job`` on ``ref``; what each gate said (with its numbers) and the models."""
+    train_job = pipeline_jobs(resources).resolve_job_def("train_job")
+    before = production(store)
+    run = train_job.execute_in_process(
+        run_config=train_run_config(config, ref),
+        instance=instance,
+        tags={"foresight/flywheel": config.dataset, "foresight/dataset": ref},
+        raise_on_error=False,
+    )
+    checks = {}
+    for e in run.get_asset_check_evaluations():
+        meta = {k: getattr(v, "value", v) for k, v in e.metadata.items()}
+        checks[f"{e.asset_key.path[-1]}.{e.check_name}"] = {"passed": e.passed} | meta
+    candidates = {}
+    for kind in ("world", "behavior"):
+        node = f"{kind}_model"
+        try:
+            candidates[kind] = run.output_for_node(node)
+        except Exception:  # the step failed before registering
+            pass
+    after = production(store)
+    return {
+        "run_id": run.run_id,
+        "success": run.success,
+        "candidates": candidates,
+        "checks": checks,
+        "promoted": after != before,
+        "verdict": "promoted" if after != before else "refused",
+        "failed": sorted(k for k, c in checks.items() if not c["passed"]),
+        "production": after,
+    }
+
+
+def _wait_for(client: ForesightClient, models: dict[str, str], timeout: float) -> float:
+    """Seconds until the service serves ``models`` (its alias polling), or FlywheelError."""
+    start = time.monotonic()
+    while _served(client) != models:
+        if time.monotonic() - start > timeout:
+            raise FlywheelError(
+                f"the service still serves {_served(client)} {timeout:.0f} s after "
+                f"production moved to {models}"
+            )
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def run_flywheel(
+    config: FlywheelConfig,
+    store: Store | None = None,
+    instance: dg.DagsterInstance | None = None,
+    port: int | None = None,
+    echo=None,
+) -> dict[str, Any]:
+    """Run ``config.rounds`` rounds; ``{"config", "rounds": [...], "final": arena}``.
+
+    Each round holds ``dataset_version`` (after ingest), ``served_share``, ``models`` (those
+    that played), ``arena`` (their closed-loop returns), ``gate`` (each check's verdict and
+    numbers, ``promoted``) and ``reload_seconds`` (how long the service took to swap).
+    """
+    store = store or Store.from_env()
+    models = check_inputs(config, store)
+    instance = instance or dg.DagsterInstance.ephemeral()
+    resources = {"foresight_store": store_resource(store)}
+    say = echo or (lambda text: None)
+    logdir = tempfile.mkdtemp(prefix="foresight-flywheel-")
+    from foresight.serving.launch import port_open
+
+    port = port or _free_port()
+    if port_open("127.0.0.1", port):
+        raise FlywheelError(f"port {port} is in use")
+    server = ServerProcess(
+        port,
+        os.path.join(logdir, "serve.log"),
+        world="world@production",
+        behavior="behavior@production",
+        reload_seconds=config.reload_seconds,
+        extra=_service_env(store),
+    )
+    rounds: list[dict[str, Any]] = []
+    say(f"serving {models} on {server.url}")
+    with server:
+        client = ForesightClient(server.url)
+        for r in range(config.rounds):
+            seed = config.seed + r * config.episodes
+            arena = _arena(config, store, client, seed, record=True)
+            say(f"round {r}: {arena['models']} {TEAM} {_ret(arena)}; ingesting")
+            ref = _ingest(config, store, instance, resources)
+            share = served_share(store, ref)
+            say(f"round {r}: {ref} ({share['served_share']:.0%} served); retraining")
+            gate = _retrain(config, store, ref, instance, resources)
+            waited = None
+            if gate["promoted"]:
+                waited = _wait_for(client, gate["production"], config.reload_timeout)
+            say(f"round {r}: {gate['verdict']} {gate['candidates']} (failed: {gate['failed']})")
+            rounds.append(
+                {
+                    "round": r,
+                    "dataset_version": ref,
+                    "served_share": share["served_share"],
+                    "episodes": share["episodes"],
+                    "models": arena["models"],
+                    "arena": arena,
+                    "gate": gate,
+                    "reload_seconds": waited,
+                }
+            )
+        final = _arena(config, store, client, config.seed + config.rounds * config.episodes, False)
+        say(f"after {config.rounds} rounds: {final['models']} {TEAM} {_ret(final)}")
+    result = {"config": asdict(config), "rounds": rounds, "final": final}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result["files"] = _write_to_store(
+        store, f"reports/flywheel/{config.dataset}-{stamp}", lambda out: write_report(result, out)
+    )
+    return result
+
+
+def write_report(result: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """``flywheel.json`` and ``flywheel.png`` (the team's return per round, 95% intervals,
+    promoted rounds filled) into ``out_dir``."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    arenas = [r["arena"] for r in result["rounds"]] + [result["final"]]
+    teams = [a["controllers"][TEAM] for a in arenas]
+    x = list(range(len(teams)))
+    means = [t["mean_return"] for t in teams]
+    err = [
+        [m - t["ci95"][0] for m, t in zip(means, teams, strict=True)],
+        [t["ci95"][1] - m for m, t in zip(means, teams, strict=True)],
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(x, means, yerr=err, fmt="o-", capsize=4)
+    for r in result["rounds"]:
+        if r["gate"]["promoted"]:
+            ax.axvline(r["round"] + 0.5, color="tab:green", alpha=0.3)
+    ax.set_xticks(x, [f"round {r['round']}" for r in result["rounds"]] + ["final"])
+    ax.set_ylabel(f"{TEAM} team return (95% CI)")
+    ax.set_title(f"flywheel on {result['config']['dataset']} (green: promoted)")
+    fig.tight_layout()
+    png, js = os.path.join(out_dir, "flywheel.png"), os.path.join(out_dir, "flywheel.json")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    with open(js, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    return {"json": js, "png": png}
+
+
+def _ret(arena: dict) -> str:
+    t = arena["controllers"][TEAM]
+    return f"{t['mean_return']:.2f} [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- Dagster -----------------------------------------------------------------------------------
+
+
+class FlywheelJobConfig(dg.Config):
+    """The flywheel's rounds (FlywheelConfig's fields; ``train`` as a JSON object)."""
+
+    env: str = "simple_spread"
+    dataset: str = "spread"
+    rounds: int = 3
+    episodes: int = 200
+    gate_episodes: int = 200
+    seed: int = 0
+    train: dict = {}
+    reload_seconds: float = 1.0
+
+
+@dg.op(description="Serve, play and record, ingest, retrain, gate and reload, for R rounds.")
+def flywheel_rounds(
+    context: dg.OpExecutionContext, config: FlywheelJobConfig, foresight_store: ForesightStore
+) -> dg.Output:
+    result = run_flywheel(
+        FlywheelConfig(**config.model_dump()),
+        store=foresight_store.store(),
+        instance=context.instance,
+        echo=context.log.info,
+    )
+    return dg.Output(result, metadata=round_metadata(result))
+
+
+def round_metadata(result: dict[str, Any]) -> dict[str, Any]:
+    """The per-round table as Dagster metadata (markdown) and JSON."""
+    rows = [table_row(r) for r in result["rounds"]] + [table_row(None, result["final"])]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return {"rounds": dg.MetadataValue.md("\n".join(lines)), "table": dg.MetadataValue.json(rows)}
+
+
+COLUMNS = ["round", "dataset_version", "served_share", "models", "return", "ci95", "gate"]
+
+
+def table_row(r: dict[str, Any] | None, arena: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One printed row: a round, or (``r`` None) the final arena."""
+    arena = arena if r is None else r["arena"]
+    team = arena["controllers"][TEAM]
+    return {
+        "round": "final" if r is None else r["round"],
+        "dataset_version": "" if r is None else r["dataset_version"],
+        "served_share": "" if r is None else f"{r['served_share']:.0%}",
+        "models": ", ".join(arena["models"].values()),
+        "return": f"{team['mean_return']:.2f}",
+        "ci95": f"[{team['ci95'][0]:.2f}, {team['ci95'][1]:.2f}]",
+        "gate": "" if r is None else _verdict(r["gate"]),
+    }
+
+
+def _verdict(gate: dict[str, Any]) -> str:
+    if gate["promoted"]:
+        return "promoted " + ", ".join(gate["production"].values())
+    return "refused: " + (", ".join(gate["failed"]) or "run failed")
+
+
+@dg.job(description="The data flywheel (foresight flywheel): R rounds on one dataset.")
+def flywheel_job():
+    flywheel_rounds()
