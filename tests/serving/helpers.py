@@ -19,9 +19,8 @@ import torch
 
 from foresight.datasets.schema import ActionSpec, DatasetSpec
 from foresight.datasets.storage import Store
+from foresight.training.families import family
 from foresight.training.loop.train import model_state
-from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
-from foresight.training.models.world_model import WorldModel, WorldModelConfig
 from foresight.training.registry import ModelRegistry, ModelVersion
 
 
@@ -52,11 +51,9 @@ def register_untrained(
 ) -> ModelVersion:
     """Register a seeded, untrained ``kind`` model for ``spec``; promote it to ``promote``."""
     torch.manual_seed(seed)
-    config_cls, model_cls = (
-        (WorldModelConfig, WorldModel) if kind == "world" else (BehaviorModelConfig, BehaviorModel)
-    )
-    config = config_cls(spec=spec.to_dict(), **(model_config or {}))
-    model = model_cls(config).eval()
+    fam = family(kind)
+    config = fam.config_cls(spec=spec.to_dict(), **(model_config or {}))
+    model = fam.model_cls(config).eval()
     ds_name, _, ds_version = dataset.partition("@")
     card = {
         "kind": kind,

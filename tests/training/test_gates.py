@@ -108,7 +108,7 @@ def test_the_behavior_gate_reads_nll_against_every_baseline():
         ["nll: model 1.2 does not beat context1 1.1"],
     )
     assert quality_gate("behavior", behavior_result(nll=NAN))[0] is False
-    with pytest.raises(ValueError, match="kind must be 'world' or 'behavior'"):
+    with pytest.raises(ValueError, match="model kind must be one of 'world', 'behavior'"):
         quality_gate("planner", behavior_result())  # type: ignore[arg-type]
 
 
@@ -194,5 +194,5 @@ def test_a_trained_behavior_model_passes_its_own_gate(tmp_path):
     assert set(out["baselines"]) == {"marginal", "repeat_last", "context1"}
     assert out["quality_gate"] == {"passed": True, "failures": []}, out["baselines"]
     card = ModelRegistry(store).resolve(out["model"]).card
-    assert card["quality_gate"]["passed"] is True
-    assert quality_gate("behavior", {"model": card["metrics"], "baselines": card["baselines"]})[0]
+    assert card.quality_gate.passed is True
+    assert quality_gate("behavior", {"model": card.metrics, "baselines": card.baselines})[0]

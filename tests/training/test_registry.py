@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from foresight.training.families import KINDS, family
 from foresight.training.registry import ModelRef, ModelRegistry, RegistryError
 
 
@@ -29,9 +30,9 @@ def test_register_load_and_cards(store):
     first = registry.register("world", tensors(1), card())
     second = registry.register("world", tensors(2), card("spread@1"))
     assert (first.version, second.version) == (1, 2)
-    assert second.card["parent_version"] == 1 and first.card["parent_version"] is None
-    assert second.card["dataset"]["ref"] == "spread@1"
-    assert second.card["git_sha"] and second.card["created_at"] > 0
+    assert second.card.parent_version == 1 and first.card.parent_version is None
+    assert second.card.dataset.ref == "spread@1"
+    assert second.card.git_sha and second.card.created_at > 0
     loaded, mv = registry.load("world@1")
     assert mv.version == 1
     for key, value in tensors(1).items():
@@ -90,12 +91,10 @@ def test_half_written_version_is_invisible(store):
     assert registry.version_numbers("world") == [1, 2]
 
 
-@pytest.mark.parametrize("kind", ["world", "behavior"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_version_of_another_architecture_is_refused_naming_both(store, kind):
-    from foresight.training.registry.catalog import LEGACY_ARCHITECTURES, current_architectures
-
     registry = ModelRegistry(store)
-    current = current_architectures()[kind]
+    current, legacy_layout = family(kind).architecture, family(kind).legacy_architecture
     ok = registry.register(
         kind, tensors(1), {"kind": kind, "model_config": {"architecture": current}}
     )
@@ -106,10 +105,10 @@ def test_a_version_of_another_architecture_is_refused_naming_both(store, kind):
     with pytest.raises(RegistryError, match=f"architecture 'x/9'.*builds.*{current}"):
         registry.load(other.ref)
     legacy = registry.register(kind, tensors(3), {"kind": kind, "model_config": {"d_model": 8}})
-    if LEGACY_ARCHITECTURES[kind] == current:
+    if legacy_layout == current:
         registry.load(legacy.ref)  # saved before versions were recorded, same layout
     else:
-        with pytest.raises(RegistryError, match=LEGACY_ARCHITECTURES[kind]):
+        with pytest.raises(RegistryError, match=legacy_layout):
             registry.load(legacy.ref)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,13 +46,13 @@ from foresight.training.data import (
     gather_window,
     sample_rows,
 )
+from foresight.training.device import select_device
 from foresight.training.evaluation.baselines import (
     Kinematics,
     fit_behavior_baselines,
     fit_world_baselines,
     mpe_kinematics,
 )
-from foresight.training.loop.train import select_device
 from foresight.training.models.rollout import append_step, imagine
 from foresight.training.models.world_model import ObsDistribution
 
@@ -222,8 +223,71 @@ def _example_imagination(model, policy, data, rows, ego, kin, seed, n_samples=8)
     }
 
 
+@dataclass
+class _HeldOut:
+    """What every family's evaluation starts from: the data on the device, the held-out
+    and training rows, the rollout start points, the behavior baselines."""
+
+    model: torch.nn.Module
+    spec: DatasetSpec
+    data: TrajectoryTensors
+    train_rows: torch.Tensor
+    eval_rows: torch.Tensor
+    starts: torch.Tensor
+    n_actions: int
+    meta: dict[str, Any]
+    behavior_baselines: dict[str, Any]
+    extra: dict[str, Any]
+    behavior: torch.nn.Module | None
+    kinematics: Kinematics | None | Literal["auto"]
+    n_samples: int
+    max_starts: int | None
+    ego_agent: int
+    seed: int
+    batch_size: int
+
+
 def evaluate(
-    kind: Literal["world", "behavior"],
+    kind: str,
+    model: torch.nn.Module,
+    frame: pl.DataFrame | pl.LazyFrame,
+    spec: DatasetSpec,
+    episode_ids: list[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """The evaluation of a built-in family by its name (``world``, ``behavior``), for
+    scripts; code that holds a family calls ``family.evaluate`` (training.families)."""
+    by_name = {"world": evaluate_world, "behavior": evaluate_behavior}
+    if kind not in by_name:
+        raise ValueError(f"kind must be 'world' or 'behavior', got {kind!r}")
+    return by_name[kind](model, frame, spec, episode_ids, **options)
+
+
+def evaluate_behavior(
+    model: torch.nn.Module,
+    frame: pl.DataFrame | pl.LazyFrame,
+    spec: DatasetSpec,
+    episode_ids: list[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """Behavior metrics (action NLL, accuracy or MSE) next to the marginal, repeat-last and
+    ``extra_baselines`` policies; options as :func:`held_out`."""
+    h = held_out("behavior", model, frame, spec, episode_ids, **options)
+    policies = {**h.behavior_baselines, **h.extra}
+    return {
+        "model": _behavior_metrics(h.model, h.data, h.eval_rows, h.batch_size),
+        "baselines": {
+            name: _behavior_metrics(p, h.data, h.eval_rows, h.batch_size)
+            for name, p in policies.items()
+        },
+        "meta": h.meta,
+        "curves": {},
+        "examples": {},
+    }
+
+
+def held_out(
+    kind: str,
     model: torch.nn.Module,
     frame: pl.DataFrame | pl.LazyFrame,
     spec: DatasetSpec,
@@ -239,8 +303,9 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 2048,
-) -> dict[str, Any]:
-    """Score ``model`` on the held-out ``episode_ids`` of ``frame`` next to baselines.
+) -> _HeldOut:
+    """Prepare scoring ``model`` on the held-out ``episode_ids`` of ``frame`` next to
+    baselines (one of the family evaluations does the scoring).
 
     Baselines are fit on ``train_episode_ids`` (default: every other episode of ``frame``).
     ``behavior``: the behavior model that drives the non-ego agents in imagination (world
@@ -282,28 +347,56 @@ def evaluate(
     for m in extra.values():
         if isinstance(m, torch.nn.Module):
             m.to(dev).eval()
-
-    if kind == "behavior":
-        policies = {**behavior_baselines, **extra}
-        return {
-            "model": _behavior_metrics(model, data, eval_rows, batch_size),
-            "baselines": {
-                name: _behavior_metrics(p, data, eval_rows, batch_size)
-                for name, p in policies.items()
-            },
-            "meta": meta,
-            "curves": {},
-            "examples": {},
-        }
-    if kind != "world":
-        raise ValueError(f"kind must be 'world' or 'behavior', got {kind!r}")
-    kin = mpe_kinematics(spec) if kinematics == "auto" else kinematics
-    dyn = compute_normalizer(data, train_rows).dynamic  # (D,) features that ever change
-    predictors = {"model": model, **fit_world_baselines(data, train_rows, n_actions, kin), **extra}
     if behavior is not None:
         behavior = behavior.to(dev).eval()
-    marginal = behavior_baselines["marginal"]
-    ego = ego_agent
+    return _HeldOut(
+        model,
+        spec,
+        data,
+        train_rows,
+        eval_rows,
+        starts,
+        n_actions,
+        meta,
+        behavior_baselines,
+        extra,
+        behavior,
+        kinematics,
+        n_samples,
+        max_starts,
+        ego_agent,
+        seed,
+        batch_size,
+    )  # fmt: skip (one field per argument, in order)
+
+
+def evaluate_world(
+    model: torch.nn.Module,
+    frame: pl.DataFrame | pl.LazyFrame,
+    spec: DatasetSpec,
+    episode_ids: list[str],
+    **options: Any,
+) -> dict[str, Any]:
+    """World metrics (one step, open-loop rollouts, imagination) next to the world
+    baselines and ``extra_baselines`` predictors; options as :func:`held_out`."""
+    h = held_out("world", model, frame, spec, episode_ids, **options)
+    model, data, train_rows, eval_rows, starts = (
+        h.model,
+        h.data,
+        h.train_rows,
+        h.eval_rows,
+        h.starts,
+    )
+    meta, extra, behavior, batch_size = h.meta, h.extra, h.behavior, h.batch_size
+    n_samples, max_starts, seed, ego = h.n_samples, h.max_starts, h.seed, h.ego_agent
+    kin = mpe_kinematics(spec) if h.kinematics == "auto" else h.kinematics
+    dyn = compute_normalizer(data, train_rows).dynamic  # (D,) features that ever change
+    predictors = {
+        "model": model,
+        **fit_world_baselines(data, train_rows, h.n_actions, kin),
+        **extra,
+    }
+    marginal = h.behavior_baselines["marginal"]
     if not (0 <= ego < data.feat_mask.shape[0]):
         raise ValueError(f"ego_agent {ego} out of range")
     results, curves = {}, {}
@@ -342,7 +435,11 @@ def write_report(
     history: list[dict[str, float]] | dict[str, list[dict[str, float]]],
     out_dir: str | Path,
 ) -> dict[str, str]:
-    """Write ``report.json`` and PNG plots to ``out_dir``; return {name: path}."""
+    """Write ``report.json`` and PNG plots to ``out_dir``; return {name: path}.
+
+    The plots follow what ``result`` holds: learning curves always; rollout error and an
+    imagined trajectory for a model with rollout curves (world), else the action NLL next
+    to the baselines (behavior)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,7 +471,7 @@ def write_report(
     fig.savefig(paths["learning_curves"], dpi=110)
     plt.close(fig)
 
-    if result["meta"]["kind"] == "world":
+    if result["curves"].get("rollout_mse"):  # a model that predicts the world
         curves = result["curves"]["rollout_mse"]
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for name, curve in curves.items():
@@ -402,7 +499,7 @@ def write_report(
         paths["imagined_trajectory"] = _plot_imagination(
             result["examples"]["imagination"], out, plt
         )
-    else:
+    elif "nll" in result["model"]:  # a policy: its action NLL next to the baselines
         names = ["model", *result["baselines"]]
         nll = [result["model"]["nll"]] + [b["nll"] for b in result["baselines"].values()]
         fig, ax = plt.subplots(figsize=(6.5, 4))

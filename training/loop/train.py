@@ -1,4 +1,4 @@
-"""Training loop for the world and behavior models (one loop, two model kinds).
+"""Training loop for the models of every family (training.families): one loop.
 
     result = train("world", frame, spec, TrainConfig(epochs=20), workdir="runs/world")
 
@@ -26,9 +26,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 import torch
@@ -47,10 +47,10 @@ from foresight.training.data import (
     sample_rows,
     split_episodes,
 )
-from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
-from foresight.training.models.world_model import WorldModel, WorldModelConfig
+from foresight.training.device import select_device  # (also imported from here)
+from foresight.training.families import ModelFamily, family
+from foresight.training.loop.config import TrainConfig  # (also imported from here)
 
-ModelKind = Literal["world", "behavior"]
 CRASH_ENV = "FORESIGHT_TRAIN_CRASH_AFTER_EPOCH"
 """Test hook: when set to k, the process exits abruptly right after epoch k is saved."""
 TRACE_ENV = "FORESIGHT_TRAIN_TRACE"
@@ -61,47 +61,12 @@ METRICS = "metrics.jsonl"
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 50
-    """Maximum passes over the training windows; early stopping usually ends sooner. Set
-    high because the world model keeps improving after 30 (BENCHMARKS.md, Training)."""
-    batch_size: int = 256
-    """Labels per optimizer step: world windows, or behavior chunks of `context` steps
-    (each step of a chunk is a label, so a behavior batch holds batch_size // context)."""
-    lr: float = 2e-3
-    """Peak learning rate (AdamW), after a short warmup, cosine-decayed to 10%."""
-    weight_decay: float = 1e-4
-    """AdamW weight decay."""
-    grad_clip: float = 1.0
-    """Max global gradient norm (guards against a few huge-NLL batches)."""
-    context: int | None = None
-    """Window length in steps; None keeps the model config's own default."""
-    device: str = "auto"
-    """"auto" (CUDA with bf16 autocast if present, else CPU), "cpu" or "cuda"."""
-    seed: int = 0
-    """Seeds the split, the initialization and the batch order."""
-    patience: int = 5
-    """Stop after this many epochs without a better validation loss."""
-    min_delta: float = 1e-4
-    """Smallest decrease of the validation loss that counts as better."""
-    val_fraction: float = 0.15
-    """Share of episodes held out for validation (split by episode, never by row)."""
-    eval_batch_size: int = 4096
-    """Windows per batch when computing the validation loss."""
-    max_steps_per_epoch: int | None = None
-    """Cap on optimizer steps per epoch (None: one full pass)."""
-    calibrate: bool = True
-    """World model: after training, fit a factor on each feature's predicted std so that
-    90% intervals hold 90% of the truth, on every other validation episode (those are then
-    left out of the evaluation: see TrainResult.heldout_episode_ids)."""
-
-
-@dataclass
 class TrainResult:
     model: nn.Module
     """The trained model with the best epoch's weights, in eval mode."""
-    model_config: WorldModelConfig | BehaviorModelConfig
-    """Its resolved config (with the training spec): build_model(kind, asdict(config))."""
+    model_config: Any
+    """Its resolved config, the family's config dataclass with the training spec:
+    build_model(kind, asdict(config))."""
     train_config: TrainConfig
     history: list[dict[str, float]]
     """One metrics dict per epoch, as written to metrics.jsonl."""
@@ -120,20 +85,6 @@ class TrainResult:
         """Episodes nothing was fitted on (validation minus calibration): evaluate on these."""
         calib = set(self.calib_episode_ids)
         return [e for e in self.val_episode_ids if e not in calib]
-
-
-def select_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU. Under torchrun, CUDA means this process's
-    ``LOCAL_RANK`` GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' requested but CUDA is not available; use 'auto'")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -238,22 +189,9 @@ def _trace(data: TrajectoryTensors, rank: int, epoch: int, rows: list, model) ->
         f.write(json.dumps(line) + "\n")
 
 
-def _config_class(kind: str):
-    if kind == "world":
-        return WorldModelConfig, WorldModel
-    if kind == "behavior":
-        return BehaviorModelConfig, BehaviorModel
-    raise ValueError(f"model kind must be 'world' or 'behavior', got {kind!r}")
-
-
-def build_model(kind: ModelKind, model_config: dict[str, Any]) -> nn.Module:
+def build_model(kind: str, model_config: dict[str, Any]) -> nn.Module:
     """Rebuild the architecture saved in ``model_config`` (weights still to be loaded)."""
-    config_cls, model_cls = _config_class(kind)
-    known = {f.name for f in fields(config_cls)}
-    unknown = set(model_config) - known
-    if unknown:
-        raise ValueError(f"unknown {kind} model config fields {sorted(unknown)}")
-    return model_cls(config_cls(**model_config))
+    return family(kind).build(model_config)
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -262,7 +200,7 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    kind: ModelKind, model_config: dict[str, Any], state: dict[str, torch.Tensor]
+    kind: str, model_config: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> nn.Module:
     """build_model + load the weights, in eval mode."""
     model = build_model(kind, model_config)
@@ -275,8 +213,8 @@ def check_compatible(model: nn.Module, spec: DatasetSpec) -> None:
     check_model_spec(type(model).__name__, model.config.spec, spec)
 
 
-def _resolve_model_config(kind, model_config, spec: DatasetSpec, config: TrainConfig):
-    config_cls, _ = _config_class(kind)
+def _resolve_model_config(fam: ModelFamily, model_config, spec: DatasetSpec, config: TrainConfig):
+    config_cls = fam.config_cls
     if model_config is None:
         mc = config_cls()
     elif isinstance(model_config, dict):
@@ -284,7 +222,7 @@ def _resolve_model_config(kind, model_config, spec: DatasetSpec, config: TrainCo
     else:
         if not isinstance(model_config, config_cls):
             raise TypeError(
-                f"{kind} model needs a {config_cls.__name__}, got {type(model_config).__name__}"
+                f"{fam.name} model needs a {config_cls.__name__}, got {type(model_config).__name__}"
             )
         mc = copy.deepcopy(model_config)
     mc.spec = spec.to_dict()
@@ -348,11 +286,14 @@ def _lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _epoch_rows(kind: str, data: TrajectoryTensors, rows: torch.Tensor, context: int, epoch: int):
-    """Window ends trained on in one epoch. World: every step. Behavior: the model learns
-    from every step of a window, so windows tile each episode in chunks of ``context``
-    steps (their phase shifts each epoch); every action is a label about once per epoch."""
-    if kind != "behavior" or context == 1:
+def _epoch_rows(
+    fam: ModelFamily, data: TrajectoryTensors, rows: torch.Tensor, context: int, epoch: int
+):
+    """Window ends trained on in one epoch: every step, or, for a family that learns from
+    every step of a window (``trains_on_chunks``), windows tiling each episode in chunks of
+    ``context`` steps (their phase shifts each epoch), so every step is a label about once
+    per epoch."""
+    if not fam.trains_on_chunks or context == 1:
         return rows
     pos = rows - data.ep_start[rows]  # (M,) step within the episode
     return rows[(pos % context == epoch % context) | (rows == data.ep_end[rows])]
@@ -365,21 +306,25 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def train(
-    kind: ModelKind,
+    kind: str,
     frame: pl.DataFrame | pl.LazyFrame,
     spec: DatasetSpec,
     config: TrainConfig | None = None,
-    model_config: WorldModelConfig | BehaviorModelConfig | dict | None = None,
+    model_config: Any = None,
     workdir: str | os.PathLike = "runs/train",
     resume: bool = False,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train a world or behavior model on ``frame`` (contract format) and return the best.
+    """Train a model of family ``kind`` on ``frame`` (contract format); return the best.
+
+    ``model_config``: the family's config dataclass, a dict of its fields, or None (its
+    defaults).
 
     ``resume=True`` continues from ``workdir/checkpoint.pt`` when it exists (its model
     config and data split win over the arguments); otherwise training starts fresh.
     """
     config = config or TrainConfig()
+    fam = family(kind)
     rk = ranks()
     device = select_device(config.device)
     autocast = device.type == "cuda"
@@ -402,19 +347,18 @@ def train(
         raise ValueError("no training windows: every training episode has no agent rows")
 
     torch.manual_seed(config.seed)
-    config_cls, model_cls = _config_class(kind)
     if ckpt is not None:
-        model_config = config_cls(**ckpt["model_config"])
+        model_config = fam.config_cls(**ckpt["model_config"])
         check_model_spec(f"checkpointed {kind} model", model_config.spec, spec)
     else:
-        model_config = _resolve_model_config(kind, model_config, spec, config)
-    model = model_cls(model_config).to(device)
+        model_config = _resolve_model_config(fam, model_config, spec, config)
+    model = fam.model_cls(model_config).to(device)
     model.set_normalizer(compute_normalizer(data, train_rows))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
 
-    chunked = kind == "behavior" and model.context > 1
+    chunked = fam.trains_on_chunks and model.context > 1
     batch_size = max(1, config.batch_size // model.context) if chunked else config.batch_size
     batch_size = max(batch_size, rk.world)  # every rank gets at least one window a step
     step_loss: nn.Module = _LossModule(model, chunked)
@@ -431,7 +375,7 @@ def train(
         n = len(_batch_bounds(epoch_rows.numel(), batch_size, rk.world)) - 1
         return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n
 
-    total_steps = epoch_steps(_epoch_rows(kind, data, train_rows, model.context, 0)) * config.epochs
+    total_steps = epoch_steps(_epoch_rows(fam, data, train_rows, model.context, 0)) * config.epochs
     history: list[dict[str, float]] = []
     start_epoch, step = 0, 0
     best_val, best_epoch, best_state = math.inf, 0, None
@@ -460,7 +404,7 @@ def train(
     for epoch in range(start_epoch, 0 if stopped else config.epochs):
         model.train()
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        rows = _epoch_rows(kind, data, train_rows, model.context, epoch)
+        rows = _epoch_rows(fam, data, train_rows, model.context, epoch)
         order = rows[torch.randperm(rows.numel(), generator=gen).to(device)]
         batches = rank_batches(order, batch_size, rk.rank, rk.world)
         steps_per_epoch = epoch_steps(rows)
@@ -552,7 +496,7 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     calib_ids: list[str] = []
-    if kind == "world" and config.calibrate and len(val_ids) >= 2:
+    if fam.calibrates and config.calibrate and len(val_ids) >= 2:
         calib_ids = sorted(val_ids)[::2]
         calib_rows = sample_rows(data, calib_ids)[: config.eval_batch_size * 8]
         model.calibrate(

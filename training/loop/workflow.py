@@ -15,13 +15,14 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
 from foresight.datasets.catalog import DatasetTable, resolve_ref
 from foresight.datasets.schema import DatasetSpec
 from foresight.datasets.storage import Store
+from foresight.training.families import family
 from foresight.training.loop.train import TrainConfig, config_dict, model_state, ranks, train
 from foresight.training.registry import (
     DatasetLineage,
@@ -33,8 +34,6 @@ from foresight.training.registry import (
     TrainingSummary,
     load_registered,
 )
-
-ModelKind = Literal["world", "behavior"]
 
 SPLIT_FILE = "split.json"
 
@@ -72,17 +71,16 @@ def load_frame(ref: str, store: Store) -> tuple[DatasetTable, int, pl.DataFrame,
     return table, version, frame, spec
 
 
-def quality_gate(kind: ModelKind, result: dict[str, Any]) -> tuple[bool, list[str]]:
-    """Does the model beat every baseline on the headline metrics? (passed, failures).
+def quality_gate(kind: str, result: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Does the model beat every baseline on its family's gate metrics? (passed, failures).
 
-    World models are judged on ``mse`` and ``rollout_mse_10``, behavior models on ``nll``;
-    lower is better. The gate decides promotion, so anything it cannot measure refuses: a
-    NaN metric (the model's or a baseline's), or a headline metric no baseline reports.
+    Each family names its metrics (``gate_metrics``: world models ``mse`` and
+    ``rollout_mse_10``, behavior models ``nll``); lower is better. The gate decides
+    promotion, so anything it cannot measure refuses: a NaN metric (the model's or a
+    baseline's), or a gate metric no baseline reports.
     """
-    if kind not in ("world", "behavior"):
-        raise ValueError(f"kind must be 'world' or 'behavior', got {kind!r}")
+    metrics = family(kind).gate_metrics
     model, baselines = result["model"], result["baselines"]
-    metrics = ["mse", "rollout_mse_10"] if kind == "world" else ["nll"]
     failures = []
     for metric in metrics:
         mine = _number(model.get(metric))
@@ -100,10 +98,12 @@ def quality_gate(kind: ModelKind, result: dict[str, Any]) -> tuple[bool, list[st
     return not failures, failures
 
 
-def _behavior_for(store: Store, dataset: str, version: int, ref: str | None) -> Any:
-    """The behavior model that drives the other agents when evaluating a world model."""
+def _imagination_model(store: Store, kind: str, dataset: str, ref: str | None) -> Any:
+    """The model (of family ``kind``) that drives the other agents when evaluating a family
+    that imagines with one: ``ref``, else the staging, production or latest ``kind`` model
+    trained on ``dataset``. (None, None) when there is none."""
     registry = ModelRegistry(store)
-    candidates = [ref] if ref else ["behavior@staging", "behavior@production", "behavior"]
+    candidates = [ref] if ref else [f"{kind}@staging", f"{kind}@production", kind]
     for candidate in candidates:
         try:
             mv = registry.resolve(candidate)
@@ -118,7 +118,7 @@ def _behavior_for(store: Store, dataset: str, version: int, ref: str | None) -> 
 
 
 def train_and_register(
-    kind: ModelKind,
+    kind: str,
     dataset_ref: str,
     store: Store | None = None,
     config: TrainConfig | None = None,
@@ -138,10 +138,11 @@ def train_and_register(
     trains (DistributedDataParallel); only rank 0 evaluates and registers, and the other
     ranks return ``{"rank": r, "model": None}``.
     """
-    from foresight.training.evaluation.evaluate import evaluate, write_report
+    from foresight.training.evaluation.evaluate import write_report
 
     store = store or Store.from_env()
     config = config or TrainConfig()
+    fam = family(kind)
     table, version, frame, spec = load_frame(dataset_ref, store)
     workdir = run_dir(kind, table.name, version, config, model_config)
     started = time.time()
@@ -152,7 +153,7 @@ def train_and_register(
     extra: dict[str, Any] = {}
     behavior_used = None
     behavior = None
-    if kind == "behavior" and context1_baseline and result.model_config.context > 1:
+    if fam.context1_baseline and context1_baseline and result.model_config.context > 1:
         # "The same model with a context of 1 step": trained the same way, only the context differs.
         one_step = train(
             kind,
@@ -169,10 +170,11 @@ def train_and_register(
     if not rk.main:
         # Distributed training: rank 0 evaluates and registers; the other ranks are done.
         return {"rank": rk.rank, "model": None}
-    if kind == "world":
-        behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
-    evaluation = evaluate(
-        kind,
+    if fam.imagines_with:
+        behavior, behavior_used = _imagination_model(
+            store, fam.imagines_with, table.name, behavior_ref
+        )
+    evaluation = fam.evaluate(
         result.model,
         frame,
         spec,
@@ -271,7 +273,7 @@ def evaluate_registered(
     training time minus the episodes a world model was calibrated on; on another version
     they are every episode the model was never fitted on.
     """
-    from foresight.training.evaluation.evaluate import evaluate, write_report
+    from foresight.training.evaluation.evaluate import write_report
 
     store = store or Store.from_env()
     model, mv = load_registered(model_ref, store)
@@ -292,10 +294,12 @@ def evaluate_registered(
         )
     behavior = None
     behavior_used = None
-    if card.kind == "world":
-        behavior, behavior_used = _behavior_for(store, table.name, version, behavior_ref)
-    evaluation = evaluate(
-        card.kind,
+    fam = family(card.kind)
+    if fam.imagines_with:
+        behavior, behavior_used = _imagination_model(
+            store, fam.imagines_with, table.name, behavior_ref
+        )
+    evaluation = fam.evaluate(
         model,
         frame,
         spec,

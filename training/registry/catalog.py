@@ -132,25 +132,15 @@ def git_sha(path: str | Path | None = None) -> str:
         return "unknown"
 
 
-LEGACY_ARCHITECTURES = {"world": "agent-transformer/1", "behavior": "gru/1"}
-"""The layout of each kind's cards saved before ``model_config["architecture"]`` existed."""
-
-
-def current_architectures() -> dict[str, str]:
-    """Model kind -> the weights layout this code builds (``model_config["architecture"]``)."""
-    from foresight.training.models.behavior_model import ARCHITECTURE as BEHAVIOR
-    from foresight.training.models.world_model import ARCHITECTURE as WORLD
-
-    return {"world": WORLD, "behavior": BEHAVIOR}
-
-
 def check_architecture(mv: ModelVersion) -> None:
     """RegistryError when ``mv``'s card records another weights layout than this code builds."""
+    from foresight.training.families import FAMILIES  # the table imports models: load lazily
+
     kind, config = mv.card.kind, mv.card.model_config
-    expected = current_architectures().get(kind)
-    if expected is None or not isinstance(config, dict):
-        return  # not a world/behavior model with a config: nothing to build, nothing to check
-    found = config.get("architecture", LEGACY_ARCHITECTURES[kind])
+    fam = FAMILIES.get(kind) if isinstance(kind, str) else None
+    if fam is None or not isinstance(config, dict):
+        return  # not a model of a family in the table: nothing to build, nothing to check
+    found, expected = config.get("architecture", fam.legacy_architecture), fam.architecture
     if found != expected:
         raise RegistryError(
             f"model {mv.ref} is a {kind} model of architecture {found!r}, but this code "

@@ -1,0 +1,111 @@
+"""The model families: one entry per kind of model Foresight trains, registers and serves.
+
+A :class:`ModelFamily` holds what differs between kinds: the config and model classes (the
+model's ``loss`` is the training objective), how the training loop feeds it, its
+evaluation, the metrics its quality gate compares, and the lineage its cards carry. The
+training loop, the registry, the model lifecycle, the CLI and the test helpers look a kind
+up here (:func:`family`) instead of branching on its name.
+
+Where it sits: above the models (``training.models``) and their evaluation
+(``training.evaluation``), whose parts the entries name; below the training loop, the
+registry and the lifecycle (``training.loop``, ``training.registry``), which import it. So
+nothing a family's entry names may import the loop or the registry, and the loop stays
+one loop for every family.
+
+Adding a family: one module with its config, model and evaluation, and one line in
+:data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch.nn as nn
+
+from foresight.training.evaluation.evaluate import evaluate_behavior, evaluate_world
+from foresight.training.models import behavior_model, world_model
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything the platform needs to know about one kind of model."""
+
+    name: str
+    """The kind, as cards, the CLI and references name it (``world``, ``behavior``)."""
+    description: str
+    """One line for help texts and asset descriptions."""
+    config_cls: type
+    """Its config dataclass (with ``spec``, ``context`` and ``architecture`` fields)."""
+    model_cls: type[nn.Module]
+    """Built from a config; ``loss(window, targets)`` -> (loss, parts) is what training
+    minimizes."""
+    architecture: str
+    """The weights layout this code builds (``model_config["architecture"]``)."""
+    legacy_architecture: str
+    """The layout of the cards saved before ``model_config`` recorded one."""
+    evaluate: Callable[..., dict[str, Any]]
+    """``(model, frame, spec, held-out episode ids, **options)`` -> the model's metrics
+    next to its baselines: ``{"model", "baselines", "meta", "curves", "examples"}``."""
+    gate_metrics: tuple[str, ...]
+    """Held-out metrics (lower is better) on which the model must beat every baseline."""
+    trains_on_chunks: bool = False
+    """Every step of a window is a label (``loss(..., all_steps=True)``): the loop tiles each
+    episode in chunks of ``context`` steps instead of one window per step."""
+    calibrates: bool = False
+    """After training the loop fits the predicted std scale (``model.calibrate``) on half of
+    the validation episodes."""
+    imagines_with: str | None = None
+    """The family whose model drives the other agents in this family's evaluation; the card
+    records which version (``behavior_model_for_imagination``)."""
+    context1_baseline: bool = False
+    """The lifecycle trains the same model with a context of 1 step as one more baseline."""
+
+    def build(self, model_config: dict[str, Any]) -> nn.Module:
+        """The architecture saved in ``model_config`` (weights still to be loaded)."""
+        known = {f.name for f in fields(self.config_cls)}
+        unknown = set(model_config) - known
+        if unknown:
+            raise ValueError(f"unknown {self.name} model config fields {sorted(unknown)}")
+        return self.model_cls(self.config_cls(**model_config))
+
+
+WORLD = ModelFamily(
+    name="world",
+    description="next joint observation, rewards and termination, given the joint action",
+    config_cls=world_model.WorldModelConfig,
+    model_cls=world_model.WorldModel,
+    architecture=world_model.ARCHITECTURE,
+    legacy_architecture="agent-transformer/1",
+    evaluate=evaluate_world,
+    gate_metrics=("mse", "rollout_mse_10"),
+    calibrates=True,
+    imagines_with="behavior",
+)
+BEHAVIOR = ModelFamily(
+    name="behavior",
+    description="next-action distribution of each agent, given its history",
+    config_cls=behavior_model.BehaviorModelConfig,
+    model_cls=behavior_model.BehaviorModel,
+    architecture=behavior_model.ARCHITECTURE,
+    legacy_architecture="gru/1",
+    evaluate=evaluate_behavior,
+    gate_metrics=("nll",),
+    trains_on_chunks=True,
+    context1_baseline=True,
+)
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (WORLD, BEHAVIOR)}
+"""The table: kind -> its family."""
+KINDS: tuple[str, ...] = tuple(FAMILIES)
+
+
+def family(kind: str) -> ModelFamily:
+    """The family of ``kind``; a ValueError naming the known kinds otherwise."""
+    try:
+        return FAMILIES[kind]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"model kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}"
+        ) from None
