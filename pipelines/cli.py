@@ -17,6 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from foresight.training.loop.config import TrainConfig
+from foresight.training.loop.options import options
+
 EXIT_USAGE = 2
 
 
@@ -31,6 +34,46 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> N
         print(json.dumps(data, indent=2, default=str))
     else:
         print(human(data))
+
+
+class _Kinds(Sequence[str]):
+    """The model families of ``foresight train``, read from the family table when argparse
+    first needs them (the table imports torch: other commands start without it)."""
+
+    def _names(self) -> list[str]:
+        from foresight.training.families import KINDS
+
+        return [*KINDS, "offline-rl"]  # offline-rl trains by its own path (not in the table yet)
+
+    def __getitem__(self, i):
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._names()
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the config dataclass ``cls`` (``batch_size``: ``--batch-size``),
+    with its type, choices and docstring. A flag not given leaves the field at the
+    dataclass's default, which the help shows: the dataclass is the one declaration."""
+    for o in options(cls):
+        flag = "--" + o.name.replace("_", "-")
+        text = f"{o.help} (default: {o.default})".replace("%", "%%")
+        if o.base is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            parser.add_argument(flag, type=o.base, default=None, choices=o.choices, help=text)
+
+
+def config_from_flags(cls: type, args: argparse.Namespace) -> Any:
+    """The ``cls`` config of the flags :func:`add_config_flags` added (given ones set)."""
+    given = {o.name: getattr(args, o.name) for o in options(cls)}
+    return cls(**{k: v for k, v in given.items() if v is not None})
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -426,7 +469,7 @@ def _launch_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from foresight.training.loop.train import TrainConfig, init_distributed
+    from foresight.training.loop.train import init_distributed
     from foresight.training.loop.workflow import train_and_register
 
     if args.nproc < 1:
@@ -438,12 +481,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} is for offline-rl, not {args.kind}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_distributed(args)
-    config = TrainConfig(seed=args.seed, device=args.device)
-    for key in ("epochs", "batch_size", "lr", "context"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(config, key, value)
-    rk = init_distributed(args.device)  # under torchrun: join its process group
+    config = config_from_flags(TrainConfig, args)
+    rk = init_distributed(config.device)  # under torchrun: join its process group
     try:
         result = train_and_register(
             args.kind,
@@ -473,7 +512,8 @@ def _train_offline_rl(args: argparse.Namespace) -> None:
             "offline-rl trains in one process for --steps optimizer steps: "
             "--nproc and --epochs are for the world and behavior models"
         )
-    config = OfflineRLTrainConfig(seed=args.seed, device=args.device)
+    given = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
+    config = OfflineRLTrainConfig(**given)
     for key in ("steps", "batch_size", "lr", "gamma", "cql_alpha"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
@@ -794,14 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_train,
         "train a world, behavior or offline-rl model on a dataset version and register it",
     )
-    p.add_argument("kind", choices=["world", "behavior", "offline-rl"])
+    p.add_argument("kind", choices=_Kinds(), metavar="KIND", help="one of: %(choices)s")
     p.add_argument("--dataset", required=True, help="name, name@N or name@tag")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--context", type=int, default=None, help="history length in steps")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--name", default=None, help="registry name (default: the kind)")
     p.add_argument("--steps", type=int, default=None, help="offline-rl: optimizer steps")

@@ -1,19 +1,27 @@
 """Dagster assets for the models: train + evaluate + register, a quality check, promotion.
 
-Each model asset calls :func:`foresight.training.loop.workflow.train_and_register` and reports the new
-version, its dataset lineage and its metrics next to the baselines. Its blocking asset check
-``beats_baselines`` fails when the model does not beat every baseline, and a failed check
-stops the run before ``staging_models``: a model that fails is never promoted.
+One model asset per model family (``<kind>_model``, built by :func:`model_asset` from the
+family table) calls :func:`foresight.training.loop.workflow.train_and_register` and reports
+the new version, its dataset lineage and its metrics next to the baselines. Its blocking
+asset check ``beats_baselines`` fails when the model does not beat every baseline, and a
+failed check stops the run before ``staging_models``: a model that fails is never promoted.
+Its run config is :class:`TrainAssetConfig`, derived from ``TrainConfig`` (same fields,
+defaults and descriptions).
 
 (No ``from __future__ import annotations``: Dagster reads these annotations at import.)
 """
 
 import os
+from dataclasses import fields
+from typing import Optional
 
 import dagster as dg
+import pydantic
 
 from foresight.pipelines.assets import trajectory_dataset
 from foresight.pipelines.resources import ForesightStore
+from foresight.training.families import FAMILIES, ModelFamily
+from foresight.training.loop.options import options
 from foresight.training.loop.train import TrainConfig
 from foresight.training.loop.workflow import (
     beats_reactive,
@@ -25,36 +33,27 @@ from foresight.training.registry import ModelRegistry
 CHECK = "beats_baselines"
 
 
-class TrainAssetConfig(dg.Config):
-    """Training settings; the defaults are sized for the demo on 2 CPU cores."""
+def _config_field(option) -> tuple:
+    kind = Optional[option.base] if option.optional else option.base  # noqa: UP045 (Dagster)
+    return kind, pydantic.Field(default=option.default, description=option.help or None)
 
-    dataset: str = "spread"
-    """Dataset reference: name (latest), name@N or name@tag."""
-    epochs: int = 8
-    batch_size: int = 256
-    lr: float = 2e-3
-    context: int = 0
-    """History length in steps; 0 keeps the model's default."""
-    device: str = "auto"
-    seed: int = 0
-    max_steps_per_epoch: int = 0
-    """Cap on optimizer steps per epoch; 0 means a full pass."""
-    eval_max_starts: int = 2048
-    """Held-out start points for rollout and imagination metrics."""
-    eval_samples: int = 16
-    """Imagined futures per start point."""
+
+TrainAssetConfig = pydantic.create_model(
+    "TrainAssetConfig",
+    __base__=dg.Config,
+    __doc__="The dataset, every TrainConfig field (same defaults), and the evaluation's size.",
+    dataset=(str, pydantic.Field("spread", description="name (latest), name@N or name@tag")),
+    **{o.name: _config_field(o) for o in options(TrainConfig)},
+    eval_max_starts=(
+        int,
+        pydantic.Field(2048, description="held-out start points of rollouts and imagination"),
+    ),
+    eval_samples=(int, pydantic.Field(16, description="imagined futures per start point")),
+)
 
 
 def _train_config(config: TrainAssetConfig) -> TrainConfig:
-    return TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        context=config.context or None,
-        device=config.device,
-        seed=config.seed,
-        max_steps_per_epoch=config.max_steps_per_epoch or None,
-    )
+    return TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
 
 
 def _metadata(result: dict) -> dict:
@@ -109,37 +108,48 @@ def _train_asset(
     )
 
 
-@dg.asset(
-    group_name="models",
-    deps=[trajectory_dataset],
-    kinds={"pytorch"},
-    check_specs=[dg.AssetCheckSpec(CHECK, asset="behavior_model", blocking=True)],
-    description="Behavior model: next-action distributions per agent; registered as behavior@N.",
-)
-def behavior_model(
-    context: dg.AssetExecutionContext, config: TrainAssetConfig, foresight_store: ForesightStore
-):
-    yield from _train_asset("behavior", context, config, foresight_store)
+def asset_name(kind: str) -> str:
+    """``world`` -> ``world_model`` (Dagster names allow no '-')."""
+    return f"{kind.replace('-', '_')}_model"
 
 
-@dg.asset(
-    group_name="models",
-    deps=[trajectory_dataset],
-    ins={"behavior_model": dg.AssetIn()},
-    kinds={"pytorch"},
-    check_specs=[dg.AssetCheckSpec(CHECK, asset="world_model", blocking=True)],
-    description="World model: next joint observation, rewards, termination; registered as world@N.",
-)
-def world_model(
-    context: dg.AssetExecutionContext,
-    config: TrainAssetConfig,
-    foresight_store: ForesightStore,
-    behavior_model: str,
-):
-    # The behavior model this run registered (behavior@N, not an alias that may still point at
-    # the previous cycle's) drives the other agents in the imagination metrics; the card records it.
-    context.log.info(f"imagination uses {behavior_model}")
-    yield from _train_asset("world", context, config, foresight_store, behavior_ref=behavior_model)
+def model_asset(fam: ModelFamily) -> dg.AssetsDefinition:
+    """The asset that trains, evaluates and registers a model of ``fam`` (``<kind>@N``).
+
+    A family that imagines with another's model takes that family's asset as input: the
+    version this run registered (``behavior@N``, not an alias that may still point at the
+    previous cycle's) drives the other agents in its evaluation, and its card records it.
+    """
+    name = asset_name(fam.name)
+    upstream = asset_name(fam.imagines_with) if fam.imagines_with else None
+
+    @dg.asset(
+        name=name,
+        group_name="models",
+        deps=[trajectory_dataset],
+        ins={upstream: dg.AssetIn()} if upstream else None,
+        kinds={"pytorch"},
+        check_specs=[dg.AssetCheckSpec(CHECK, asset=name, blocking=True)],
+        description=f"{fam.name} model: {fam.description}; registered as {fam.name}@N.",
+    )
+    def train_model(
+        context: dg.AssetExecutionContext,
+        config: TrainAssetConfig,
+        foresight_store: ForesightStore,
+        **inputs: str,
+    ):
+        ref = inputs[upstream] if upstream else None
+        if ref:
+            context.log.info(f"imagination uses {ref}")
+        yield from _train_asset(fam.name, context, config, foresight_store, behavior_ref=ref)
+
+    return train_model
+
+
+MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {k: model_asset(f) for k, f in FAMILIES.items()}
+"""Family -> its model asset."""
+behavior_model = MODEL_ASSETS["behavior"]
+world_model = MODEL_ASSETS["world"]
 
 
 @dg.asset(

@@ -1,0 +1,64 @@
+"""TrainConfig is the one declaration of the training options: ``foresight train``'s flags
+and the Dagster model assets' config are derived from it, with its defaults and docs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+import pytest
+
+from foresight.pipelines.cli import build_parser, config_from_flags
+from foresight.pipelines.model_assets import TrainAssetConfig, _train_config
+from foresight.training.loop.config import TrainConfig
+from foresight.training.loop.options import field_docs, options
+
+
+def parse(*flags: str):
+    return build_parser().parse_args(["train", "world", "--dataset", "spread", *flags])
+
+
+def test_every_option_has_a_docstring_and_a_default():
+    docs = field_docs(TrainConfig)
+    assert set(docs) == {f.name for f in fields(TrainConfig)}
+    assert all(o.help for o in options(TrainConfig))
+
+
+def test_the_cli_defaults_are_the_dataclass_defaults():
+    assert config_from_flags(TrainConfig, parse()) == TrainConfig()
+
+
+def test_every_option_is_a_cli_flag_with_its_docstring():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    by_dest = {a.dest: a for a in train._actions}  # noqa: SLF001
+    for o in options(TrainConfig):
+        assert o.name in by_dest, o.name
+        assert by_dest[o.name].help.startswith(o.help.replace("%", "%%")), o.name
+    config = config_from_flags(
+        TrainConfig,
+        parse(
+            "--epochs", "3", "--lr", "0.01", "--context", "4", "--no-calibrate", "--device", "cpu"
+        ),
+    )
+    assert config == TrainConfig(epochs=3, lr=0.01, context=4, calibrate=False, device="cpu")
+
+
+def test_a_flag_outside_its_choices_is_refused():
+    with pytest.raises(SystemExit):
+        parse("--device", "tpu")
+
+
+def test_the_dagster_defaults_are_the_dataclass_defaults():
+    config = TrainAssetConfig()
+    assert _train_config(config) == TrainConfig()
+    schema = TrainAssetConfig.model_json_schema()["properties"]
+    for o in options(TrainConfig):
+        assert getattr(config, o.name) == o.default, o.name
+        assert schema[o.name]["description"] == o.help, o.name
+    assert set(asdict(TrainConfig())) < set(TrainAssetConfig.model_fields)
+
+
+def test_dagster_run_config_reaches_the_train_config():
+    config = TrainAssetConfig(epochs=2, context=3, max_steps_per_epoch=5, calibrate=False)
+    assert _train_config(config) == TrainConfig(
+        epochs=2, context=3, max_steps_per_epoch=5, calibrate=False
+    )
