@@ -7,7 +7,9 @@ derived from the files, so Dagster itself also refuses to start the same request
 
 Retrain: once the production models' dataset holds FORESIGHT_RETRAIN_GROWTH (a share) more
 episodes than the version they were trained on, ``train_job`` runs on its latest version;
-its gates (baselines, then closed loop) decide whether the candidates are promoted.
+its gates (baselines, the reactive teams in closed loop, then the candidate against production
+on the same episodes: :mod:`foresight.pipelines.promotion`) decide whether the candidates are
+promoted, and a service following the production aliases swaps them in.
 """
 
 import hashlib
