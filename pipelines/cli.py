@@ -504,20 +504,25 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _train_offline_rl(args: argparse.Namespace) -> None:
     """``foresight train offline-rl``: the offline-RL peer (TorchRL's discrete CQL)."""
+    from dataclasses import fields
+
     from foresight.training.loop.offline_rl import OfflineRLTrainConfig
     from foresight.training.loop.offline_rl_workflow import train_and_register_offline_rl
 
-    if args.nproc != 1 or args.epochs is not None:
+    ours = {f.name for f in fields(OfflineRLTrainConfig)}
+    given = {o.name: getattr(args, o.name) for o in options(TrainConfig)}
+    given = {k: v for k, v in given.items() if v is not None}
+    others = sorted("--" + k.replace("_", "-") for k in set(given) - ours - {"context"})
+    if args.nproc != 1 or others:
         raise ValueError(
-            "offline-rl trains in one process for --steps optimizer steps: "
-            "--nproc and --epochs are for the world and behavior models"
+            "offline-rl trains in one process for --steps optimizer steps; "
+            f"{', '.join(others or ['--nproc'])} are for the world and behavior models"
         )
-    given = {k: getattr(args, k) for k in ("seed", "device") if getattr(args, k) is not None}
-    config = OfflineRLTrainConfig(**given)
-    for key in ("steps", "batch_size", "lr", "gamma", "cql_alpha"):
+    config = OfflineRLTrainConfig(**{k: v for k, v in given.items() if k in ours})
+    for key in ("steps", "gamma", "cql_alpha"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
-    model_config = {"context": args.context} if args.context is not None else None
+    model_config = {"context": given["context"]} if "context" in given else None
     result = train_and_register_offline_rl(
         args.dataset,
         _store(args),

@@ -60,8 +60,12 @@ def test_train_offline_rl_then_play_it_in_the_arena(tmp_path, capsys, monkeypatc
 
 def test_flags_of_another_kind_are_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FORESIGHT_STORE", str(tmp_path / "store"))
-    code, _, err = run_cli(capsys, "train", "offline-rl", "--dataset", "x", "--epochs", "3")
-    assert code == 2 and "--nproc and --epochs are for the world and behavior models" in err
+    code, _, err = run_cli(
+        capsys, "train", "offline-rl", "--dataset", "x", "--epochs", "3", "--patience", "2"
+    )
+    assert code == 2 and "--epochs, --patience are for the world and behavior models" in err
+    code, _, err = run_cli(capsys, "train", "offline-rl", "--dataset", "x", "--nproc", "2")
+    assert code == 2 and "--nproc are for the world and behavior models" in err
     code, _, err = run_cli(capsys, "train", "world", "--dataset", "x", "--cql-alpha", "1")
     assert code == 2 and "--cql-alpha is for offline-rl, not world" in err
     code, _, err = run_cli(capsys, "arena", "--offline-rl", "../x", "--controllers", "offline-rl")
