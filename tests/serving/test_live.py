@@ -66,6 +66,27 @@ def test_client_round_trip(client):
     assert models.models[0].card["dataset"]["resolved"] == "spread@1"
 
 
+def test_both_client_encodings_get_the_same_answers(server, client):
+    """The client sends observations as base64 float32 by default; JSON numbers agree."""
+    from foresight.serving.schemas import EncodedArray
+
+    queries = [ActionQuery(obs=history(5, seed=2)), {"obs": history(3, seed=4)}]
+    sent = []
+    client._http.event_hooks["request"] = [lambda request: sent.append(request.content)]
+    try:
+        as_array = client.predict_actions(queries)
+    finally:
+        client._http.event_hooks["request"] = []
+    [obs] = [json.loads(s)["queries"][0]["obs"] for s in sent]
+    assert EncodedArray.model_validate(obs["agent_0"]).shape == [5, 18]
+    with ForesightClient(server.url, api_key=KEY, encoding="json") as plain:
+        as_json = plain.predict_actions(queries)
+        with pytest.raises(ForesightError) as bad:  # the server's 400 reaches the caller
+            plain._post("/predict_actions", {"queries": [{"obs": {"agent_0": {"dtype": "x"}}}]})
+    assert [a.model_dump() for a in as_array] == [a.model_dump() for a in as_json]
+    assert bad.value.status == 400 and "obs.agent_0.dtype" in bad.value.message
+
+
 def test_act_through_the_sync_and_async_clients(server, client):
     out = client.act(
         ActRequest(obs=history(4), past_actions=past(4), egos=["agent_0", "agent_2"], samples=2)
