@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=24, help="served episodes a round")
     ap.add_argument("--gate-episodes", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--world-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--eval-max-starts", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,12 +72,13 @@ def main() -> None:
         "eval_max_starts": args.eval_max_starts,
         "eval_samples": args.eval_samples,
     }
+    epochs = {"behavior": args.epochs, "world": args.world_epochs or args.epochs}
     for kind in ("behavior", "world"):  # the world model imagines with the behavior model
         result = train_and_register(
             kind,
             "spread@0",
             store=store,
-            config=TrainConfig(epochs=args.epochs, device="cpu", seed=args.seed),
+            config=TrainConfig(epochs=epochs[kind], device="cpu", seed=args.seed),
             progress=False,
             behavior_ref="behavior@1" if kind == "world" else None,
             eval_max_starts=args.eval_max_starts,
@@ -93,6 +95,7 @@ def main() -> None:
         gate_episodes=args.gate_episodes,
         seed=args.seed,
         train=train,
+        train_by_kind={"world": {"epochs": epochs["world"]}},
     )
     t = time.time()
     result = run_flywheel(config, store, local_instance(store), echo=lambda s: print(s, flush=True))

@@ -65,6 +65,8 @@ class FlywheelConfig:
     """Round r plays seeds seed + r * episodes ...: fresh start states every round."""
     train: dict[str, Any] = field(default_factory=dict)
     """Overrides of train_job's model configs (epochs, max_steps_per_epoch, ...)."""
+    train_by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model family (``world``, ``behavior``), overrides on top of ``train``."""
     reload_seconds: float = 1.0
     """The service's alias polling period."""
     reload_timeout: float = 120.0
@@ -221,12 +223,15 @@ def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
 
 def train_run_config(config: FlywheelConfig, ref: str) -> dict[str, Any]:
     """``train_job``'s run config: both models on ``ref``, the closed-loop gates' sizes."""
-    model = {"dataset": ref, **config.train}
+
+    def model(kind: str) -> dict[str, Any]:
+        return {"dataset": ref, **config.train, **config.train_by_kind.get(kind, {})}
+
     arena = {"env": config.env, "episodes": config.gate_episodes, "seed": config.seed}
     return {
         "ops": {
-            "behavior_model": {"config": model},
-            "world_model": {"config": model},
+            "behavior_model": {"config": model("behavior")},
+            "world_model": {"config": model("world")},
             "closed_loop_evaluation": {"config": arena | {"controllers": ["greedy", "bc", TEAM]}},
             f"closed_loop_evaluation_{PRODUCTION_CHECK}": {"config": arena},
         }
@@ -412,6 +417,7 @@ class FlywheelJobConfig(dg.Config):
     gate_episodes: int = 200
     seed: int = 0
     train: dict = {}
+    train_by_kind: dict = {}
     reload_seconds: float = 1.0
 
 
