@@ -52,10 +52,10 @@ METRICS = "metrics.jsonl"
 
 @dataclass
 class OfflineRLTrainConfig:
-    steps: int = 20_000
-    """Optimizer steps (batches of transitions): about 40 passes over the transitions of
-    2,000 episodes of 3 agents, a few minutes on 2 CPU cores (BENCHMARKS.md, offline-RL
-    peer, has the learning curve)."""
+    steps: int = 40_000
+    """Optimizer steps (batches of transitions): about 80 passes over the transitions of
+    2,000 episodes of 3 agents. Half as many gave a clearly worse policy in the arena
+    (BENCHMARKS.md, offline-RL peer, has the learning curve)."""
     batch_size: int = 256
     """Transitions (one agent, one step) per optimizer step."""
     lr: float = 3e-4
