@@ -54,7 +54,7 @@ METRICS = "metrics.jsonl"
 class OfflineRLTrainConfig:
     steps: int = 40_000
     """Optimizer steps (batches of transitions): about 80 passes over the transitions of
-    2,000 episodes of 3 agents. Half as many gave a clearly worse policy in the arena
+    2,000 episodes of 3 agents. Half as many gave a lower return in the arena
     (BENCHMARKS.md, offline-RL peer, has the learning curve)."""
     batch_size: int = 256
     """Transitions (one agent, one step) per optimizer step."""
