@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from foresight.datasets.sources.generate import generate_episodes
 from foresight.pipelines.cli import main
 
@@ -16,6 +18,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+@pytest.mark.slow  # two trainings, each with closed-loop episodes next to random and greedy
 def test_train_offline_rl_then_play_it_in_the_arena(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FORESIGHT_STORE", str(tmp_path / "store"))
     logs = tmp_path / "logs"
