@@ -478,10 +478,13 @@ class ForesightMiddleware:
                     for k, v in start.get("headers", [])
                     if k.lower() not in (b"content-length", b"content-type")
                 ]
-                if start["status"] == 503:  # BentoML's batcher: "an unexpected error ..."
+                if start["status"] == 503 and not any(
+                    k.lower() == b"retry-after" for k, _ in headers
+                ):
+                    # the batcher's deadline (raised as a BentoML error, so without our header);
+                    # a 503 that already has Retry-After (/episodes) keeps its own reason
                     body["error"] = f"overloaded: the model queue is full; retry ({body['error']})"
-                    if not any(k.lower() == b"retry-after" for k, _ in headers):
-                        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+                    headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
                 return await _send_json(send, start["status"], body, headers)
             return await send(message)
 

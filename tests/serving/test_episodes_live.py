@@ -115,7 +115,7 @@ def test_sigterm_writes_every_accepted_episode_once_across_a_restart(tmp_path_fa
                     headers={"Authorization": f"Bearer {KEY}"},
                 )
                 assert r.status_code == 503 and r.headers["retry-after"] == "1"
-                assert "cannot write to the landing zone" in r.json()["error"]
+                assert r.json()["error"].startswith("landing: cannot write to the landing zone")
                 assert "fresh" in r.json()["error"]
                 blocker.unlink()
         finally:
