@@ -270,6 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         record_state=args.state,
         gzip=args.gzip,
         progress=sys.stderr.isatty() and not args.json,
+        policy_params=None if args.hazard is None else {"hazard": args.hazard},
     )
     data = {
         "files": result.files,
@@ -684,6 +685,7 @@ def cmd_arena(args: argparse.Namespace) -> None:
             seed=args.seed,
             factories=factories,
             progress=sys.stderr.isatty() and not args.json,
+            partners=args.partners,
         )
     except SafetensorError as exc:
         raise _damaged_weights(exc, [args.world, args.behavior, args.offline_rl], store) from exc
@@ -800,7 +802,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("generate", cmd_generate, "record mpe2 episodes with scripted policies as JSONL logs")
     p.add_argument("--env", required=True, help="simple_spread, simple_reference or simple_tag")
     p.add_argument("--episodes", type=int, required=True)
-    p.add_argument("--policy", default="mixed", help="random, greedy, noisy or mixed")
+    p.add_argument("--policy", default="mixed", help="random, greedy, noisy, mixed or switching")
+    p.add_argument(
+        "--hazard",
+        type=float,
+        default=None,
+        help="switching only: per-step chance that an agent redraws its rule and epsilon "
+        "(default 0.1)",
+    )
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes-per-file", type=int, default=250)
@@ -891,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--controllers",
         default="random,greedy,bc,anticipatory,scripted-anticipation",
         help="comma-separated teams; 'a+b' puts one a-agent among b-agents",
+    )
+    p.add_argument(
+        "--partners",
+        default=None,
+        help="e.g. switching: each team's controller drives the first agent, this the others",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

@@ -1,9 +1,11 @@
-"""Scripted policies for the simulators we record: random, greedy, noisy and mixed.
+"""Scripted policies for the simulators we record: random, greedy, noisy, mixed, switching.
 
 They exist to produce trajectories worth learning from: ``greedy`` agents do something
 purposeful, ``noisy`` adds epsilon-random actions, and ``mixed`` draws a different target
 rule and epsilon per agent and per episode, so a behavior model has to read an agent's own
-history to tell which kind of agent it is facing.
+history to tell which kind of agent it is facing. ``switching`` is ``mixed`` whose agents
+redraw their rule and epsilon at random steps (partners that change under you), so that
+history has to be read with a change in mind.
 
 Every policy is driven by a numpy ``Generator`` handed to :meth:`Policy.reset` at the start of
 each episode, so the same seed gives the same episode. What a greedy agent does in each env
@@ -27,20 +29,26 @@ __all__ = [
     "POLICY_NAMES",
     "SUPPORTED_ENVS",
     "Action",
+    "DEFAULT_HAZARD",
     "Controller",
     "GreedyPolicy",
     "MixedPolicy",
     "Policy",
     "RandomPolicy",
     "SpreadController",
+    "SwitchingPolicy",
     "make_policy",
+    "parse_policy_id",
     "resolve_env_name",
 ]
 
 Action = int | np.ndarray
 """An int for a Discrete action space, a float vector for a Box."""
 
-POLICY_NAMES = ("random", "greedy", "noisy", "mixed")
+POLICY_NAMES = ("random", "greedy", "noisy", "mixed", "switching")
+
+DEFAULT_HAZARD = 0.1
+"""The switching policy's default probability, per agent and per step, of a redraw."""
 
 
 class Policy(Protocol):
@@ -161,19 +169,91 @@ class MixedPolicy(GreedyPolicy):
         return rule, eps
 
 
+class SwitchingPolicy(MixedPolicy):
+    """The mixed policy whose agents change style at random steps.
+
+    Each agent starts an episode with a (rule, epsilon) drawn as :class:`MixedPolicy` draws
+    it. Before each later action, with probability ``hazard`` (independently per agent and
+    per step), it draws a new (rule, epsilon) from the same prior, which may by chance be
+    the old one, and acts with it from that step on. So a style lasts a geometric number of
+    steps with mean ``1 / hazard``; ``hazard=0`` is the mixed policy.
+
+    The step at which the current style began is in :meth:`policy_id`
+    (``greedy-fixed2/eps=0.30/since=7``; ``since=0`` for the first style), so a log tells
+    where each switch happened: a row whose ``since`` equals its ``step > 0`` is the first
+    action after one (:func:`parse_policy_id`).
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        hazard: float = DEFAULT_HAZARD,
+        epsilon_range: tuple[float, float] = (0.0, 0.6),
+    ):
+        if isinstance(hazard, bool) or not isinstance(hazard, (int, float)):
+            raise ValueError(f"hazard must be a number in [0, 1], got {hazard!r}")
+        if not 0.0 <= hazard <= 1.0:  # False for NaN too
+            raise ValueError(
+                f"hazard must be in [0, 1] (the probability per agent and step of a new "
+                f"rule and epsilon), got {hazard}"
+            )
+        super().__init__(controller, epsilon_range)
+        self.hazard = float(hazard)
+        self._steps: dict[str, int] = {}  # agent -> actions taken this episode
+
+    def reset(self, rng: np.random.Generator, agents: Sequence[str]) -> None:
+        self._steps = {}
+        super().reset(rng, agents)
+
+    def _add(self, agent: str) -> tuple[str, float, str]:
+        rule, eps = self._plan(agent, self._rng)
+        since = self._steps.get(agent, 0)
+        plan = (rule, eps, f"greedy-{rule}/eps={eps:.2f}/since={since}")
+        self._plans[agent] = plan
+        return plan
+
+    def act(self, agent: str, obs: np.ndarray) -> int:
+        step = self._steps.get(agent, 0)
+        if agent not in self._plans:
+            self._add(agent)
+        elif step > 0 and self.hazard > 0 and self._rng.random() < self.hazard:
+            self._add(agent)
+        action = super().act(agent, obs)
+        self._steps[agent] = step + 1
+        return action
+
+
+def parse_policy_id(policy_id: str) -> tuple[str, float, int]:
+    """(rule, epsilon, since) of a scripted ``greedy-{rule}/eps={e}[/since={t}]`` id.
+
+    ``since`` is the step at which that style began (0 when the id has none: the greedy,
+    noisy and mixed policies keep one style for the whole episode).
+    """
+    parts = policy_id.split("/")
+    if not parts[0].startswith("greedy-") or len(parts) < 2 or not parts[1].startswith("eps="):
+        raise ValueError(f"not a scripted greedy policy id: {policy_id!r}")
+    since = 0
+    if len(parts) > 2 and parts[2].startswith("since="):
+        since = int(parts[2][len("since=") :])
+    return parts[0][len("greedy-") :], float(parts[1][len("eps=") :]), since
+
+
 _POLICY_PARAMS = {
     "random": (),
     "greedy": ("epsilon", "rule"),
     "noisy": ("epsilon", "rule"),
     "mixed": ("epsilon_range",),
+    "switching": ("hazard", "epsilon_range"),
 }
 
 
 def make_policy(name: str, env_name: str, **params: Any) -> Policy:
-    """A scripted policy by name (``random``, ``greedy``, ``noisy``, ``mixed``) for an mpe2 env.
+    """A scripted policy by name (``random``, ``greedy``, ``noisy``, ``mixed``, ``switching``)
+    for an mpe2 env.
 
     Params: ``epsilon`` and ``rule`` for greedy/noisy (noisy defaults to ``epsilon=0.2``),
-    ``epsilon_range`` for mixed (default ``(0.0, 0.6)``).
+    ``epsilon_range`` for mixed and switching (default ``(0.0, 0.6)``), ``hazard`` for
+    switching (default :data:`DEFAULT_HAZARD`).
     """
     env = resolve_env_name(env_name)
     if name not in _POLICY_PARAMS:
@@ -189,4 +269,10 @@ def make_policy(name: str, env_name: str, **params: Any) -> Policy:
         return GreedyPolicy(controller, params.get("epsilon", 0.0), params.get("rule"))
     if name == "noisy":
         return GreedyPolicy(controller, params.get("epsilon", 0.2), params.get("rule"))
+    if name == "switching":
+        return SwitchingPolicy(
+            controller,
+            params.get("hazard", DEFAULT_HAZARD),
+            tuple(params.get("epsilon_range", (0.0, 0.6))),
+        )
     return MixedPolicy(controller, tuple(params.get("epsilon_range", (0.0, 0.6))))

@@ -308,3 +308,104 @@ def test_generate_to_s3(s3_store):
         for line in gzip.decompress(s3_store.fs.read_bytes(uri)).splitlines()
     ]
     assert len(rows) == result.rows == 3 * 25 * 3
+
+
+def switch_steps(rows: list[dict]) -> tuple[int, int]:
+    """(switches, chances) in generated rows: a row whose ``since`` is its step > 0 is the
+    first action after a switch; every step > 0 of an agent is a chance to switch."""
+    from foresight.datasets.sources.policies import parse_policy_id
+
+    switches = chances = 0
+    for row in rows:
+        if row["step"] > 0:
+            chances += 1
+            switches += parse_policy_id(row["policy_id"])[2] == row["step"]
+    return switches, chances
+
+
+@pytest.mark.parametrize("hazard", [0.1, 0.3])
+def test_switching_policy_switches_at_the_hazard_rate(tmp_path, hazard):
+    result = generate_episodes(
+        "simple_spread", 400, "switching", str(tmp_path), seed=5, policy_params={"hazard": hazard}
+    )
+    switches, chances = switch_steps(read_rows(result.files))
+    assert chances == 400 * 3 * 24
+    # binomial sd is sqrt(28800 h (1 - h)): 51 at 0.1, 78 at 0.3; 4 sd is a band of 7% of
+    # the rate at 0.1 and 3.6% at 0.3, so a rate off by a tenth of itself fails
+    sd = np.sqrt(chances * hazard * (1 - hazard))
+    assert abs(switches - hazard * chances) < 4 * sd, (switches / chances, hazard)
+
+
+def test_switching_policy_redraws_within_an_episode_and_records_where(tmp_path):
+    result = generate_episodes("simple_spread", 10, "switching", str(tmp_path), seed=6)
+    from foresight.datasets.sources.policies import parse_policy_id
+
+    by_agent: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in read_rows(result.files):
+        by_agent[row["episode_id"], row["agent_id"]].append(row)
+    styles_per_agent = []
+    for rows in by_agent.values():
+        rows.sort(key=lambda r: r["step"])
+        assert parse_policy_id(rows[0]["policy_id"])[2] == 0
+        for prev, row in zip(rows, rows[1:], strict=False):
+            since = parse_policy_id(row["policy_id"])[2]
+            # the style either goes on (same id) or begins at this very step
+            assert row["policy_id"] == prev["policy_id"] or since == row["step"]
+        styles_per_agent.append(len({r["policy_id"] for r in rows}))
+    assert max(styles_per_agent) >= 3  # 1 + 2.4 redraws expected per agent and episode
+    assert spec_policy(tmp_path) == ("switching", {})
+
+
+def spec_policy(folder: Path) -> tuple[str, dict]:
+    extra = read_spec(folder).extra
+    return extra["policy"], extra["policy_params"]
+
+
+def test_switching_episode_is_reproducible_from_its_seed(tmp_path):
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "timestamp"} for row in rows]
+
+    params = {"hazard": 0.2}
+    a = generate_episodes(
+        "simple_spread", 4, "switching", str(tmp_path / "a"), 3, policy_params=params
+    )
+    b = generate_episodes(
+        "simple_spread", 4, "switching", str(tmp_path / "b"), 3, 1, policy_params=params
+    )
+    c = generate_episodes(
+        "simple_spread", 4, "switching", str(tmp_path / "c"), 4, policy_params=params
+    )
+    rows_a, rows_b, rows_c = (strip(read_rows(r.files)) for r in (a, b, c))
+    assert rows_a == rows_b
+    assert [r["policy_id"] for r in rows_a] != [r["policy_id"] for r in rows_c]
+    assert spec_policy(tmp_path / "a") == ("switching", params)
+
+
+def test_hazard_zero_keeps_one_style_and_one_redraws_every_step():
+    from foresight.datasets.sources.policies import parse_policy_id
+
+    env = make_env("simple_spread")
+    for hazard, expect in ((0.0, 1), (1.0, 25)):
+        policy = make_policy("switching", "simple_spread", hazard=hazard)
+        obs, _ = env.reset(seed=0)
+        policy.reset(np.random.default_rng(0), env.agents)
+        sinces = []
+        while env.agents:
+            actions = {a: policy.act(a, obs[a]) for a in env.agents}
+            sinces.append(parse_policy_id(policy.policy_id("agent_0"))[2])
+            obs, *_ = env.step(actions)
+        assert len(set(sinces)) == expect
+
+
+@pytest.mark.parametrize("hazard", [-0.1, 1.5, float("nan"), "0.1", True])
+def test_a_hazard_outside_0_1_is_refused_by_name(tmp_path, hazard):
+    with pytest.raises(ValueError, match="hazard"):
+        generate_episodes(
+            "simple_spread", 1, "switching", str(tmp_path), policy_params={"hazard": hazard}
+        )
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_hazard_is_for_the_switching_policy_only(tmp_path):
+    with pytest.raises(ValueError, match="takes no parameter \\['hazard'\\]"):
+        generate_episodes("simple_spread", 1, "mixed", str(tmp_path), policy_params={"hazard": 0.1})

@@ -8,13 +8,17 @@ Every episode runs one team: each agent is driven by one controller. A team name
 controller name (``greedy``: every agent greedy) or names joined by ``+``
 (``anticipatory+greedy``: the first agent anticipatory, the rest greedy; the last name
 covers the remaining agents). Episode ``i`` is seeded from ``(seed, i)`` alone, so every
-team plays the same start states (a paired comparison).
+team plays the same start states (a paired comparison). ``partners="switching"`` plays each
+team's controller as the first agent among partners of that kind (team ``greedy`` becomes
+``greedy+switching``, see :func:`with_partners`).
 
 Built-in controllers: ``random``; ``greedy`` (the reactive scripted policy of
 :mod:`foresight.datasets.sources.policies`); ``bc`` (the behavior model's most likely action:
 reactive imitation); ``anticipatory`` (the :class:`~foresight.training.agents.planning.Planner`);
 ``scripted-anticipation`` (:mod:`foresight.datasets.sources.anticipation`, a hand-written agent that
-knows the others' true rule); ``anticipatory-known-reward`` (simple_spread only: the
+knows the others' true rule); ``switching`` (the scripted ``switching`` policy: each agent
+redraws its rule and epsilon at random steps, partners that change under you);
+``anticipatory-known-reward`` (simple_spread only: the
 planner scoring imagined states by the env's true reward instead of the world model's
 reward head, a diagnostic); ``offline-rl`` (the offline-RL peer a user would train on
 the same logs instead: :mod:`foresight.training.agents.offline_rl`). More come in through
@@ -144,8 +148,10 @@ class RandomController:
 class GreedyController:
     """The reactive scripted policy: each agent reads its own observation only."""
 
+    policy_name = "greedy"
+
     def __init__(self, env: str) -> None:
-        self.policy = make_policy("greedy", env)
+        self.policy = make_policy(self.policy_name, env)
         if not isinstance(self.policy, GreedyPolicy):
             raise TypeError(f"greedy policy expected for {env}, got {type(self.policy).__name__}")
 
@@ -159,6 +165,13 @@ class GreedyController:
             n = ids.index(a)
             out[a] = int(self.policy.act(a, np.asarray(last[n][: sizes.get(a, len(last[n]))])))
         return out
+
+
+class SwitchingController(GreedyController):
+    """Scripted partners that change: the ``switching`` policy (default hazard), each agent
+    redrawing its rule and epsilon at random steps from this controller's episode stream."""
+
+    policy_name = "switching"
 
 
 class BehaviorCloningController:
@@ -238,6 +251,7 @@ DEFAULT_FACTORIES: dict[str, ControllerFactory] = {
     "bc": _bc,
     "anticipatory": _anticipatory,
     "scripted-anticipation": lambda env, models: ScriptedAnticipation(env),
+    "switching": lambda env, models: SwitchingController(env),
     "anticipatory-known-reward": _anticipatory_known_reward,
     "offline-rl": _offline_rl,
 }
@@ -271,6 +285,22 @@ def team_roster(team: str, agents: Sequence[str]) -> dict[str, str]:
     """Agent -> controller name for a team name (``greedy``, ``anticipatory+greedy``)."""
     names = team.split("+")
     return {a: names[min(i, len(names) - 1)] for i, a in enumerate(agents)}
+
+
+def with_partners(team: str, partners: str | None) -> str:
+    """The team that puts ``team``'s controller on the first agent among ``partners``.
+
+    ``with_partners("anticipatory", "switching") == "anticipatory+switching"``; no partners
+    leaves the team as it is. A team that already names its partners (``a+b``) is refused.
+    """
+    if not partners:
+        return team
+    if "+" in team:
+        raise ValueError(
+            f"team {team!r} already names its partners; with partners {partners!r} give one "
+            "controller per team (it drives the first agent)"
+        )
+    return f"{team}+{partners}"
 
 
 def ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -400,8 +430,12 @@ def run_arena(
     out_dir: str | Path | None = None,
     history_steps: int = 32,
     progress: bool = False,
+    partners: str | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with each team in ``controllers``.
+
+    ``partners`` (e.g. ``"switching"``): each team is one controller driving the first
+    agent, the others driven by ``partners`` (teams are named ``team+partners``).
 
     Returns ``{"env", "episodes", "seed", "controllers": {team: {"mean_return", "ci95":
     (low, high), "std", "episodes", "returns", "decisions_per_s", "seconds"}}, "gap":
@@ -414,6 +448,7 @@ def run_arena(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not controllers:
         raise ValueError("no controllers to compare")
+    controllers = [with_partners(team, partners) for team in controllers]
     all_factories = {**DEFAULT_FACTORIES, **(factories or {})}
     for team in controllers:
         for part in team.split("+"):
@@ -475,6 +510,7 @@ def run_arena(
         "env": name,
         "episodes": episodes,
         "seed": seed,
+        "partners": partners,
         "max_cycles": max_cycles,
         "controllers": results,
         "gap": _gap(results),

@@ -334,8 +334,12 @@ def run_arena_registered(
     factories: dict[str, Any] | None = None,
     progress: bool = False,
     offline_rl_ref: str | None = "offline-rl",
+    partners: str | None = None,
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
+
+    ``partners`` (e.g. ``"switching"``) drives every agent but each team's first (see
+    :func:`~foresight.training.agents.arena.run_arena`).
 
     Models are loaded only when a controller needs them (``bc``, ``anticipatory``;
     ``offline-rl`` loads ``offline_rl_ref``, by default the latest offline-rl version).
@@ -344,7 +348,8 @@ def run_arena_registered(
     from foresight.training.agents.arena import run_arena, write_arena_report
 
     store = store or Store.from_env()
-    parts = {p for team in controllers for p in team.split("+")} - set(factories or {})
+    teams = [*controllers, *([partners] if partners else [])]
+    parts = {p for team in teams for p in team.split("+")} - set(factories or {})
     needs_models = bool(parts & {"bc", "anticipatory", "anticipatory-known-reward"})
     world = behavior = world_card = behavior_card = None
     refs: dict[str, str] = {}
@@ -375,6 +380,7 @@ def run_arena_registered(
         offline_rl=offline_rl,
         factories=factories,
         progress=progress,
+        partners=partners,
     )
     result["files"] = _write_to_store(store, rel, lambda out: write_arena_report(result, out))
     result["models"] = refs
