@@ -17,6 +17,9 @@ from foresight.datasets import DatasetTable, ingest_logs, open_dataset
 from foresight.datasets.catalog import META_KEY
 from tests.datasets.helpers import episode_rows, write_jsonl
 
+# real concurrent processes, servers or faults, several rounds: the whole suite runs them
+pytestmark = pytest.mark.slow
+
 PROCESSES = 3
 ROUNDS = 3
 

@@ -22,6 +22,9 @@ import pytest
 
 from foresight.datasets.s3server import S3Server
 
+# real concurrent processes, servers or faults, several rounds: the whole suite runs them
+pytestmark = pytest.mark.slow
+
 # Far above what the configured bounds allow (a few seconds), far below the minutes an
 # unbounded client waits on a silent server.
 SAFETY_NET_S = 120

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from foresight.datasets import open_dataset
 from foresight.pipelines.assets import trajectory_dataset
@@ -201,6 +202,7 @@ def _materialize_ingest(root: str, env: dict, uri: str, out: str, start) -> None
     Path(out).write_text(json.dumps({k: v.value for k, v in meta.items()}, default=str))
 
 
+@pytest.mark.slow
 def test_concurrent_dagster_runs_into_one_dataset_keep_keys_unique(store, tmp_path):
     """Three Dagster runs at once (spawned processes, no run queue in between), files with
     overlapping episode ids: the lease makes them end as a serial order would."""

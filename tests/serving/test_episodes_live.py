@@ -23,6 +23,9 @@ from tests.serving.helpers import free_port, served_store
 
 from .test_episodes import episode
 
+# real concurrent processes, servers or faults, several rounds: the whole suite runs them
+pytestmark = pytest.mark.slow
+
 KEY = "episodes-key"
 
 

@@ -26,6 +26,9 @@ from tests.serving.helpers import free_port, register_pair, served_store
 
 from .test_service import AGENTS, history, past
 
+# real concurrent processes, servers or faults, several rounds: the whole suite runs them
+pytestmark = pytest.mark.slow
+
 KEY = "hostile-key"
 ATTACKER = "127.0.0.2"
 BODY_TIMEOUT_S = 3

@@ -19,6 +19,9 @@ import torch
 from foresight.datasets.storage import Store
 from foresight.training.registry import ModelRegistry
 
+# real concurrent processes, servers or faults, several rounds: the whole suite runs them
+pytestmark = pytest.mark.slow
+
 WORKERS = 4
 ROUNDS = 3
 
