@@ -10,7 +10,8 @@ world model with the default config on the switching logs (``TrainConfig`` defau
 driven by each controller and the other two by the ``switching`` policy: greedy, random,
 scripted anticipation, the planner with the switching-trained behavior model, and the
 planner with the mixed-trained one (a model that ignores switches). Prints and writes
-``OUT/switching-arena.json``: mean team return and 95% interval per team, same seeds.
+``OUT/switching-arena.json``: mean team return and 95% interval per team, same seeds, and
+95% intervals of the paired per-episode differences.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.end_to_end import load_dataset  # noqa: E402
-from foresight.training.agents.arena import run_arena  # noqa: E402
+from foresight.training.agents.arena import ci95, run_arena  # noqa: E402
 from foresight.training.loop.train import TrainConfig, train  # noqa: E402
 
 
@@ -77,6 +79,14 @@ def main() -> None:
     teams["anticipatory (mixed-trained behavior)+switching"] = ignoring["controllers"][
         "anticipatory+switching"
     ]
+    paired = {}  # same start states and partner draws: per-episode differences
+    for a, b in (
+        ("anticipatory+switching", "greedy+switching"),
+        ("anticipatory+switching", "anticipatory (mixed-trained behavior)+switching"),
+        ("scripted-anticipation+switching", "greedy+switching"),
+    ):
+        diff = np.subtract(teams[a]["returns"], teams[b]["returns"])
+        paired[f"{a} - {b}"] = {"mean": float(diff.mean()), "ci95": ci95(diff)}
     result = {
         "episodes": args.episodes,
         "seed": args.seed,
@@ -87,12 +97,15 @@ def main() -> None:
             t: {"mean_return": r["mean_return"], "ci95": r["ci95"], "returns": r["returns"]}
             for t, r in teams.items()
         },
+        "paired": paired,
     }
     (out / "switching-arena.json").write_text(json.dumps(result, indent=1))
     for t, r in teams.items():
         lo, hi = r["ci95"]
         print(f"{t:50s} {r['mean_return']:8.2f}  [{lo:.2f}, {hi:.2f}]")
-    print({k: v for k, v in result.items() if k != "teams"})
+    for name, d in paired.items():
+        print(f"{name}: {d['mean']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]")
+    print({k: v for k, v in result.items() if k not in ("teams", "paired")})
 
 
 if __name__ == "__main__":
