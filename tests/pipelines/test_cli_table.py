@@ -52,7 +52,7 @@ def template(tmp_path_factory) -> Path:
     registry = ModelRegistry(store)
     tensors, mv = registry.load("world@1")
     for _ in range(2):  # world@2 and world@3: the same weights, so every version loads
-        registry.register("world", tensors, dict(mv.card))
+        registry.register("world", tensors, mv.card)
     registry.promote("world@2", "production")
     registry.promote("world@3", "production")
     shutil.copytree(base / "logs", base / "store-logs")

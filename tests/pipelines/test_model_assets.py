@@ -78,8 +78,8 @@ def test_a_model_that_fails_its_check_is_never_promoted(spread):
     assert not result.success
     checks = {e.asset_key.path[0]: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["behavior_model"] is False
-    gate = registry.resolve("behavior@1").card["quality_gate"]
-    assert not gate["passed"] and any("does not beat marginal" in f for f in gate["failures"])
+    gate = registry.resolve("behavior@1").card.quality_gate
+    assert not gate.passed and any("does not beat marginal" in f for f in gate.failures)
 
 
 @pytest.mark.slow
@@ -91,10 +91,10 @@ def test_the_world_model_is_evaluated_with_the_same_runs_behavior_model(spread, 
         assert materialize(spread).success
     registry = ModelRegistry(spread)
     assert registry.aliases("behavior")["staging"] == 2
-    assert registry.resolve("world@1").card["behavior_model_for_imagination"] == "behavior@1"
-    assert registry.resolve("world@2").card["behavior_model_for_imagination"] == "behavior@2"
+    assert registry.resolve("world@1").card.behavior_model_for_imagination == "behavior@1"
+    assert registry.resolve("world@2").card.behavior_model_for_imagination == "behavior@2"
     # The asset's evaluation settings reach the evaluation.
-    assert registry.resolve("world@2").card["evaluation"]["n_samples"] == TINY["eval_samples"]
+    assert registry.resolve("world@2").card.evaluation["n_samples"] == TINY["eval_samples"]
 
 
 ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
@@ -131,12 +131,12 @@ def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     assert registry.aliases("behavior").get("staging") == 1
     world, behavior = registry.resolve("world@1"), registry.resolve("behavior@1")
     for mv in (world, behavior):  # lineage down to the dataset version, same metric names
-        assert mv.card["dataset"]["resolved"] == "spread@0"
-        for baseline in mv.card["baselines"].values():
-            assert set(baseline) <= set(mv.card["metrics"])
-    assert set(behavior.card["baselines"]) == {"marginal", "repeat_last", "context1"}
-    assert {"persistence", "linear"} <= set(world.card["baselines"])
-    assert world.card["behavior_model_for_imagination"] == "behavior@1"
+        assert mv.card.dataset.resolved == "spread@0"
+        for baseline in mv.card.baselines.values():
+            assert set(baseline) <= set(mv.card.metrics)
+    assert set(behavior.card.baselines) == {"marginal", "repeat_last", "context1"}
+    assert {"persistence", "linear"} <= set(world.card.baselines)
+    assert world.card.behavior_model_for_imagination == "behavior@1"
     checks = {e.asset_key.path[0]: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"behavior_model": True, "world_model": True, "closed_loop_evaluation": wins}
     meta = result.asset_materializations_for_node("closed_loop_evaluation")[0].metadata
@@ -150,3 +150,21 @@ def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     else:
         assert not result.success
         assert "production" not in registry.aliases("world")
+
+
+def test_each_family_of_the_table_has_its_model_asset():
+    from foresight.pipelines.model_assets import MODEL_ASSETS, asset_name
+    from foresight.training.families import FAMILIES
+
+    assert set(MODEL_ASSETS) == set(FAMILIES)
+    for kind, fam in FAMILIES.items():
+        asset = MODEL_ASSETS[kind]
+        assert asset.key == dg.AssetKey(asset_name(kind))
+        inputs = {k.path[0] for k in asset.keys_by_input_name.values()}
+        expected = {"trajectory_dataset"} | (
+            {asset_name(fam.imagines_with)} if fam.imagines_with else set()
+        )
+        assert inputs == expected, kind
+    assert MODEL_ASSETS["world"].keys_by_input_name["behavior_model"] == dg.AssetKey(
+        "behavior_model"
+    )

@@ -28,13 +28,13 @@ from foresight.training.models.world_model import WorldModelConfig
 REPO = Path(__file__).resolve().parents[2]
 TINY_WORLD = WorldModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_ratio=2)
 TINY_BEHAVIOR = BehaviorModelConfig(d_model=16, context=4, expert_width=32)
+TINY = {"world": TINY_WORLD, "behavior": TINY_BEHAVIOR}
 FAST = TrainConfig(epochs=2, batch_size=64, seed=7, patience=10)
 
 
 def _run(kind, tiny, workdir, config=FAST):
     frame, spec = tiny
-    model_config = TINY_WORLD if kind == "world" else TINY_BEHAVIOR
-    return train(kind, frame, spec, config, model_config, workdir=workdir, progress=False)
+    return train(kind, frame, spec, config, TINY[kind], workdir=workdir, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["world", "behavior"])
