@@ -53,7 +53,8 @@ def main() -> None:
     from foresight.datasets.sources.generate import generate_episodes
     from foresight.datasets.storage import Store
     from foresight.pipelines.cli import flywheel_text
-    from foresight.pipelines.flywheel import FlywheelConfig, local_instance, run_flywheel
+    from foresight.pipelines.flywheel import FlywheelConfig, run_flywheel
+    from foresight.pipelines.jobs import local_instance
     from foresight.training.loop.train import TrainConfig
     from foresight.training.loop.workflow import train_and_register
     from foresight.training.registry import ModelRegistry
@@ -120,12 +121,11 @@ def broken(args: argparse.Namespace) -> None:
     from foresight.datasets.storage import Store
     from foresight.pipelines.flywheel import (
         FlywheelConfig,
-        local_instance,
-        pipeline_jobs,
         production,
         store_resource,
         train_run_config,
     )
+    from foresight.pipelines.jobs import local_instance, pipeline_jobs
 
     store = Store(str(out / "store"))
     rng = random.Random(args.seed)

@@ -710,7 +710,8 @@ def flywheel_text(d: dict) -> str:
 
 
 def cmd_flywheel(args: argparse.Namespace) -> None:
-    from foresight.pipelines.flywheel import FlywheelConfig, local_instance, run_flywheel
+    from foresight.pipelines.flywheel import FlywheelConfig, run_flywheel
+    from foresight.pipelines.jobs import local_instance
 
     store = _store(args)
     config = FlywheelConfig(

@@ -6,18 +6,9 @@ import os
 
 import dagster as dg
 
-from foresight.pipelines.assets import ingest_job, trajectory_dataset
 from foresight.pipelines.flywheel import flywheel_job
-from foresight.pipelines.model_assets import (
-    behavior_model,
-    closed_loop_evaluation,
-    production_models,
-    retrain_schedule,
-    staging_models,
-    train_job,
-    world_model,
-)
-from foresight.pipelines.promotion import not_worse_than_production
+from foresight.pipelines.jobs import ASSET_CHECKS, ASSETS, JOBS
+from foresight.pipelines.model_assets import retrain_schedule
 from foresight.pipelines.resources import ForesightStore
 from foresight.pipelines.sensors import landing_sensor, retrain_sensor
 
@@ -37,16 +28,9 @@ def store_settings() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[
-        trajectory_dataset,
-        behavior_model,
-        world_model,
-        staging_models,
-        closed_loop_evaluation,
-        production_models,
-    ],
-    asset_checks=[not_worse_than_production],
-    jobs=[ingest_job, train_job, flywheel_job],
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=[*JOBS, flywheel_job],
     sensors=[landing_sensor, retrain_sensor],
     schedules=[retrain_schedule],
     resources={"foresight_store": ForesightStore(**store_settings())},

@@ -12,7 +12,6 @@ adds nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -21,29 +20,13 @@ DEMO_EPOCHS = {"behavior": 6, "world": 25}
 """Epochs of the demo's training runs (early stopping may end them sooner)."""
 DEMO_MODELS = {"behavior": None, "world": {"reward_weight": 10.0}}
 """Model configs: the default sizes, with a heavier reward loss for the world model so that
-its predicted returns are good enough to plan with. (A 64-wide world model trains in half
-the time but, after 25 epochs on the demo data, failed its gate against the linear
-baseline: MSE 0.00424 vs 0.00404, and its planner scored -39.7 against -33.9 here.)"""
+its predicted returns are good enough to plan with (a 64-wide world model trains in half the
+time but fails its gate against the linear baseline; BENCHMARKS.md has the numbers)."""
 DEMO_ARENA_EPISODES = 40
 
 
 def _banner(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def dagster_instance(store_root: str):
-    """A persistent local Dagster instance under the store folder (SQLite)."""
-    import dagster as dg
-
-    if not os.environ.get("DAGSTER_HOME"):
-        base = store_root if not store_root.startswith("s3://") else ".foresight"
-        home = Path(base) / "dagster"
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = str(home.resolve())
-    return dg.DagsterInstance.get()
 
 
 def run(
@@ -63,6 +46,7 @@ def run(
     from foresight.datasets.storage import Store
     from foresight.pipelines.cli import _show_text, _table
     from foresight.pipelines.definitions import defs
+    from foresight.pipelines.jobs import local_instance
     from foresight.pipelines.sensors import landing_sensor
 
     store = Store()
@@ -81,7 +65,7 @@ def run(
         print(f"wrote {gen.rows} rows in {len(gen.files)} files to {landing} ({gen.seconds:.1f}s)")
 
     _banner("2. landing sensor -> ingest job (Dagster, in process)")
-    instance = dagster_instance(store.root)
+    instance = local_instance(store)
     context = dg.build_sensor_context(
         instance=instance, resources={"foresight_store": defs.resources["foresight_store"]}
     )

@@ -26,6 +26,7 @@ import dagster as dg
 
 from foresight.datasets.catalog import NAME_RE, DatasetTable
 from foresight.datasets.storage import Store
+from foresight.pipelines.jobs import pipeline_jobs
 from foresight.pipelines.promotion import CHECK as PRODUCTION_CHECK
 from foresight.pipelines.resources import ForesightStore
 from foresight.pipelines.sensors import new_landing_files
@@ -96,20 +97,6 @@ def _service_env(store: Store) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
         }
     return env
-
-
-def local_instance(store: Store) -> dg.DagsterInstance:
-    """The persistent local Dagster instance (SQLite): ``$DAGSTER_HOME``, else
-    ``<store>/dagster`` (``.foresight/dagster`` for an S3 store), as ``make demo`` uses."""
-    if not os.environ.get("DAGSTER_HOME"):
-        home = os.path.join(".foresight" if store.is_s3 else store.root, "dagster")
-        os.makedirs(home, exist_ok=True)
-        config = os.path.join(home, "dagster.yaml")
-        if not os.path.exists(config):
-            with open(config, "w") as f:
-                f.write("telemetry:\n  enabled: false\n")
-        os.environ["DAGSTER_HOME"] = os.path.abspath(home)
-    return dg.DagsterInstance.get()
 
 
 def production(store: Store) -> dict[str, str]:
@@ -183,23 +170,6 @@ def _arena(config: FlywheelConfig, store: Store, client: ForesightClient, seed: 
 
 def _served(client: ForesightClient) -> dict[str, str]:
     return {m.role: m.version for m in client.models().models}
-
-
-def pipeline_jobs(resources: dict[str, Any]) -> dg.Definitions:
-    """``ingest_job`` and ``train_job`` with every asset and check they run, resolvable
-    (``definitions.defs`` holds the same, with the sensors and this module's job)."""
-    from foresight.pipelines import model_assets as m
-    from foresight.pipelines.assets import ingest_job, trajectory_dataset
-    from foresight.pipelines.promotion import not_worse_than_production
-
-    assets = [trajectory_dataset, m.behavior_model, m.world_model, m.staging_models]
-    assets += [m.closed_loop_evaluation, m.production_models]
-    return dg.Definitions(
-        assets=assets,
-        asset_checks=[not_worse_than_production],
-        jobs=[ingest_job, m.train_job],
-        resources=resources,
-    )
 
 
 def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
