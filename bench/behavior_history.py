@@ -24,10 +24,10 @@ from pathlib import Path
 # Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import behavior_targets, load_dataset  # noqa: E402
-from foresight.training.evaluation.evaluate import evaluate  # noqa: E402
-from foresight.training.loop.train import TrainConfig, train  # noqa: E402
-from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
+from bench.end_to_end import behavior_targets, load_dataset
+from foresight.training.evaluation.evaluate import evaluate
+from foresight.training.loop.train import TrainConfig, train
+from foresight.training.models.behavior_model import BehaviorModelConfig
 
 
 def parse_variant(text: str) -> dict[str, object]:

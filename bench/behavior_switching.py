@@ -45,12 +45,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import load_dataset  # noqa: E402
-from foresight.datasets.sources.generate import generate_episodes  # noqa: E402
-from foresight.datasets.sources.policies import SpreadController, parse_policy_id  # noqa: E402
-from foresight.training.data import build_tensors, gather_targets, gather_window  # noqa: E402
-from foresight.training.loop.train import TrainConfig, train  # noqa: E402
-from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
+from bench.end_to_end import load_dataset
+from foresight.datasets.sources.generate import generate_episodes
+from foresight.datasets.sources.policies import SpreadController, parse_policy_id
+from foresight.training.data import build_tensors, gather_targets, gather_window
+from foresight.training.loop.train import TrainConfig, train
+from foresight.training.models.behavior_model import BehaviorModelConfig
 
 MODELS = {
     "mixed": ("mixed", {}),

@@ -16,8 +16,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from foresight.training.data import build_tensors  # noqa: E402
-from tests.training.conftest import make_frame  # noqa: E402
+from foresight.training.data import build_tensors
+from tests.training.conftest import make_frame
 
 
 def main() -> None:

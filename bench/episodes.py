@@ -95,7 +95,7 @@ def live(seconds: float) -> dict:
     os.environ["FORESIGHT_STORE"] = store.root
     extra = {"FORESIGHT_EPISODES_FLUSH_SECONDS": "5"}
     res: dict = {}
-    with ServerProcess(free_port(), tmp / "serve.log", reload_seconds=0, extra=extra) as srv:
+    with ServerProcess(free_port(), tmp / "serve.log", reload_seconds=0, extra=extra) as srv:  # noqa: SIM117
         with httpx.Client(base_url=srv.url, timeout=60) as http:
             count = 0
 

@@ -29,18 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from foresight.datasets import Store, ingest_logs  # noqa: E402
-from foresight.datasets.sources.generate import generate_episodes  # noqa: E402
-from foresight.training.agents.arena import run_arena  # noqa: E402
-from foresight.training.agents.planning import Planner, PlannerConfig, history_from_episode  # noqa: E402
-from foresight.training.loop.train import TrainConfig  # noqa: E402
-from foresight.training.loop.workflow import train_and_register  # noqa: E402
-from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
-from foresight.training.models.world_model import WorldModelConfig  # noqa: E402
-from foresight.training.registry import (  # noqa: E402
+from foresight.datasets import Store, ingest_logs
+from foresight.datasets.sources.generate import generate_episodes
+from foresight.training.agents.arena import run_arena
+from foresight.training.agents.planning import Planner, PlannerConfig, history_from_episode
+from foresight.training.loop.train import TrainConfig
+from foresight.training.loop.workflow import train_and_register
+from foresight.training.models.behavior_model import BehaviorModelConfig
+from foresight.training.models.world_model import WorldModelConfig
+from foresight.training.registry import (
     ModelRegistry,
     RegistryError,
-    load_registered,  # noqa: E402
+    load_registered,
 )
 
 ENVS = {

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.plan_latency import load_baseline  # noqa: E402
-from foresight.datasets import Store  # noqa: E402
-from foresight.training.agents import planning  # noqa: E402
-from foresight.training.agents.arena import AnticipatoryController, run_arena  # noqa: E402
-from foresight.training.registry import load_registered  # noqa: E402
+from bench.plan_latency import load_baseline
+from foresight.datasets import Store
+from foresight.training.agents import planning
+from foresight.training.agents.arena import AnticipatoryController, run_arena
+from foresight.training.registry import load_registered
 
 
 def ci95(x: np.ndarray) -> tuple[float, float, float]:

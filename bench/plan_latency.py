@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from foresight.datasets.schema import ActionSpec, DatasetSpec  # noqa: E402
-from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig  # noqa: E402
-from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig  # noqa: E402
-from foresight.training.models.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import WorldModel, WorldModelConfig
 
 
 def spread_spec(n_agents: int) -> DatasetSpec:

@@ -44,9 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from foresight.training.models.behavior_model import BehaviorModelConfig  # noqa: E402
+from foresight.training.models.behavior_model import BehaviorModelConfig
 
 CONCURRENCY = (1, 16, 64, 1)  # the second 1: right after the burst of 64
 CELL_LABELS = ("1", "16", "64", "1 after")
@@ -85,7 +85,7 @@ def payloads(agents: list[str]) -> dict[str, tuple[str, dict]]:
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 class Connection:
@@ -494,7 +494,7 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
                     f"{cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['non_200']} "
                     f"({cell['n_503']}) | {_ms(cell.get('cpu_ms'))} |"
                 )
-    lines += ["", "## Against the targets", ""] + targets(floors, res)
+    lines += ["", "## Against the targets", "", *targets(floors, res)]
     if has_before:
         lines += targets(floors, res, "before")
     return "\n".join(lines) + "\n"

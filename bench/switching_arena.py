@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import load_dataset  # noqa: E402
-from foresight.training.agents.arena import ci95, run_arena  # noqa: E402
-from foresight.training.loop.train import TrainConfig, train  # noqa: E402
+from bench.end_to_end import load_dataset
+from foresight.training.agents.arena import ci95, run_arena
+from foresight.training.loop.train import TrainConfig, train
 
 
 def main() -> None:

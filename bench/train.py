@@ -19,8 +19,8 @@ from pathlib import Path
 # Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import benchmark_parser, measure_training  # noqa: E402
-from foresight.training.loop.train import TrainConfig  # noqa: E402
+from bench.end_to_end import benchmark_parser, measure_training
+from foresight.training.loop.train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 # Run as ``python bench/<script>.py``: the repository root on the path makes ``bench.*`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import load_dataset, world_targets  # noqa: E402
-from foresight.training.evaluation.evaluate import evaluate  # noqa: E402
-from foresight.training.loop.train import TrainConfig, train  # noqa: E402
+from bench.end_to_end import load_dataset, world_targets
+from foresight.training.evaluation.evaluate import evaluate
+from foresight.training.loop.train import TrainConfig, train
 
 HEADLINE = ("mse", "rollout_mse_10", "coverage_90", "nll")
 

@@ -11,6 +11,7 @@ over by compare-and-swap: a crashed holder cannot keep it forever. Release marks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -117,10 +118,9 @@ class Lease:
                 now = time.monotonic()
                 if seen is None or seen[0] != token:
                     seen = (token, now)
-                elif now - seen[1] > float(data.get("ttl") or self.ttl):
-                    if self._claim(token):  # unchanged for a whole ttl: the holder is gone
-                        self.took_over = data
-                        break
+                elif now - seen[1] > float(data.get("ttl") or self.ttl) and self._claim(token):
+                    self.took_over = data  # unchanged for a whole ttl: the holder is gone
+                    break
                 if now - start > self.wait:
                     raise LeaseBusy(
                         f"{self.uri} is held by {data.get('host')} pid {data.get('pid')} and "
@@ -161,10 +161,9 @@ class Lease:
             token, self._token = self._token, None
             if self.lost or token is None:
                 return
-            try:
+            # an unreachable store: the lease lapses after its ttl instead
+            with contextlib.suppress(Exception):
                 self.store.fs.write_if(self.uri, self._body(free=True), token)
-            except Exception:  # unreachable store: the lease lapses after its ttl instead
-                pass
 
     def __enter__(self) -> Lease:
         return self.acquire()

@@ -303,7 +303,7 @@ class FileSystem:
     def open_read(self, uri: str) -> BinaryIO:
         """A readable binary stream (streamed from S3, not loaded whole)."""
         if not is_s3(uri):
-            return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+            return open(uri, "rb")
         bucket, key = split_s3(uri)
         response = self._call(uri, self._client.get_object, bucket_name=bucket, object_name=key)
         return _S3Stream(response)

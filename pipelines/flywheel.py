@@ -15,6 +15,7 @@ the local instance under the store), so the UI shows every run, check and its nu
 (No ``from __future__ import annotations``: Dagster reads these annotations at import.)
 """
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -225,10 +226,8 @@ def _retrain(config: FlywheelConfig, store: Store, ref: str, instance, resources
     candidates = {}
     for kind in ("world", "behavior"):
         node = f"{kind}_model"
-        try:
+        with contextlib.suppress(Exception):  # the step failed before registering
             candidates[kind] = run.output_for_node(node)
-        except Exception:  # the step failed before registering
-            pass
     after = production(store)
     return {
         "run_id": run.run_id,

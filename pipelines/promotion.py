@@ -12,6 +12,7 @@ the Dagster UI shows.
 (No ``from __future__ import annotations``: Dagster reads these annotations at import.)
 """
 
+import contextlib
 import math
 from typing import Any
 
@@ -48,10 +49,8 @@ def compare_with_production(
     refs: dict[str, dict[str, str]] = {"candidate": {}, "production": {}}
     for side, alias in (("candidate", candidate), ("production", "production")):
         for kind in ("world", "behavior"):
-            try:
+            with contextlib.suppress(RegistryError):
                 refs[side][kind] = registry.resolve(f"{kind}@{alias}").ref
-            except RegistryError:
-                pass
     if len(refs["candidate"]) < 2:
         return {"passed": False, "failures": [f"no world and behavior models at @{candidate}"]}
     if len(refs["production"]) < 2:

@@ -60,6 +60,8 @@ class Batcher(Generic[Q, A]):
         self._queue: deque[tuple[Sequence[Q], asyncio.Future, float]] = deque()
         self._busy = False
         """A drain task is running batches."""
+        self._drainer: asyncio.Task | None = None
+        """That task, held so it is not collected while it runs."""
         self.batches = 0
         """Batches run so far (tests and benchmarks read it)."""
         self.queries = 0
@@ -70,7 +72,7 @@ class Batcher(Generic[Q, A]):
         self._queue.append((queries, future, time.monotonic()))
         if not self._busy:
             self._busy = True
-            asyncio.create_task(self._drain())
+            self._drainer = asyncio.create_task(self._drain())
         return await future
 
     def _take(self) -> list[tuple[Sequence[Q], asyncio.Future]]:

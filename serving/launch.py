@@ -12,6 +12,7 @@ returns once the server is gone and its port closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,10 +126,8 @@ def _group_alive(pgid: int) -> bool:
 def stop_group(child: subprocess.Popen, sig: int, grace: float = 15.0) -> int:
     """Send ``sig`` to the child's process group, wait for the group to go (SIGKILL after
     ``grace`` seconds); the child's exit code."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, sig)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + grace
     try:
         code = child.wait(timeout=grace)
@@ -137,10 +136,8 @@ def stop_group(child: subprocess.Popen, sig: int, grace: float = 15.0) -> int:
     while _group_alive(child.pid) and time.monotonic() < deadline:
         time.sleep(0.05)  # workers exit after their arbiter
     if code is None or _group_alive(child.pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         code = child.wait() if code is None else code
     return code
 
@@ -221,7 +218,7 @@ class ServerProcess:
 
         if self.env.get(SOURCE_ENV, "registry") == "registry":
             check_models({role: self.env[ENV_REFS[role]] for role in ROLES})
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (the child writes it; closed in stop)
         self.process = subprocess.Popen(
             serve_command(self.host, self.port),
             env=self.env,

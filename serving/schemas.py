@@ -232,7 +232,7 @@ def _check_action(where: str, action: Any, sig: ModelSignature | None) -> None:
 def _all_discrete(actions: list[Any], n_actions: int) -> bool:
     """Every action an int in 0..n_actions-1 (the parsed types are int or list only)."""
     return not actions or (
-        all(type(a) is int for a in actions) and 0 <= min(actions) and max(actions) < n_actions
+        all(type(a) is int for a in actions) and min(actions) >= 0 and max(actions) < n_actions
     )
 
 

@@ -333,7 +333,7 @@ def split_episodes(
     ids = sorted(set(episode_ids))
     if not ids:
         raise ValueError("cannot split an empty list of episodes")
-    n_val = int(round(val_fraction * len(ids)))
+    n_val = round(val_fraction * len(ids))
     if val_fraction > 0:
         if len(ids) < 2:
             raise ValueError(

@@ -26,10 +26,10 @@ from foresight.datasets.sources.simple_spread import SpreadController
 from foresight.datasets.sources.simulators import CONTROLLERS, SUPPORTED_ENVS, resolve_env_name
 
 __all__ = [
+    "DEFAULT_HAZARD",
     "POLICY_NAMES",
     "SUPPORTED_ENVS",
     "Action",
-    "DEFAULT_HAZARD",
     "Controller",
     "GreedyPolicy",
     "MixedPolicy",
@@ -214,9 +214,9 @@ class SwitchingPolicy(MixedPolicy):
 
     def act(self, agent: str, obs: np.ndarray) -> int:
         step = self._steps.get(agent, 0)
-        if agent not in self._plans:
-            self._add(agent)
-        elif step > 0 and self.hazard > 0 and self._rng.random() < self.hazard:
+        if agent not in self._plans or (
+            step > 0 and self.hazard > 0 and self._rng.random() < self.hazard
+        ):
             self._add(agent)
         action = super().act(agent, obs)
         self._steps[agent] = step + 1

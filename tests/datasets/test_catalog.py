@@ -79,10 +79,10 @@ def test_versions_show_diff_tag_export(two_versions, tmp_path, capsys):
 
 
 def test_show_counts_quarantine_of_that_version(store, tmp_path):
-    rows = episodes(2) + [dict(episode_rows("x")[0], action=99)]
+    rows = [*episodes(2), dict(episode_rows("x")[0], action=99)]
     write_jsonl(tmp_path / "a.jsonl", rows)
     ingest_logs([str(tmp_path / "a.jsonl")], "toy", store)
-    write_jsonl(tmp_path / "b.jsonl", episodes(1, prefix="b") + [{"episode_id": "oops"}])
+    write_jsonl(tmp_path / "b.jsonl", [*episodes(1, prefix="b"), {"episode_id": "oops"}])
     ingest_logs([str(tmp_path / "b.jsonl")], "toy", store)
     assert dataset_stats("toy@0", store)["quarantined"] == 1
     assert dataset_stats("toy@1", store)["quarantined"] == 2

@@ -257,7 +257,7 @@ def test_ingest_waiting_on_a_live_holder_gives_up_with_a_clear_error(store, tmp_
             assert holder.is_alive()
             time.sleep(0.05)
         proc = _start_ingest(store, source, {"FORESIGHT_LEASE_WAIT": "3"})
-        out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=300)
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.join()

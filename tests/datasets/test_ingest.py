@@ -171,7 +171,7 @@ def test_reingesting_a_file_adds_nothing(store, tmp_path):
 def test_injected_failure_leaves_no_partial_version(store, tmp_path, monkeypatch, point):
     write_jsonl(tmp_path / "a.jsonl", episodes(2))
     ingest_logs([str(tmp_path / "a.jsonl")], "toy", store)
-    rows = episodes(3, prefix="b") + [{"episode_id": "junk"}]
+    rows = [*episodes(3, prefix="b"), {"episode_id": "junk"}]
     write_jsonl(tmp_path / "b.jsonl", rows)
     monkeypatch.setenv("FORESIGHT_FAULT", point)
     monkeypatch.setenv("FORESIGHT_SCRATCH", str(tmp_path / "scratch"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 from collections import defaultdict
@@ -275,9 +276,9 @@ def test_gzip_output_is_readable(tmp_path):
 
 
 def test_unknown_env_or_policy_names_the_choices(tmp_path):
-    with pytest.raises(ValueError, match="unknown env 'simple_nope'.*simple_spread.*simple_tag"):
+    with pytest.raises(ValueError, match=r"unknown env 'simple_nope'.*simple_spread.*simple_tag"):
         generate_episodes("simple_nope", 1, "greedy", str(tmp_path))
-    with pytest.raises(ValueError, match="unknown policy 'smart'.*random.*mixed"):
+    with pytest.raises(ValueError, match=r"unknown policy 'smart'.*random.*mixed"):
         generate_episodes("simple_spread", 1, "smart", str(tmp_path))
     with pytest.raises(ValueError, match="accepts: epsilon_range"):
         make_policy("mixed", "simple_spread", epsilon=0.1)
@@ -347,7 +348,7 @@ def test_switching_policy_redraws_within_an_episode_and_records_where(tmp_path):
     for rows in by_agent.values():
         rows.sort(key=lambda r: r["step"])
         assert parse_policy_id(rows[0]["policy_id"])[2] == 0
-        for prev, row in zip(rows, rows[1:], strict=False):
+        for prev, row in itertools.pairwise(rows):
             since = parse_policy_id(row["policy_id"])[2]
             # the style either goes on (same id) or begins at this very step
             assert row["policy_id"] == prev["policy_id"] or since == row["step"]

@@ -28,8 +28,8 @@ def test_the_cli_defaults_are_the_dataclass_defaults():
 
 
 def test_every_option_is_a_cli_flag_with_its_docstring():
-    train = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
-    by_dest = {a.dest: a for a in train._actions}  # noqa: SLF001
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
     for o in options(TrainConfig):
         assert o.name in by_dest, o.name
         assert by_dest[o.name].help.startswith(o.help.replace("%", "%%")), o.name

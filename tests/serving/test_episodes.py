@@ -182,7 +182,7 @@ BAD_EPISODES = [
     ("missing", _drop(3, "reward"), "episodes.0.3", "missing field(s): reward"),
     ("unknown field", _set(3, colour="red"), "episodes.0.3", "unknown field(s): colour"),
     ("gap", _gap, "episodes.0.0", "steps are not contiguous from 0"),
-    ("duplicate", lambda rows: rows + [dict(rows[0])], "episodes.0.9", "duplicate row"),
+    ("duplicate", lambda rows: [*rows, dict(rows[0])], "episodes.0.9", "duplicate row"),
     ("two ids", _set(6, episode_id="other"), "episodes.0.6", "each list holds one episode"),
     ("not ended", lambda rows: rows[:6], "episodes.0.5", "has not ended"),
 ]

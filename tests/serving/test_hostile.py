@@ -8,6 +8,7 @@ clients from 127.0.0.1, as two hosts would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -161,10 +162,8 @@ def foresight_serve(store: Store, port: int, log) -> subprocess.Popen:
 def kill_tree(proc: psutil.Process) -> None:
     """Clean up what a failing test leaves behind (processes this test started)."""
     for p in [*proc.children(recursive=True), proc]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def port_open(port: int) -> bool:
@@ -199,15 +198,13 @@ def test_foresight_serve_stops_its_server_on_a_signal(store, tmp_path, sig):
         if cli.poll() is None:
             kill_tree(parent)
         for p in tree if "tree" in locals() else []:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 def test_foresight_serve_refuses_truncated_weights(tmp_path):
     store = Store(str(tmp_path / "store"))
-    world, behavior = register_pair(store)
+    _world, _behavior = register_pair(store)
     weights = tmp_path / "store" / "models" / "behavior" / "1" / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     port = free_port()
@@ -221,10 +218,10 @@ def test_foresight_serve_refuses_truncated_weights(tmp_path):
         start_new_session=True,
     )
     try:
-        out, err = cli.communicate(timeout=60)  # bounds the test: a restart loop never ends
+        _out, err = cli.communicate(timeout=60)  # bounds the test: a restart loop never ends
     except subprocess.TimeoutExpired:
         os.killpg(cli.pid, signal.SIGKILL)
-        out, err = cli.communicate()
+        _out, err = cli.communicate()
         pytest.fail(f"foresight serve did not stop on a truncated weights file:\n{err[-2000:]}")
     assert cli.returncode == 2, err
     lines = err.strip().splitlines()

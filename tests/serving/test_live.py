@@ -188,7 +188,7 @@ def test_unresolvable_reference_fails_before_the_server_starts(store, tmp_path, 
     spawned = []
     monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **kw: spawned.append(a))
     server = ServerProcess(free_port(), tmp_path / "log", world="world@nope")
-    with pytest.raises(ModelLoadError, match="world@nope.*does not resolve"):
+    with pytest.raises(ModelLoadError, match=r"world@nope.*does not resolve"):
         server.start()
     assert spawned == [] and server.process is None, "no child process was started"
     assert not (tmp_path / "log").exists()

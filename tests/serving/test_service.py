@@ -226,7 +226,7 @@ def test_reload_swaps_a_moved_alias_and_in_flight_requests_keep_their_models(tmp
 
 
 def test_unresolvable_or_wrong_kind_reference_fails_at_start(store):
-    with pytest.raises(ModelLoadError, match="world@staging.*does not resolve.*no alias"):
+    with pytest.raises(ModelLoadError, match=r"world@staging.*does not resolve.*no alias"):
         ModelHost({"world": "world@staging", "behavior": "behavior@production"}, store)
     with pytest.raises(ModelLoadError, match="a 'behavior' model"):
         ModelHost({"world": "behavior@1", "behavior": "behavior@production"}, store)

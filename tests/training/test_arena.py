@@ -97,7 +97,7 @@ def test_bad_requests():
         run_arena("simple_spread", 1, ["greedy+psychic"])
     with pytest.raises(ValueError, match="needs a world and a behavior model"):
         run_arena("simple_spread", 1, ["anticipatory"], max_cycles=2)
-    world, behavior = tiny_models("simple_tag")
+    _world, behavior = tiny_models("simple_tag")
     with pytest.raises(ValueError, match="does not fit"):
         run_arena("simple_spread", 1, ["bc"], behavior=behavior, max_cycles=2)
 

@@ -111,8 +111,18 @@ def test_a_team_that_names_its_partners_is_refused_with_partners():
 def test_cli_arena_partners_and_generate_hazard(tmp_path, capsys):
     store = str(tmp_path / "store")
     code = main(
-        ["--store", store, "arena", "--controllers", "random,greedy", "--partners", "switching"]
-        + ["--episodes", "3", "--json"]
+        [
+            "--store",
+            store,
+            "arena",
+            "--controllers",
+            "random,greedy",
+            "--partners",
+            "switching",
+            "--episodes",
+            "3",
+            "--json",
+        ]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)

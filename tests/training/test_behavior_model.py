@@ -81,7 +81,7 @@ def test_last_only_scan_equals_the_last_step_of_a_full_scan(tiny, kw):
     if state.evidence is not None:
         assert torch.allclose(last_state.evidence, state.evidence, atol=1e-5)
     # and from a carried state, as the planner steps it
-    head, mid = m.scan(x[:, :4], w._map(lambda v: v[:, :4]))
+    _head, mid = m.scan(x[:, :4], w._map(lambda v: v[:, :4]))
     tail, _ = m.scan(x[:, 4:], w._map(lambda v: v[:, 4:]), mid, last_only=True)
     assert torch.allclose(tail[:, 0], full[:, -1], atol=1e-5)
 

@@ -66,7 +66,7 @@ def test_two_gloo_processes_train_one_model(tmp_path):
     epochs = 3
     cmd = [sys.executable, "-m", "foresight.pipelines.cli", "train", "world", "--dataset", "spread"]
     cmd += ["--epochs", str(epochs), "--batch-size", "64", "--device", "cpu", "--nproc", "2"]
-    proc = subprocess.run(cmd + ["--json"], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*cmd, "--json"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)  # one JSON document: only rank 0 reports
     assert out["model"] == "world@1" and out["dataset"] == "spread@0"

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -78,8 +79,8 @@ def test_world_evaluation_has_the_same_metrics_for_model_and_baselines(trained, 
     assert result["meta"]["imagination_policy"] == "behavior model"
     paths = write_report(result, world.history, tmp_path)
     for key in ("learning_curves", "rollout_error", "imagined_trajectory"):
-        assert open(paths[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads(open(paths["json"]).read())
+        assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(Path(paths["json"]).read_text())
     assert saved["result"]["model"]["mse"] == pytest.approx(result["model"]["mse"])
 
 
@@ -101,7 +102,7 @@ def test_behavior_evaluation_includes_the_context1_model(trained, tmp_path):
     # marginal does not beat on held-out episodes
     assert result["model"]["nll"] < result["baselines"]["marginal"]["nll"] - 0.3, result
     paths = write_report(result, {"behavior": beh.history, "context1": ctx1.history}, tmp_path)
-    assert open(paths["behavior_nll"], "rb").read(4) == b"\x89PNG"
+    assert Path(paths["behavior_nll"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluation_rejects_bad_inputs(trained):
@@ -197,5 +198,7 @@ def test_continuous_actions_train_imagine_and_evaluate(tmp_path):
     )
     behavior = evaluate("behavior", beh.model, frame, spec, beh.val_episode_ids)
     assert set(behavior["model"]) == {"nll", "mse"} == set(behavior["baselines"]["marginal"])
-    saved = json.loads(open(write_report(result, world.history, tmp_path / "r")["json"]).read())
+    saved = json.loads(
+        Path(write_report(result, world.history, tmp_path / "r")["json"]).read_text()
+    )
     assert saved["result"]["model"]["rollout_mse_10"] is None

@@ -158,12 +158,12 @@ def test_resume_continues_where_the_checkpoint_left_off(tmp_path):
 def test_continuous_actions_are_refused_by_name():
     frame, spec = make_frame(episodes=2)
     spec = DatasetSpec(env="synthetic", agents=spec.agents, action=ActionSpec("continuous", dim=2))
-    with pytest.raises(ValueError, match="offline-rl needs discrete actions.*continuous"):
+    with pytest.raises(ValueError, match=r"offline-rl needs discrete actions.*continuous"):
         train_offline_rl(frame, spec, OfflineRLTrainConfig(steps=1))
 
 
 def test_an_agent_the_model_never_saw_is_refused():
-    frame, spec = make_frame(episodes=2, agents=2)
+    _frame, spec = make_frame(episodes=2, agents=2)
     model = tiny_network(spec)
     with pytest.raises(ValueError, match=r"knows agents \['agent_0', 'agent_1'\], not \['x'\]"):
         model.agent_index(["agent_0", "x"])
@@ -227,7 +227,7 @@ def test_a_dataset_with_continuous_actions_is_refused_before_training(tmp_path):
     frame.write_parquet(tmp_path / "c.parquet")
     store = Store(str(tmp_path / "store"))
     ingest_logs([str(tmp_path / "c.parquet")], "cont", store, spec=spec)
-    with pytest.raises(ValueError, match="offline-rl needs discrete actions"):
+    with pytest.raises(ValueError, match=r"offline-rl needs discrete actions"):
         train_and_register_offline_rl("cont", store, OfflineRLTrainConfig(steps=1))
     assert ModelRegistry(store).names() == []  # nothing registered
 
@@ -246,7 +246,7 @@ def test_the_arena_plays_the_offline_rl_team():
     assert set(mixed) == {"offline-rl", "greedy"}
     with pytest.raises(ValueError, match="needs a offline_rl model"):
         run_arena("simple_spread", 1, ["offline-rl"], max_cycles=2)
-    frame, spec = signal_frame(episodes=2)
+    _frame, spec = signal_frame(episodes=2)
     with pytest.raises(ValueError, match="offline-rl model does not fit this dataset"):
         run_arena("simple_spread", 1, ["offline-rl"], offline_rl=tiny_network(spec), max_cycles=2)
 

@@ -151,7 +151,7 @@ def test_bad_history_shapes_name_the_field():
 
 
 def test_models_from_different_datasets_are_refused_naming_both():
-    with pytest.raises(ValueError, match="world model.*behavior model"):
+    with pytest.raises(ValueError, match=r"world model.*behavior model"):
         Planner(*models(spec(4), spec(6)))
     with pytest.raises(ValueError, match="different datasets"):
         Planner(*models(spec(4, env="simple_spread_v3"), spec(4, env="simple_tag_v3")))

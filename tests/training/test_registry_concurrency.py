@@ -9,6 +9,7 @@ back; a deleted number is never given again.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -115,7 +116,7 @@ def test_concurrent_promotes_are_all_in_the_alias_log(store: Store):
     assert sorted((e["at"], e["from"], e["to"]) for e in log) == reported
     # The log is one chain of moves: each starts where the one before it ended.
     assert log[0]["from"] is None
-    assert all(a["to"] == b["from"] for a, b in zip(log, log[1:], strict=False)), log
+    assert all(a["to"] == b["from"] for a, b in itertools.pairwise(log)), log
     assert registry.aliases("world")["production"] == log[-1]["to"]
 
 

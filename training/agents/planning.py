@@ -551,9 +551,9 @@ def history_window(
     T, N, D = obs.shape
     if T < 1:
         raise ValueError("history holds no observation")
-    if D > obs_dim:
+    if obs_dim < D:
         raise ValueError(f"history observations have {D} features; the models read {obs_dim}")
-    if D < obs_dim:
+    if obs_dim > D:
         obs = F.pad(obs, (0, obs_dim - D))
     sizes = history.obs_sizes or {}
     unknown = sorted(set(sizes) - set(ids))
@@ -569,7 +569,7 @@ def history_window(
         raise ValueError(f"history.prev_actions must have shape {want}, got {tuple(prev.shape)}")
     if discrete and ((prev < 0) | (prev >= n_actions)).any():
         raise ValueError(f"history.prev_actions hold actions outside 0..{n_actions - 1}")
-    if T < context and history.start_step > 0 and not pad_short_history:
+    if context > T and history.start_step > 0 and not pad_short_history:
         raise ValueError(
             f"history has {T} steps but the models read {context}, and it does not begin at "
             f"the episode start (start_step={history.start_step}); pass at least {context} "

@@ -108,7 +108,7 @@ class LinearBaseline(WorldBaseline):
         self.weight: torch.Tensor | None = None  # (F, N*D + N)
 
     def features(self, w: Window) -> torch.Tensor:
-        B, T, N, D = w.obs.shape
+        B, T, _N, _D = w.obs.shape
         if T != 2:
             raise ValueError(f"linear baseline reads 2 steps, got {T}")
         pres = w.present.float()  # (B, 2, N)

@@ -239,7 +239,7 @@ class _HeldOut:
     behavior_baselines: dict[str, Any]
     extra: dict[str, Any]
     behavior: torch.nn.Module | None
-    kinematics: Kinematics | None | Literal["auto"]
+    kinematics: Kinematics | Literal["auto"] | None
     n_samples: int
     max_starts: int | None
     ego_agent: int
@@ -296,7 +296,7 @@ def held_out(
     behavior: torch.nn.Module | None = None,
     extra_baselines: dict[str, Any] | None = None,
     train_episode_ids: list[str] | None = None,
-    kinematics: Kinematics | None | Literal["auto"] = "auto",
+    kinematics: Kinematics | Literal["auto"] | None = "auto",
     n_samples: int = 16,
     max_starts: int | None = 2048,
     ego_agent: int = 0,

@@ -233,7 +233,7 @@ class BehaviorModel(nn.Module):
     def step_features(self, w: Window) -> torch.Tensor:
         """(B, T, N, F) what the model reads of each step: observation, previous action."""
         B, T, N, D = w.obs.shape
-        if D != self.obs_dim:
+        if self.obs_dim != D:
             raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
         fmask = w.feat_mask.float()  # (N, D)
         pres = w.present.float()[..., None]  # (B, T, N, 1)

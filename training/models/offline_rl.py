@@ -117,8 +117,8 @@ class SharedQNetwork(nn.Module):
         step of the window's last step; ``agent_index``: (N,) from :meth:`agent_index`.
         """
         w = w.last(self.context)
-        B, K, N, D = w.obs.shape
-        assert D == self.obs_dim, (D, self.obs_dim)
+        B, _K, N, D = w.obs.shape
+        assert self.obs_dim == D, (D, self.obs_dim)
         assert step.shape == (B,), (step.shape, B)
         valid = (w.present & w.time_valid[..., None]).float()[..., None]  # (B, K, N, 1)
         obs = (w.obs - self.obs_mean) / self.obs_std * w.feat_mask.float() * valid  # (B, K, N, D)

@@ -284,9 +284,9 @@ class WorldModel(nn.Module):
         """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
         reward (B, N), termination logit (B, N)."""
         B, T, N, D = w.obs.shape
-        if T != self.context:
+        if self.context != T:
             raise ValueError(f"window has {T} steps, model reads {self.context}")
-        if D != self.obs_dim:
+        if self.obs_dim != D:
             raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
         fmask = w.feat_mask.float()  # (N, D)
         obs = (w.obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
