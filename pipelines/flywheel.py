@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
+import pydantic
 
 from foresight.datasets.catalog import NAME_RE, DatasetTable
 from foresight.datasets.storage import Store
 from foresight.pipelines.jobs import pipeline_jobs
+from foresight.pipelines.model_assets import config_field
 from foresight.pipelines.promotion import CHECK as PRODUCTION_CHECK
 from foresight.pipelines.resources import ForesightStore
 from foresight.pipelines.sensors import new_landing_files
@@ -35,6 +37,7 @@ from foresight.serving.client import ForesightClient
 from foresight.serving.launch import ServerProcess
 from foresight.serving.recorder import ArenaRecording, EpisodeRecorder
 from foresight.serving.remote import HttpAnticipatoryController
+from foresight.training.loop.options import options
 from foresight.training.loop.workflow import _write_to_store, run_arena_registered
 from foresight.training.registry import ModelRegistry, RegistryError
 
@@ -376,18 +379,12 @@ def _free_port() -> int:
 # -- Dagster -----------------------------------------------------------------------------------
 
 
-class FlywheelJobConfig(dg.Config):
-    """The flywheel's rounds (FlywheelConfig's fields; ``train`` as a JSON object)."""
-
-    env: str = "simple_spread"
-    dataset: str = "spread"
-    rounds: int = 3
-    episodes: int = 200
-    gate_episodes: int = 200
-    seed: int = 0
-    train: dict = {}
-    train_by_kind: dict = {}
-    reload_seconds: float = 1.0
+FlywheelJobConfig = pydantic.create_model(
+    "FlywheelJobConfig",
+    __base__=dg.Config,
+    __doc__="The flywheel's rounds: every FlywheelConfig field, same defaults and help.",
+    **{o.name: config_field(o) for o in options(FlywheelConfig)},
+)
 
 
 @dg.op(description="Serve, play and record, ingest, retrain, gate and reload, for R rounds.")

@@ -33,7 +33,8 @@ from foresight.training.registry import ModelRegistry
 CHECK = "beats_baselines"
 
 
-def _config_field(option) -> tuple:
+def config_field(option) -> tuple:
+    """A config dataclass's option as a Dagster config field: its type, default and help."""
     kind = Optional[option.base] if option.optional else option.base  # noqa: UP045 (Dagster)
     return kind, pydantic.Field(default=option.default, description=option.help or None)
 
@@ -43,7 +44,7 @@ TrainAssetConfig = pydantic.create_model(
     __base__=dg.Config,
     __doc__="The dataset, every TrainConfig field (same defaults), and the evaluation's size.",
     dataset=(str, pydantic.Field("spread", description="name (latest), name@N or name@tag")),
-    **{o.name: _config_field(o) for o in options(TrainConfig)},
+    **{o.name: config_field(o) for o in options(TrainConfig)},
     eval_max_starts=(
         int,
         pydantic.Field(2048, description="held-out start points of rollouts and imagination"),

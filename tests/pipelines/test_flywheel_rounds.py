@@ -181,3 +181,17 @@ def test_no_production_models_is_one_clear_line(tmp_path, monkeypatch, capsys):
     register_untrained(store, "behavior", spread_spec(), TINY_BEHAVIOR, dataset="other@0")
     assert main(["flywheel", "--dataset", "spread", "--rounds", "1"]) == 2
     assert "was trained on 'other', not 'spread'" in capsys.readouterr().err
+
+
+def test_the_flywheel_jobs_config_is_the_dataclass():
+    """One declaration: the Dagster job's fields, defaults and help are FlywheelConfig's."""
+    from dataclasses import fields
+
+    from foresight.pipelines.flywheel import FlywheelConfig, FlywheelJobConfig
+    from foresight.training.loop.options import field_docs
+
+    declared = FlywheelJobConfig.model_fields
+    assert list(declared) == [f.name for f in fields(FlywheelConfig)]
+    for name, value in vars(FlywheelConfig()).items():
+        assert declared[name].get_default(call_default_factory=True) == value, name
+        assert declared[name].description == field_docs(FlywheelConfig)[name], name
