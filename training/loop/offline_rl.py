@@ -39,10 +39,8 @@ from foresight.training.data import (
     check_model_spec,
     compute_normalizer,
     gather_window,
-    sample_rows,
-    split_episodes,
 )
-from foresight.training.loop.train import select_device
+from foresight.training.loop.train import select_device, split_rows
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork, check_discrete
 
 KIND = "offline-rl"
@@ -245,13 +243,7 @@ def train_offline_rl(
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
 
     data = build_tensors(frame, spec, device=device)
-    if ckpt is not None:
-        train_ids, val_ids = ckpt["train_episode_ids"], ckpt["val_episode_ids"]
-    else:
-        train_ids, val_ids = split_episodes(data.episode_ids, config.val_fraction, config.seed)
-    train_rows, val_rows = sample_rows(data, train_ids), sample_rows(data, val_ids)
-    if train_rows.numel() == 0:
-        raise ValueError("no training transitions: every training episode has no agent rows")
+    train_ids, val_ids, train_rows, val_rows = split_rows(data, config, ckpt, "transitions")
 
     if ckpt is not None:
         mc = OfflineRLConfig(**ckpt["model_config"])

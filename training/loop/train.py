@@ -305,6 +305,19 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
+def split_rows(data, config, ckpt: dict | None, unit: str) -> tuple[list, list, Any, Any]:
+    """Train and validation episode ids (a resumed checkpoint's own split, else a fresh one
+    seeded by ``config.seed``) and the sample rows of each; refused when training has none."""
+    if ckpt is not None:
+        train_ids, val_ids = ckpt["train_episode_ids"], ckpt["val_episode_ids"]
+    else:
+        train_ids, val_ids = split_episodes(data.episode_ids, config.val_fraction, config.seed)
+    train_rows, val_rows = sample_rows(data, train_ids), sample_rows(data, val_ids)
+    if train_rows.numel() == 0:
+        raise ValueError(f"no training {unit}: every training episode has no agent rows")
+    return train_ids, val_ids, train_rows, val_rows
+
+
 def train(
     kind: str,
     frame: pl.DataFrame | pl.LazyFrame,
@@ -338,13 +351,7 @@ def train(
             raise ValueError(f"checkpoint in {workdir} is a {ckpt['kind']} model")
 
     data = build_tensors(frame, spec, device=device)
-    if ckpt is not None:
-        train_ids, val_ids = ckpt["train_episode_ids"], ckpt["val_episode_ids"]
-    else:
-        train_ids, val_ids = split_episodes(data.episode_ids, config.val_fraction, config.seed)
-    train_rows, val_rows = sample_rows(data, train_ids), sample_rows(data, val_ids)
-    if train_rows.numel() == 0:
-        raise ValueError("no training windows: every training episode has no agent rows")
+    train_ids, val_ids, train_rows, val_rows = split_rows(data, config, ckpt, "windows")
 
     torch.manual_seed(config.seed)
     if ckpt is not None:
