@@ -86,8 +86,11 @@ def test_half_written_version_is_invisible(store):
     store.fs.write_bytes(store.uri("models", "world", "2", "weights.safetensors"), b"partial")
     assert registry.version_numbers("world") == [1]
     assert registry.register("world", tensors(3), card()).version == 2
-    with pytest.raises(ValueError):
-        registry.register("world", tensors(4), {"metrics": {"bad": float("nan")}})
+    bad = {"metrics": {"rollout_mse_10": float("nan"), "nll": float("inf")}}
+    with pytest.raises(
+        RegistryError, match=r"not finite numbers \(metrics.rollout_mse_10, metrics.nll\)"
+    ):
+        registry.register("world", tensors(4), bad)
     assert registry.version_numbers("world") == [1, 2]
 
 

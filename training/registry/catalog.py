@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import subprocess
 import time
@@ -354,7 +355,14 @@ class ModelRegistry:
             "git_sha": given.git_sha if given.has("git_sha") else git_sha(),
         }
         # fail before claiming or writing anything
-        json.dumps(given.registered(name=name, version=0, **filled).to_dict(), allow_nan=False)
+        document = given.registered(name=name, version=0, **filled).to_dict()
+        if bad := _non_finite(document):
+            raise RegistryError(
+                f"cannot register {name}: the card holds values that are not finite numbers "
+                f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); a metric that could "
+                "not be computed (e.g. a rollout horizon longer than the episodes) must be null"
+            )
+        json.dumps(document, allow_nan=False)
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         version = self._claim_version(name, numbers)
         full_card = given.registered(name=name, version=version, **filled)
@@ -519,6 +527,17 @@ def _corrupt_state(uri: str, exc: Exception) -> str:
         f"the registry document {uri} is not valid JSON ({exc}); restore it from a backup "
         "or fix it by hand (it holds the model's aliases and their history)"
     )
+
+
+def _non_finite(x: Any, path: str = "") -> list[str]:
+    """The dotted paths of NaN and infinite floats in a JSON-like document."""
+    if isinstance(x, float):
+        return [] if math.isfinite(x) else [path or "card"]
+    if isinstance(x, dict):
+        return [p for k, v in x.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(x, list | tuple):
+        return [p for i, v in enumerate(x) for p in _non_finite(v, f"{path}.{i}")]
+    return []
 
 
 def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
