@@ -122,10 +122,10 @@ def broken(args: argparse.Namespace) -> None:
     from foresight.pipelines.flywheel import (
         FlywheelConfig,
         production,
-        store_resource,
         train_run_config,
     )
     from foresight.pipelines.jobs import local_instance, pipeline_jobs
+    from foresight.pipelines.resources import ForesightStore
 
     store = Store(str(out / "store"))
     rng = random.Random(args.seed)
@@ -150,7 +150,7 @@ def broken(args: argparse.Namespace) -> None:
         train={"epochs": args.epochs, "device": "cpu", "seed": args.seed}
         | {"eval_max_starts": args.eval_max_starts, "eval_samples": args.eval_samples},
     )
-    job = pipeline_jobs({"foresight_store": store_resource(store)}).resolve_job_def("train_job")
+    job = pipeline_jobs({"foresight_store": ForesightStore.of(store)}).resolve_job_def("train_job")
     run = job.execute_in_process(
         run_config=train_run_config(config, "spread-corrupt@0"),
         instance=local_instance(store),

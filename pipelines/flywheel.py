@@ -78,19 +78,6 @@ class FlywheelConfig:
     """How long to wait for the service to swap in promoted versions."""
 
 
-def store_resource(store: Store) -> ForesightStore:
-    """The Dagster resource for ``store`` (its S3 endpoint and keys when on S3)."""
-    if store.is_s3:
-        s3 = store.fs.s3
-        return ForesightStore(
-            root=store.root,
-            s3_endpoint=s3.endpoint,
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-        )
-    return ForesightStore(root=store.root)
-
-
 def _service_env(store: Store) -> dict[str, str]:
     env = {"FORESIGHT_STORE": store.root, "FORESIGHT_EPISODES_FLUSH_SECONDS": "0"}
     if store.is_s3:
@@ -273,7 +260,7 @@ def run_flywheel(
     store = store or Store.from_env()
     models = check_inputs(config, store)
     instance = instance or dg.DagsterInstance.ephemeral()
-    resources = {"foresight_store": store_resource(store)}
+    resources = {"foresight_store": ForesightStore.of(store)}
     say = echo or (lambda text: None)
     logdir = tempfile.mkdtemp(prefix="foresight-flywheel-")
     from foresight.serving.launch import port_open

@@ -18,6 +18,19 @@ class ForesightStore(dg.ConfigurableResource):
     access_key: str = ""
     secret_key: str = ""
 
+    @classmethod
+    def of(cls, store: Store) -> "ForesightStore":
+        """The resource for ``store`` (with its S3 endpoint and keys when on S3)."""
+        if not store.is_s3:
+            return cls(root=store.root)
+        s3 = store.fs.s3
+        return cls(
+            root=store.root,
+            s3_endpoint=s3.endpoint,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+        )
+
     def store(self) -> Store:
         s3 = None
         if self.s3_endpoint:

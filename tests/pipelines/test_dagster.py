@@ -15,18 +15,6 @@ from foresight.pipelines.sensors import landing_sensor
 from tests.datasets.helpers import episodes, write_jsonl
 
 
-def resource_for(store) -> ForesightStore:
-    if store.is_s3:
-        s3 = store.fs.s3
-        return ForesightStore(
-            root=store.root,
-            s3_endpoint=s3.endpoint,
-            access_key=s3.access_key,
-            secret_key=s3.secret_key,
-        )
-    return ForesightStore(root=store.root)
-
-
 def land(store, tmp_path, name: str, rows: list[dict]) -> str:
     local = write_jsonl(tmp_path / "src" / name, rows)
     uri = store.landing_uri("toy", name)
@@ -44,7 +32,7 @@ def test_definitions_load():
 
 
 def test_sensor_requests_each_new_file_exactly_once(store, tmp_path):
-    resources = {"foresight_store": resource_for(store)}
+    resources = {"foresight_store": ForesightStore.of(store)}
     first = land(store, tmp_path, "a.jsonl", episodes(2))
     context = dg.build_sensor_context(resources=resources)
     result = landing_sensor(context)
@@ -74,7 +62,7 @@ def test_sensor_finds_files_in_a_store_under_a_dot_folder_and_skips_temp_names(t
     landed = land(store, tmp_path, "a.jsonl", episodes(2))
     store.fs.upload(landed, store.landing_uri("toy", ".b.jsonl"))  # a temp name: being written
     result = landing_sensor(
-        dg.build_sensor_context(resources={"foresight_store": resource_for(store)})
+        dg.build_sensor_context(resources={"foresight_store": ForesightStore.of(store)})
     )
     assert [
         r.run_config["ops"]["trajectory_dataset"]["config"]["files"] for r in result.run_requests
@@ -85,7 +73,7 @@ def test_asset_ingests_landing_files_and_reports_metadata(store, tmp_path):
     uri = land(store, tmp_path, "a.jsonl", episodes(3))
     result = dg.materialize(
         [trajectory_dataset],
-        resources={"foresight_store": resource_for(store)},
+        resources={"foresight_store": ForesightStore.of(store)},
         run_config={"ops": {"trajectory_dataset": {"config": {"dataset": "toy", "files": [uri]}}}},
     )
     assert result.success
@@ -97,7 +85,7 @@ def test_asset_ingests_landing_files_and_reports_metadata(store, tmp_path):
 
 def test_sensor_with_a_fresh_cursor_skips_files_already_ingested(store, tmp_path):
     uri = land(store, tmp_path, "a.jsonl", episodes(2))
-    resources = {"foresight_store": resource_for(store)}
+    resources = {"foresight_store": ForesightStore.of(store)}
     dg.materialize(
         [trajectory_dataset],
         resources=resources,
@@ -133,7 +121,7 @@ def test_run_queue_starts_one_ingest_per_dataset_and_never_blocks_other_datasets
     from foresight.datasets.storage import Store
 
     store = Store(str(tmp_path / "store"))
-    resources = {"foresight_store": resource_for(store)}
+    resources = {"foresight_store": ForesightStore.of(store)}
     requests = []
     cursor = None
     for batch in range(2):  # two sensor ticks, each with new files for both datasets
@@ -195,7 +183,7 @@ def _materialize_ingest(root: str, env: dict, uri: str, out: str, start) -> None
     start.wait()  # every run starts together, once all processes have imported Dagster
     result = dg.materialize(
         [trajectory_dataset],
-        resources={"foresight_store": resource_for(Store(root))},
+        resources={"foresight_store": ForesightStore.of(Store(root))},
         run_config={"ops": {"trajectory_dataset": {"config": {"dataset": "toy", "files": [uri]}}}},
     )
     meta = result.asset_materializations_for_node("trajectory_dataset")[0].metadata

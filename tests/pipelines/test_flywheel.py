@@ -9,10 +9,10 @@ import pytest
 from foresight.datasets.catalog import DatasetTable
 from foresight.pipelines.assets import trajectory_dataset
 from foresight.pipelines.definitions import defs
+from foresight.pipelines.resources import ForesightStore
 from foresight.pipelines.sensors import landing_sensor, retrain_sensor
 from foresight.serving.episodes import EpisodeLimits, EpisodeSink
 from foresight.serving.schemas import EpisodesRequest
-from tests.pipelines.test_dagster import resource_for
 from tests.serving.helpers import register_untrained, spread_spec
 from tests.serving.test_episodes import episode
 
@@ -23,7 +23,7 @@ class Loop:
     def __init__(self, store) -> None:
         card = {"dataset": {"name": "spread"}, "spec": spread_spec().to_dict()}
         self.sink = EpisodeSink(store, lambda: card, EpisodeLimits(flush_seconds=3600))
-        self.resources = {"foresight_store": resource_for(store)}
+        self.resources = {"foresight_store": ForesightStore.of(store)}
         self.cursor: str | None = None
         self.count = 0
 

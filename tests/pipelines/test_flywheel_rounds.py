@@ -18,8 +18,9 @@ from foresight.datasets import ingest_logs
 from foresight.datasets.sources.generate import generate_episodes
 from foresight.pipelines import model_assets
 from foresight.pipelines.cli import main
-from foresight.pipelines.flywheel import flywheel_job, store_resource
+from foresight.pipelines.flywheel import flywheel_job
 from foresight.pipelines.promotion import CHECK, compare_with_production
+from foresight.pipelines.resources import ForesightStore
 from foresight.training.agents import arena
 from foresight.training.loop import workflow
 from foresight.training.registry import ModelRegistry
@@ -90,7 +91,7 @@ def test_rounds_promote_a_better_candidate_refuse_a_worse_one_and_reload(
     run = flywheel_job.execute_in_process(
         run_config={"ops": {"flywheel_rounds": {"config": config}}},
         instance=instance,
-        resources={"foresight_store": store_resource(store)},
+        resources={"foresight_store": ForesightStore.of(store)},
     )
     assert run.success
     result = run.output_for_node("flywheel_rounds")
