@@ -24,16 +24,8 @@ from foresight.pipelines.resources import ForesightStore
 from foresight.training.agents import arena
 from foresight.training.loop import workflow
 from foresight.training.registry import ModelRegistry
+from tests.pipelines.test_model_assets import TINY
 from tests.serving.helpers import TINY_BEHAVIOR, TINY_WORLD, register_untrained, spread_spec
-
-TINY = {
-    "epochs": 1,
-    "batch_size": 64,
-    "max_steps_per_epoch": 3,
-    "device": "cpu",
-    "eval_max_starts": 32,
-    "eval_samples": 2,
-}
 
 
 def production_store(store, tmp_path):
