@@ -477,9 +477,17 @@ class FileSystem:
         if not is_s3(uri):
             Path(uri).mkdir(parents=True, exist_ok=True)
             return
+        from minio.error import S3Error
+
         bucket, _ = split_s3(uri)
-        if not self._call(uri, self._client.bucket_exists, bucket_name=bucket):
+        if self._call(uri, self._client.bucket_exists, bucket_name=bucket):
+            return
+        try:
             self._call(uri, self._client.make_bucket, bucket_name=bucket)
+        except StorageError as exc:  # another process made it between the check and here
+            cause = exc.__cause__
+            if not (isinstance(cause, S3Error) and cause.code == "BucketAlreadyOwnedByYou"):
+                raise
 
 
 def _local_write_if(path: Path, data: bytes, token: str | None) -> bool:

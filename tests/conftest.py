@@ -42,8 +42,14 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
+TEST_BUCKET = "foresight-tests"
+
+
 def _s3_store(server: S3Server) -> Store:
-    store = Store(f"s3://t{uuid.uuid4().hex[:12]}/foresight", server.config())
+    """A fresh store under its own prefix of one shared bucket. Not a bucket per test: each
+    SeaweedFS bucket is a collection holding at least one volume of its own, and a server
+    has a bounded number of volumes, so a bucket per test ran out late in the suite (500s)."""
+    store = Store(f"s3://{TEST_BUCKET}/t{uuid.uuid4().hex[:12]}/foresight", server.config())
     store.ensure()
     return store
 
