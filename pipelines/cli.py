@@ -271,6 +271,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         gzip=args.gzip,
         progress=sys.stderr.isatty() and not args.json,
         policy_params=None if args.hazard is None else {"hazard": args.hazard},
+        agents=args.agents,
     )
     data = {
         "files": result.files,
@@ -686,6 +687,7 @@ def cmd_arena(args: argparse.Namespace) -> None:
             factories=factories,
             progress=sys.stderr.isatty() and not args.json,
             partners=args.partners,
+            agents=args.agents,
         )
     except SafetensorError as exc:
         raise _damaged_weights(exc, [args.world, args.behavior, args.offline_rl], store) from exc
@@ -813,6 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--agents", type=int, default=None, help="simple_spread only: team size N (default 3)"
+    )
     p.add_argument("--episodes-per-file", type=int, default=250)
     p.add_argument("--max-cycles", type=int, default=25, help="steps per episode")
     p.add_argument("--state", action="store_true", help="also log the global state")
@@ -906,6 +911,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--partners",
         default=None,
         help="e.g. switching: each team's controller drives the first agent, this the others",
+    )
+    p.add_argument(
+        "--agents",
+        type=int,
+        default=None,
+        help="simple_spread only: team size N (default 3); the models must be trained at it",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

@@ -18,7 +18,7 @@ from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
 from foresight.datasets.sources.policies import POLICY_NAMES, make_policy
 from foresight.datasets.sources.recorder import TrajectoryRecorder
-from foresight.datasets.sources.simulators import SUPPORTED_ENVS, resolve_env_name
+from foresight.datasets.sources.simulators import SUPPORTED_ENVS, agent_kwargs, resolve_env_name
 
 if TYPE_CHECKING:
     from pettingzoo import ParallelEnv
@@ -71,6 +71,7 @@ def generate_episodes(
     fs: FileSystem | None = None,
     progress: bool = False,
     policy_params: Mapping[str, Any] | None = None,
+    agents: int | None = None,
 ) -> GenerateResult:
     """Record ``episodes`` episodes of ``env`` under a scripted ``policy`` into ``out``.
 
@@ -79,8 +80,12 @@ def generate_episodes(
     ``random``, ``greedy``, ``noisy``, ``mixed``, ``switching``; ``policy_params`` go to
     :func:`~foresight.datasets.sources.policies.make_policy` (e.g. ``{"epsilon": 0.1}``,
     ``{"hazard": 0.2}`` for switching, whose switch steps are in each row's ``policy_id``).
+    ``agents`` sets the team size where the env takes one (simple_spread's ``N``; None: the
+    env's default); the spec's agents and observation sizes follow, and ``extra["agents"]``
+    records the count.
     """
     name = resolve_env_name(env)
+    env_kwargs = agent_kwargs(name, agents)
     if policy not in POLICY_NAMES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     params = dict(policy_params or {})
@@ -103,6 +108,7 @@ def generate_episodes(
         "seed": seed,
         "episodes": episodes,
         "max_cycles": max_cycles,
+        **({"agents": agents} if agents is not None else {}),
         "generator": "foresight.datasets.sources.generate_episodes",
     }
     indices: Any = range(episodes)
@@ -113,7 +119,7 @@ def generate_episodes(
 
     team_returns = []
     with TrajectoryRecorder(
-        make_env(name, max_cycles=max_cycles, checked=False),  # the recorder checks actions
+        make_env(name, max_cycles=max_cycles, checked=False, **env_kwargs),  # recorder checks
         out,
         env_name=SUPPORTED_ENVS[name],
         file_prefix=prefix,

@@ -93,3 +93,5 @@ class Simulator:
     """Its scripted rules."""
     kinematics: Callable[[DatasetSpec], Kinematics | None] | None = None
     """The observation layout's kinematics for a dataset of it, where they are known."""
+    agents: tuple[int, int] | None = None
+    """The agent counts (low, high) its mpe2 env takes as ``N``; None: a fixed roster."""

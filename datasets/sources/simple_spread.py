@@ -141,4 +141,10 @@ def kinematics(spec: DatasetSpec) -> Kinematics | None:
     return Kinematics(moves, 0.1, [0, 1])
 
 
-SIMULATOR = Simulator("simple_spread", "simple_spread_v3", SpreadController, kinematics)
+AGENTS = (2, 10)
+"""The agent counts ``--agents`` takes: at least one partner to anticipate, and at most the
+largest team the scripted rules, the planner and the arena are measured with."""
+
+SIMULATOR = Simulator(
+    "simple_spread", "simple_spread_v3", SpreadController, kinematics, agents=AGENTS
+)

@@ -42,6 +42,28 @@ def resolve_env_name(env: str) -> str:
     )
 
 
+def agent_kwargs(env: str, agents: int | None) -> dict[str, int]:
+    """The mpe2 keyword arguments for ``agents`` agents of ``env`` (``{"N": 6}``).
+
+    None keeps the env's own roster. An env whose roster is fixed, or a count outside the
+    range its simulator entry allows, is refused naming the env and what it takes.
+    """
+    if agents is None:
+        return {}
+    name = resolve_env_name(env)
+    allowed = SIMULATORS[name].agents
+    if allowed is None:
+        takes = [s.name for s in SIMULATORS.values() if s.agents is not None]
+        raise ValueError(
+            f"{name} has a fixed roster and takes no agent count (got agents={agents!r}); "
+            f"envs that do: {', '.join(takes)}"
+        )
+    low, high = allowed
+    if isinstance(agents, bool) or not isinstance(agents, int) or not low <= agents <= high:
+        raise ValueError(f"{name} takes {low} to {high} agents, got agents={agents!r}")
+    return {"N": agents}
+
+
 def mpe_kinematics(spec: DatasetSpec) -> Kinematics | None:
     """The kinematics of a dataset's observation layout, or None when unknown.
 

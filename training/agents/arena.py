@@ -50,6 +50,7 @@ from foresight.datasets.sources.policies import (
     resolve_env_name,
 )
 from foresight.datasets.sources.simple_spread import spread_reward
+from foresight.datasets.sources.simulators import agent_kwargs
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
@@ -269,16 +270,34 @@ def _action_spec(env: str) -> ActionSpec:
         e.close()
 
 
-def env_spec(env: str, max_cycles: int = 25) -> DatasetSpec:
-    """The dataset spec of an mpe2 env as recorded by ``generate_episodes``."""
+def env_spec(env: str, max_cycles: int = 25, agents: int | None = None) -> DatasetSpec:
+    """The dataset spec of an mpe2 env (``agents`` of them, where it takes a count) as
+    recorded by ``generate_episodes``."""
     name = resolve_env_name(env)
-    e = make_env(name, max_cycles=max_cycles)
+    e = make_env(name, max_cycles=max_cycles, **agent_kwargs(name, agents))
     try:
         sizes = {a: int(np.prod(e.observation_space(a).shape)) for a in e.possible_agents}
         n = int(e.action_space(e.possible_agents[0]).n)
     finally:
         e.close()
     return DatasetSpec(env=SUPPORTED_ENVS[name], agents=sizes, action=ActionSpec("discrete", n=n))
+
+
+def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec) -> None:
+    """Refuse a model trained on this env with another team size than the arena's, naming
+    both counts and observation sizes (an observation that grows with the team fits no other
+    size). Models of another env are left to ``check_model_spec``."""
+    if trained is None:
+        return
+    was = DatasetSpec.from_dict(trained)
+    sizes, trained_sizes = sorted(set(spec.agents.values())), sorted(set(was.agents.values()))
+    if was.env == spec.env and len(was.agents) != len(spec.agents) and sizes != trained_sizes:
+        raise ValueError(
+            f"{label} was trained with {len(was.agents)} agents (observation sizes "
+            f"{trained_sizes}); this arena has {len(spec.agents)} agents (observation sizes "
+            f"{sizes}): play it with agents={len(was.agents)} (--agents {len(was.agents)}) "
+            "or use a model trained at this team size"
+        )
 
 
 def team_roster(team: str, agents: Sequence[str]) -> dict[str, str]:
@@ -431,8 +450,12 @@ def run_arena(
     history_steps: int = 32,
     progress: bool = False,
     partners: str | None = None,
+    agents: int | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with each team in ``controllers``.
+
+    ``agents`` sets the team size where the env takes one (simple_spread's ``N``); models
+    trained at another count are refused, naming both.
 
     ``partners`` (e.g. ``"switching"``): each team is one controller driving the first
     agent, the others driven by ``partners`` (teams are named ``team+partners``).
@@ -457,7 +480,7 @@ def run_arena(
                     f"unknown controller {part!r} in team {team!r}; known: {sorted(all_factories)}"
                 )
     models = ArenaModels(world, behavior, planner_config, world_card, behavior_card, offline_rl)
-    spec = env_spec(name, max_cycles)
+    spec = env_spec(name, max_cycles, agents)
     labels = (
         ("world model", world),
         ("behavior model", behavior),
@@ -465,9 +488,10 @@ def run_arena(
     )
     for label, model in labels:
         if model is not None:
+            _check_team_size(label, model.config.spec, spec)
             check_model_spec(label, model.config.spec, spec)
 
-    game = make_env(name, max_cycles=max_cycles, checked=False)
+    game = make_env(name, max_cycles=max_cycles, checked=False, **agent_kwargs(name, agents))
     results: dict[str, Any] = {}
     bar = None
     if progress:
@@ -511,6 +535,7 @@ def run_arena(
         "episodes": episodes,
         "seed": seed,
         "partners": partners,
+        "agents": len(spec.agents),
         "max_cycles": max_cycles,
         "controllers": results,
         "gap": _gap(results),

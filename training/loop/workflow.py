@@ -335,8 +335,11 @@ def run_arena_registered(
     progress: bool = False,
     offline_rl_ref: str | None = "offline-rl",
     partners: str | None = None,
+    agents: int | None = None,
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
+
+    ``agents``: the team size where the env takes one (models at another are refused).
 
     ``partners`` (e.g. ``"switching"``) drives every agent but each team's first (see
     :func:`~foresight.training.agents.arena.run_arena`).
@@ -381,6 +384,7 @@ def run_arena_registered(
         factories=factories,
         progress=progress,
         partners=partners,
+        agents=agents,
     )
     result["files"] = _write_to_store(store, rel, lambda out: write_arena_report(result, out))
     result["models"] = refs
