@@ -117,7 +117,9 @@ def test_served_act_at_six_agents_and_a_three_agent_request_refused(six, monkeyp
     past = {a: rng.integers(0, 5, size=2).tolist() for a in agents}
     svc = Foresight()
     try:
-        out = asyncio.run(svc.act(**dict(ActRequest(obs=obs, past_actions=past, egos=agents, horizon=3))))
+        out = asyncio.run(
+            svc.act(**dict(ActRequest(obs=obs, past_actions=past, egos=agents, horizon=3)))
+        )
         assert list(out.agents) == agents
         assert all(set(d.predicted_others) == set(agents) - {a} for a, d in out.agents.items())
         small = {a: rng.normal(size=(1, 18)).tolist() for a in agents[:3]}
