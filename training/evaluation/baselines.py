@@ -28,7 +28,8 @@ from foresight.datasets.sources.mpe import Kinematics
 from foresight.datasets.sources.simulators import mpe_kinematics as mpe_kinematics  # re-export
 from foresight.training.data import TrajectoryTensors, Window, gather_targets, gather_window
 from foresight.training.models.behavior_model import ActionDistribution
-from foresight.training.models.world_model import ObsDistribution, WorldPrediction, action_features
+from foresight.training.models.layers import action_features
+from foresight.training.models.world_model import ObsDistribution, WorldPrediction
 
 
 class WorldBaseline:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Normalizer, Targets, Window
-from foresight.training.models.world_model import Block, action_features
+from foresight.training.models.layers import Block, action_features, check_architecture
 
 ARCHITECTURE = "bayes-experts/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
@@ -175,11 +175,7 @@ class BehaviorState:
 class BehaviorModel(nn.Module):
     def __init__(self, config: BehaviorModelConfig):
         super().__init__()
-        if config.architecture != ARCHITECTURE:
-            raise ValueError(
-                f"behavior model config has architecture {config.architecture!r}, this code "
-                f"builds {ARCHITECTURE!r}: retrain the model with this code version"
-            )
+        check_architecture("behavior model", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete

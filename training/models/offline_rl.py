@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Normalizer, Window
-from foresight.training.models.world_model import action_features
+from foresight.training.models.layers import action_features, check_architecture
 
 ARCHITECTURE = "shared-q-window/1"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
@@ -69,11 +69,7 @@ class SharedQNetwork(nn.Module):
 
     def __init__(self, config: OfflineRLConfig):
         super().__init__()
-        if config.architecture != ARCHITECTURE:
-            raise ValueError(
-                f"offline-rl config has architecture {config.architecture!r}, this code builds "
-                f"{ARCHITECTURE!r}: retrain the model with this code version"
-            )
+        check_architecture("offline-rl", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
         check_discrete(spec)
         if config.context < 1 or config.hidden < 1 or config.layers < 1 or config.horizon < 1:

@@ -1,0 +1,72 @@
+"""Layers and checks shared by the model families (world, behavior, offline-rl): the
+order-free transformer block, the residual MLP, action encoding, and the refusal of a config
+whose weights layout this code does not build. Imports nothing of ours but torch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def check_architecture(label: str, found: str, built: str) -> None:
+    """ValueError when a config records another weights layout than this code builds."""
+    if found != built:
+        raise ValueError(
+            f"{label} config has architecture {found!r}, this code builds {built!r}: "
+            "retrain the model with this code version"
+        )
+
+
+def action_features(action: torch.Tensor, discrete: bool, n_actions: int) -> torch.Tensor:
+    """(..., ) int index -> (..., n) one-hot, or (..., A) continuous -> unchanged float."""
+    if discrete:
+        return F.one_hot(action.long().clamp(0, n_actions - 1), n_actions).float()
+    return action.float()
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block over a set of tokens (no positions: order-free)."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, act: type = nn.GELU
+    ):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model {d_model} not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            act(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+        )
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape  # (B, N, C) tokens; key_valid (B, N) bool
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        mask = key_valid[:, None, None, :]  # (B, 1, 1, N): which tokens may be attended to
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, N, C/H)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+
+
+class ResidualMLP(nn.Module):
+    """x + MLP(LayerNorm(x)): one more nonlinear layer per token, no mixing across tokens."""
+
+    def __init__(self, d_model: int, mlp_ratio: int, act: type = nn.GELU):
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model), act(), nn.Linear(mlp_ratio * d_model, d_model)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
