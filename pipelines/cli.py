@@ -816,7 +816,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--agents", type=int, default=None, help="simple_spread only: team size N (default 3)"
+        "--agents",
+        type=int,
+        default=None,
+        help="simple_spread only: team size N, 2 to 10 (default 3)",
     )
     p.add_argument("--episodes-per-file", type=int, default=250)
     p.add_argument("--max-cycles", type=int, default=25, help="steps per episode")
@@ -916,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--agents",
         type=int,
         default=None,
-        help="simple_spread only: team size N (default 3); the models must be trained at it",
+        help="simple_spread only: team size N, 2 to 10 (default: the models' own, else 3)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

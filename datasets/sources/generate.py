@@ -76,13 +76,13 @@ def generate_episodes(
     """Record ``episodes`` episodes of ``env`` under a scripted ``policy`` into ``out``.
 
     ``out`` is a local folder or ``s3://bucket/prefix``; files are
-    ``{env}-s{seed}-part{k:04d}.jsonl[.gz]`` plus ``foresight_spec.json``. ``policy`` is one of
+    ``{env}-s{seed}[-n{agents}]-part{k:04d}.jsonl[.gz]`` plus ``foresight_spec.json``. ``policy`` is one of
     ``random``, ``greedy``, ``noisy``, ``mixed``, ``switching``; ``policy_params`` go to
     :func:`~foresight.datasets.sources.policies.make_policy` (e.g. ``{"epsilon": 0.1}``,
     ``{"hazard": 0.2}`` for switching, whose switch steps are in each row's ``policy_id``).
     ``agents`` sets the team size where the env takes one (simple_spread's ``N``; None: the
     env's default); the spec's agents and observation sizes follow, and ``extra["agents"]``
-    records the count.
+    records the count (the default roster's too).
     """
     name = resolve_env_name(env)
     env_kwargs = agent_kwargs(name, agents)
@@ -100,7 +100,9 @@ def generate_episodes(
             raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
 
     started = time.perf_counter()
-    prefix = f"{name}-s{seed}"
+    game = make_env(name, max_cycles=max_cycles, checked=False, **env_kwargs)  # recorder checks
+    # a team size in the names too: logs at N=3 and N=6 in one folder never share a file
+    prefix = f"{name}-s{seed}" + (f"-n{agents}" if agents is not None else "")
     extra = {
         "source": "mpe2",
         "policy": policy,
@@ -108,7 +110,7 @@ def generate_episodes(
         "seed": seed,
         "episodes": episodes,
         "max_cycles": max_cycles,
-        **({"agents": agents} if agents is not None else {}),
+        "agents": len(game.possible_agents),
         "generator": "foresight.datasets.sources.generate_episodes",
     }
     indices: Any = range(episodes)
@@ -119,7 +121,7 @@ def generate_episodes(
 
     team_returns = []
     with TrajectoryRecorder(
-        make_env(name, max_cycles=max_cycles, checked=False, **env_kwargs),  # recorder checks
+        game,
         out,
         env_name=SUPPORTED_ENVS[name],
         file_prefix=prefix,

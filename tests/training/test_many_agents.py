@@ -97,7 +97,6 @@ def test_arena_at_six_agents_with_the_trained_models(six, monkeypatch):
     for team in ("random", "greedy", "bc", "anticipatory"):
         r = result["controllers"][team]
         assert r["episodes"] == 2 and np.isfinite(r["mean_return"])
-    # 25 steps x 6 agents x 2 episodes decided by the planner
     assert result["controllers"]["anticipatory"]["decisions_per_s"] > 0
 
 
@@ -134,8 +133,10 @@ def test_arena_refuses_models_trained_at_another_team_size(six):
     store = six[0]
     world, _ = load_registered("world@1", store)
     behavior, _ = load_registered("behavior@1", store)
+    # without a count the arena plays the models' own team size
+    assert run_arena("simple_spread", 1, ["bc"], behavior=behavior, max_cycles=2)["agents"] == N
     with pytest.raises(ValueError) as refused:
-        run_arena("simple_spread", 1, ["anticipatory"], world=world, behavior=behavior)
+        run_arena("simple_spread", 1, ["anticipatory"], world=world, behavior=behavior, agents=3)
     message = str(refused.value)
     for words in ("trained with 6 agents", "[36]", "3 agents", "[18]", "--agents 6"):
         assert words in message, (words, message)

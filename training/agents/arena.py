@@ -50,7 +50,7 @@ from foresight.datasets.sources.policies import (
     resolve_env_name,
 )
 from foresight.datasets.sources.simple_spread import spread_reward
-from foresight.datasets.sources.simulators import agent_kwargs
+from foresight.datasets.sources.simulators import SIMULATORS, agent_kwargs
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
@@ -283,15 +283,33 @@ def env_spec(env: str, max_cycles: int = 25, agents: int | None = None) -> Datas
     return DatasetSpec(env=SUPPORTED_ENVS[name], agents=sizes, action=ActionSpec("discrete", n=n))
 
 
-def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec) -> None:
+def _trained_here(trained: dict, name: str) -> DatasetSpec | None:
+    """The spec a model was trained on, when it is one of env ``name``'s (else None)."""
+    was = DatasetSpec.from_dict(trained)
+    return was if was.env in (name, SUPPORTED_ENVS[name]) else None
+
+
+def trained_team_size(name: str, specs: Sequence[dict]) -> int | None:
+    """The team size to play ``name`` at with models trained on ``specs``: the first model's
+    own count where the env takes one (simple_spread), None (the env's roster) otherwise."""
+    if SIMULATORS[name].agents is None:
+        return None
+    for trained in specs:
+        was = _trained_here(trained, name)
+        if was is not None:
+            return len(was.agents)
+    return None
+
+
+def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec, name: str) -> None:
     """Refuse a model trained on this env with another team size than the arena's, naming
     both counts and observation sizes (an observation that grows with the team fits no other
     size). Models of another env are left to ``check_model_spec``."""
-    if trained is None:
+    was = None if trained is None else _trained_here(trained, name)
+    if was is None or len(was.agents) == len(spec.agents):
         return
-    was = DatasetSpec.from_dict(trained)
     sizes, trained_sizes = sorted(set(spec.agents.values())), sorted(set(was.agents.values()))
-    if was.env == spec.env and len(was.agents) != len(spec.agents) and sizes != trained_sizes:
+    if sizes != trained_sizes:
         raise ValueError(
             f"{label} was trained with {len(was.agents)} agents (observation sizes "
             f"{trained_sizes}); this arena has {len(spec.agents)} agents (observation sizes "
@@ -454,8 +472,9 @@ def run_arena(
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with each team in ``controllers``.
 
-    ``agents`` sets the team size where the env takes one (simple_spread's ``N``); models
-    trained at another count are refused, naming both.
+    ``agents`` sets the team size where the env takes one (simple_spread's ``N``); None
+    plays at the models' own team size (the env's default without models). Models trained
+    at another count are refused, naming both.
 
     ``partners`` (e.g. ``"switching"``): each team is one controller driving the first
     agent, the others driven by ``partners`` (teams are named ``team+partners``).
@@ -480,16 +499,21 @@ def run_arena(
                     f"unknown controller {part!r} in team {team!r}; known: {sorted(all_factories)}"
                 )
     models = ArenaModels(world, behavior, planner_config, world_card, behavior_card, offline_rl)
+    labels = [
+        (label, model)
+        for label, model in (
+            ("world model", world),
+            ("behavior model", behavior),
+            ("offline-rl model", offline_rl),
+        )
+        if model is not None
+    ]
+    if agents is None:  # the models' own team size, where the env takes one
+        agents = trained_team_size(name, [model.config.spec for _, model in labels])
     spec = env_spec(name, max_cycles, agents)
-    labels = (
-        ("world model", world),
-        ("behavior model", behavior),
-        ("offline-rl model", offline_rl),
-    )
     for label, model in labels:
-        if model is not None:
-            _check_team_size(label, model.config.spec, spec)
-            check_model_spec(label, model.config.spec, spec)
+        _check_team_size(label, model.config.spec, spec, name)
+        check_model_spec(label, model.config.spec, spec)
 
     game = make_env(name, max_cycles=max_cycles, checked=False, **agent_kwargs(name, agents))
     results: dict[str, Any] = {}

@@ -190,20 +190,14 @@ def closed_loop(
     """Team returns in the dataset's env (None when it is not a supported mpe2 env)."""
     from foresight.datasets.sources.policies import SUPPORTED_ENVS, resolve_env_name
     from foresight.training.agents.arena import run_arena
-    from foresight.training.agents.offline_rl import OfflineRLController
 
     env = next((short for short, full in SUPPORTED_ENVS.items() if spec.env in (short, full)), None)
     if env is None or episodes <= 0:
         return None
     teams = [KIND, "random", "greedy"] if baselines else [KIND]
     was = model.training
-    result = run_arena(
-        resolve_env_name(env),
-        episodes,
-        teams,
-        seed,
-        factories={KIND: lambda env_name, models: OfflineRLController(model)},
-    )
+    # the model's own team size (run_arena reads it from the model's spec)
+    result = run_arena(resolve_env_name(env), episodes, teams, seed, offline_rl=model)
     model.train(was)
     return {
         team: {"return": r["mean_return"], "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1]}

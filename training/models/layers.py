@@ -1,6 +1,6 @@
-"""Layers and checks shared by the model families (world, behavior, offline-rl): the
-order-free transformer block, the residual MLP, action encoding, and the refusal of a config
-whose weights layout this code does not build. Imports nothing of ours but torch."""
+"""What the model families share: the order-free transformer block (world and behavior),
+action encoding and the refusal of a config whose weights layout this code does not build
+(world, behavior, offline-rl). Imports nothing of ours but torch."""
 
 from __future__ import annotations
 
@@ -56,17 +56,3 @@ class Block(nn.Module):
         )  # (B, H, N, C/H)
         x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
-
-
-class ResidualMLP(nn.Module):
-    """x + MLP(LayerNorm(x)): one more nonlinear layer per token, no mixing across tokens."""
-
-    def __init__(self, d_model: int, mlp_ratio: int, act: type = nn.GELU):
-        super().__init__()
-        self.ln = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_ratio * d_model), act(), nn.Linear(mlp_ratio * d_model, d_model)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(self.ln(x))

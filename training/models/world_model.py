@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Normalizer, Targets, Window
-from foresight.training.models.layers import Block, ResidualMLP, action_features, check_architecture
+from foresight.training.models.layers import Block, action_features, check_architecture
 
 ARCHITECTURE = "agent-transformer/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
@@ -170,6 +170,20 @@ class WorldPrediction:
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class ResidualMLP(nn.Module):
+    """x + MLP(LayerNorm(x)): one more nonlinear layer per token, no mixing across tokens."""
+
+    def __init__(self, d_model: int, mlp_ratio: int, act: type = nn.GELU):
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model), act(), nn.Linear(mlp_ratio * d_model, d_model)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
 
 
 class WorldModel(nn.Module):
