@@ -339,7 +339,8 @@ def run_arena_registered(
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
 
-    ``agents``: the team size where the env takes one (models at another are refused).
+    ``agents``: the team size where the env takes one; None plays at the loaded models' own
+    (models at another size are refused).
 
     ``partners`` (e.g. ``"switching"``) drives every agent but each team's first (see
     :func:`~foresight.training.agents.arena.run_arena`).
