@@ -327,6 +327,9 @@ class ModelHost:
         if self._poller is not None:
             self._poller.join(timeout=5)
             self._poller = None
+        for role in ROLES:  # requests parsed after this host are not checked against its models
+            if S.served_signature(role) is self.current.get(role).signature:
+                S.set_served_signature(role, None)
 
 
 # -- requests -> windows ---------------------------------------------------------------------

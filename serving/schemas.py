@@ -184,6 +184,11 @@ def set_served_signature(kind: Literal["world", "behavior"], sig: ModelSignature
         _SERVED[kind] = sig
 
 
+def served_signature(kind: Literal["world", "behavior"]) -> ModelSignature | None:
+    """The signature requests parsed in this process are checked against (None: unchecked)."""
+    return _SERVED.get(kind)
+
+
 # -- shared checks ---------------------------------------------------------------------------
 
 

@@ -101,7 +101,7 @@ def test_arena_at_six_agents_with_the_trained_models(six, monkeypatch):
 
 
 def test_served_act_at_six_agents_and_a_three_agent_request_refused(six, monkeypatch):
-    from foresight.serving.schemas import ActRequest
+    from foresight.serving.schemas import ActionQuery, ActRequest
     from foresight.serving.service import Foresight
 
     store = six[0]
@@ -127,6 +127,8 @@ def test_served_act_at_six_agents_and_a_three_agent_request_refused(six, monkeyp
         assert "18" in str(refused.value)
     finally:
         svc.shutdown()
+    # once it is shut down, requests in this process are no longer checked against its models
+    assert len(ActionQuery(obs=small).obs) == 3
 
 
 def test_arena_refuses_models_trained_at_another_team_size(six):
