@@ -251,11 +251,10 @@ class ModelHost:
     def _load(self, role: Role, ref: str) -> LoadedModel:
         return load_model_ref(role, ref, self.store, self.source, self.export)
 
-    @staticmethod
-    def _publish(models: ModelSet) -> None:
+    def _publish(self, models: ModelSet) -> None:
         """Requests parsed from now on are checked against these models."""
         for role in ROLES:
-            S.set_served_signature(role, models.get(role).signature)
+            S.set_served_signature(role, models.get(role).signature, owner=self)
 
     def reload(self) -> list[S.ReloadChange]:
         """Resolve every followed reference again; load and swap in what moved."""
@@ -328,8 +327,7 @@ class ModelHost:
             self._poller.join(timeout=5)
             self._poller = None
         for role in ROLES:  # requests parsed after this host are not checked against its models
-            if S.served_signature(role) is self.current.get(role).signature:
-                S.set_served_signature(role, None)
+            S.set_served_signature(role, None, owner=self)
 
 
 # -- requests -> windows ---------------------------------------------------------------------

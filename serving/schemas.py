@@ -173,20 +173,28 @@ class ModelSignature:
         return f"a list of {self.n_actions} floats"
 
 
-_SERVED: dict[str, ModelSignature] = {}
+_SERVED: dict[str, list[tuple[object, ModelSignature]]] = {}
+"""kind -> (owner, signature) of every live service host in this process, oldest first."""
 
 
-def set_served_signature(kind: Literal["world", "behavior"], sig: ModelSignature | None) -> None:
-    """Make requests parsed in this process check against the served ``kind`` model."""
-    if sig is None:
-        _SERVED.pop(kind, None)
-    else:
-        _SERVED[kind] = sig
+def set_served_signature(
+    kind: Literal["world", "behavior"], sig: ModelSignature | None, owner: object = None
+) -> None:
+    """Make requests parsed in this process check against the served ``kind`` model.
+
+    ``owner`` (a service host) replaces its own earlier signature; ``sig=None`` withdraws
+    it, and the newest signature still published is checked again (tests and benchmarks
+    run several hosts in one process)."""
+    entries = [(o, old) for o, old in _SERVED.get(kind, []) if o is not owner]
+    if sig is not None:
+        entries.append((owner, sig))
+    _SERVED[kind] = entries
 
 
 def served_signature(kind: Literal["world", "behavior"]) -> ModelSignature | None:
     """The signature requests parsed in this process are checked against (None: unchecked)."""
-    return _SERVED.get(kind)
+    entries = _SERVED.get(kind)
+    return entries[-1][1] if entries else None
 
 
 # -- shared checks ---------------------------------------------------------------------------
@@ -298,7 +306,7 @@ served models are the server's, even when the client's process has models of its
 def _signatures(*kinds: str) -> list[ModelSignature]:
     if not SERVER_CHECKS.get():
         return []
-    return [s for k in kinds if (s := _SERVED.get(k)) is not None]
+    return [s for k in kinds if (s := served_signature(k)) is not None]
 
 
 class _HistoryFields(BaseModel):
