@@ -106,7 +106,8 @@ class DatasetSpec:
     """Size of the optional global ``state`` column; None when no state is logged."""
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form metadata (policy mix, seeds, ...), kept but never checked."""
+    """Free-form metadata (policy mix, seeds, ...), kept but not checked, except the view
+    ``obs_radius`` (:func:`view_of`)."""
 
     def __post_init__(self) -> None:
         if not self.agents:
@@ -173,6 +174,8 @@ class DatasetSpec:
             )
         if other.state_dim != self.state_dim:
             problems.append(f"state_dim {other.state_dim} != dataset's {self.state_dim}")
+        if view_of(other) != view_of(self):
+            problems.append(f"{describe_view(other)} != dataset's {describe_view(self)}")
         if problems:
             raise SpecError("spec does not match the dataset: " + "; ".join(problems))
 
@@ -182,6 +185,23 @@ class DatasetSpec:
         for agent, size in other.agents.items():
             agents.setdefault(agent, size)
         return DatasetSpec(self.env, agents, self.action, self.state_dim, extra=self.extra)
+
+
+def view_of(spec: DatasetSpec) -> float | None:
+    """How far the agents of ``spec`` see: ``extra["obs_radius"]``, None for the full view.
+
+    Logs seen at one radius and at another (or the full view) are different data even where
+    the sizes agree, so appending one to the other is refused, and so is running a model on
+    a view it was not trained on.
+    """
+    radius = spec.extra.get("obs_radius") if spec.extra else None
+    return None if radius is None else float(radius)
+
+
+def describe_view(spec: DatasetSpec) -> str:
+    """``full view`` or ``partial view (obs_radius 0.5)``."""
+    radius = view_of(spec)
+    return "full view" if radius is None else f"partial view (obs_radius {radius:g})"
 
 
 def action_type(spec: ActionSpec) -> pa.DataType:

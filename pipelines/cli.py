@@ -272,6 +272,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         progress=sys.stderr.isatty() and not args.json,
         policy_params=None if args.hazard is None else {"hazard": args.hazard},
         agents=args.agents,
+        obs_radius=args.obs_radius,
     )
     data = {
         "files": result.files,
@@ -688,6 +689,7 @@ def cmd_arena(args: argparse.Namespace) -> None:
             progress=sys.stderr.isatty() and not args.json,
             partners=args.partners,
             agents=args.agents,
+            obs_radius=args.obs_radius,
         )
     except SafetensorError as exc:
         raise _damaged_weights(exc, [args.world, args.behavior, args.offline_rl], store) from exc
@@ -821,6 +823,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simple_spread only: team size N, 2 to 10 (default 3)",
     )
+    p.add_argument(
+        "--obs-radius",
+        type=float,
+        default=None,
+        metavar="R",
+        help="simple_spread only: agents see landmarks and agents within R (hidden ones read "
+        "zero, with visibility flags) and the scripted policies act on that view "
+        "(default: the full view)",
+    )
     p.add_argument("--episodes-per-file", type=int, default=250)
     p.add_argument("--max-cycles", type=int, default=25, help="steps per episode")
     p.add_argument("--state", action="store_true", help="also log the global state")
@@ -920,6 +931,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="simple_spread only: team size N, 2 to 10 (default: the models' own, else 3)",
+    )
+    p.add_argument(
+        "--obs-radius",
+        type=float,
+        default=None,
+        metavar="R",
+        help="simple_spread only: every agent sees within R (default: the full view); the "
+        "models must have been trained on logs of that view",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from foresight.datasets.schema import REQUIRED_COLUMNS, DatasetSpec
+from foresight.datasets.schema import REQUIRED_COLUMNS, DatasetSpec, describe_view, view_of
 
 
 @dataclass
@@ -445,7 +445,7 @@ def describe_spec(spec: DatasetSpec) -> str:
     """One line naming what a model depends on: obs sizes, action spec, state size."""
     return (
         f"env={spec.env!r} obs sizes={dict(spec.agents)} action={spec.action.describe()} "
-        f"state_dim={spec.state_dim}"
+        f"state_dim={spec.state_dim} {describe_view(spec)}"
     )
 
 
@@ -454,7 +454,8 @@ def check_model_spec(model_name: str, trained: dict, spec: DatasetSpec) -> None:
 
     Agents may differ in names and number (the models are independent of agent order and
     count), but every observation size must be one the model was trained on, the action
-    spec must be equal, and a logged state must have the trained size.
+    spec must be equal, a logged state must have the trained size, and the agents must see
+    as far as in training (the view, :func:`~foresight.datasets.schema.view_of`).
     """
     if trained is None:
         raise ValueError(f"{model_name} has no training spec in its config")
@@ -468,6 +469,8 @@ def check_model_spec(model_name: str, trained: dict, spec: DatasetSpec) -> None:
         problems.append(f"action {spec.action.describe()} != trained {was.action.describe()}")
     if spec.state_dim is not None and was.state_dim is not None and spec.state_dim != was.state_dim:
         problems.append(f"state_dim {spec.state_dim} != trained {was.state_dim}")
+    if view_of(spec) != view_of(was):  # an agent's model reads only what that agent sees
+        problems.append(f"{describe_view(spec)} != trained on a {describe_view(was)}")
     if problems:
         raise ValueError(
             f"{model_name} does not fit this dataset: {'; '.join(problems)}. "

@@ -25,7 +25,7 @@ import numpy as np
 
 from foresight.datasets.sources.mpe import move_toward
 from foresight.datasets.sources.simple_reference import ReferenceController
-from foresight.datasets.sources.simple_spread import SpreadController, spread_targets
+from foresight.datasets.sources.simple_spread import SpreadController, read_obs, spread_targets
 from foresight.datasets.sources.simple_tag import TagController, anticipating_chase
 from foresight.datasets.sources.simulators import CONTROLLERS, resolve_env_name
 
@@ -60,10 +60,10 @@ class ScriptedAnticipation:
             targets = spread_targets(obs, ids, list(agents))
             out = {}
             for a in agents:
-                o = obs[a]
-                n = o.size // 6
-                landmark = o[4 : 4 + 2 * n].reshape(n, 2)[targets[a]]
-                out[a] = move_toward(landmark, o[0:2], SpreadController.accel)
+                o = read_obs(obs[a])
+                # a landmark out of sight: search from the centre, as the greedy rules do
+                goal = o.landmarks[targets[a]] if o.landmark_seen[targets[a]] else -o.pos
+                out[a] = move_toward(goal, o.vel, SpreadController.accel)
             return out
         if isinstance(self.rules, TagController):
             return {a: self._tag(a, obs) for a in agents}

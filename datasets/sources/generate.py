@@ -18,7 +18,13 @@ from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
 from foresight.datasets.sources.policies import POLICY_NAMES, make_policy
 from foresight.datasets.sources.recorder import TrajectoryRecorder
-from foresight.datasets.sources.simulators import SUPPORTED_ENVS, agent_kwargs, resolve_env_name
+from foresight.datasets.sources.simulators import (
+    SIMULATORS,
+    SUPPORTED_ENVS,
+    agent_kwargs,
+    resolve_env_name,
+)
+from foresight.datasets.sources.views import PartialView, check_obs_radius
 
 if TYPE_CHECKING:
     from pettingzoo import ParallelEnv
@@ -44,18 +50,29 @@ class GenerateResult:
     """Per episode, the mean over agents of each agent's episode return."""
 
 
-def make_env(env: str, max_cycles: int = 25, checked: bool = True, **kwargs: Any) -> ParallelEnv:
+def make_env(
+    env: str,
+    max_cycles: int = 25,
+    checked: bool = True,
+    obs_radius: float | None = None,
+    **kwargs: Any,
+) -> ParallelEnv:
     """A supported mpe2 env (short or versioned name) as a PettingZoo ParallelEnv.
 
     ``checked=False`` leaves out mpe2's argument-checking wrappers (action bounds, call
     order): the same env about 25% faster, for callers that check actions themselves, as
-    :class:`TrajectoryRecorder` does. Other ``kwargs`` go to the mpe2 env (e.g. ``N``).
+    :class:`TrajectoryRecorder` does. ``obs_radius`` gives every agent a partial view of
+    that radius (:mod:`foresight.datasets.sources.views`; None: the full view). Other
+    ``kwargs`` go to the mpe2 env (e.g. ``N``).
     """
     name = resolve_env_name(env)
+    radius = check_obs_radius(name, obs_radius)
     module = importlib.import_module(f"mpe2.{SUPPORTED_ENVS[name]}")
     if checked:
-        return module.parallel_env(max_cycles=max_cycles, **kwargs)
-    return aec_to_parallel_wrapper(module.raw_env(max_cycles=max_cycles, **kwargs))
+        game = module.parallel_env(max_cycles=max_cycles, **kwargs)
+    else:
+        game = aec_to_parallel_wrapper(module.raw_env(max_cycles=max_cycles, **kwargs))
+    return game if radius is None else PartialView(game, SIMULATORS[name].partial_view, radius)
 
 
 def generate_episodes(
@@ -72,6 +89,7 @@ def generate_episodes(
     progress: bool = False,
     policy_params: Mapping[str, Any] | None = None,
     agents: int | None = None,
+    obs_radius: float | None = None,
 ) -> GenerateResult:
     """Record ``episodes`` episodes of ``env`` under a scripted ``policy`` into ``out``.
 
@@ -83,10 +101,14 @@ def generate_episodes(
     ``{"hazard": 0.2}`` for switching, whose switch steps are in each row's ``policy_id``).
     ``agents`` sets the team size where the env takes one (simple_spread's ``N``; None: the
     env's default); the spec's agents and observation sizes follow, and ``extra["agents"]``
-    records the count (the default roster's too).
+    records the count (the default roster's too). ``obs_radius`` records what agents seeing
+    that far observe, and the scripted policies act on that same partial view
+    (:mod:`foresight.datasets.sources.views`); ``extra["obs_radius"]`` records it (None:
+    the full view) and the file names carry ``-r{radius}``.
     """
     name = resolve_env_name(env)
     env_kwargs = agent_kwargs(name, agents)
+    obs_radius = check_obs_radius(name, obs_radius)
     if policy not in POLICY_NAMES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
     params = dict(policy_params or {})
@@ -101,9 +123,13 @@ def generate_episodes(
             raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
 
     started = time.perf_counter()
-    game = make_env(name, max_cycles=max_cycles, checked=False, **env_kwargs)  # recorder checks
-    # a team size in the names too: logs at N=3 and N=6 in one folder never share a file
+    game = make_env(  # the recorder checks actions
+        name, max_cycles=max_cycles, checked=False, obs_radius=obs_radius, **env_kwargs
+    )
+    # team size and view in the names too: logs at N=3 and N=6, or seen at another radius,
+    # in one folder never share a file
     prefix = f"{name}-s{seed}" + (f"-n{agents}" if agents is not None else "")
+    prefix += f"-r{obs_radius:g}" if obs_radius is not None else ""
     extra = {
         "source": "mpe2",
         "policy": policy,
@@ -112,6 +138,7 @@ def generate_episodes(
         "episodes": episodes,
         "max_cycles": max_cycles,
         "agents": len(game.possible_agents),
+        "obs_radius": obs_radius,
         "generator": "foresight.datasets.sources.generate_episodes",
     }
     indices: Any = range(episodes)

@@ -95,3 +95,6 @@ class Simulator:
     """The observation layout's kinematics for a dataset of it, where they are known."""
     agents: tuple[int, int] | None = None
     """The agent counts (low, high) its mpe2 env takes as ``N``; None: a fixed roster."""
+    partial_view: Callable[[np.ndarray, float], np.ndarray] | None = None
+    """(full observation, radius) -> what an agent seeing that far observes (``--obs-radius``,
+    :class:`foresight.datasets.sources.views.PartialView`); None: full view only."""

@@ -270,17 +270,24 @@ def _action_spec(env: str) -> ActionSpec:
         e.close()
 
 
-def env_spec(env: str, max_cycles: int = 25, agents: int | None = None) -> DatasetSpec:
-    """The dataset spec of an mpe2 env (``agents`` of them, where it takes a count) as
-    recorded by ``generate_episodes``."""
+def env_spec(
+    env: str, max_cycles: int = 25, agents: int | None = None, obs_radius: float | None = None
+) -> DatasetSpec:
+    """The dataset spec of an mpe2 env (``agents`` of them, where it takes a count; seen
+    ``obs_radius`` far, None: the full view) as recorded by ``generate_episodes``."""
     name = resolve_env_name(env)
-    e = make_env(name, max_cycles=max_cycles, **agent_kwargs(name, agents))
+    e = make_env(name, max_cycles=max_cycles, obs_radius=obs_radius, **agent_kwargs(name, agents))
     try:
         sizes = {a: int(np.prod(e.observation_space(a).shape)) for a in e.possible_agents}
         n = int(e.action_space(e.possible_agents[0]).n)
     finally:
         e.close()
-    return DatasetSpec(env=SUPPORTED_ENVS[name], agents=sizes, action=ActionSpec("discrete", n=n))
+    return DatasetSpec(
+        env=SUPPORTED_ENVS[name],
+        agents=sizes,
+        action=ActionSpec("discrete", n=n),
+        extra={"obs_radius": obs_radius},
+    )
 
 
 def _trained_here(trained: dict, name: str) -> DatasetSpec | None:
@@ -469,12 +476,18 @@ def run_arena(
     progress: bool = False,
     partners: str | None = None,
     agents: int | None = None,
+    obs_radius: float | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with each team in ``controllers``.
 
     ``agents`` sets the team size where the env takes one (simple_spread's ``N``); None
     plays at the models' own team size (the env's default without models). Models trained
     at another count are refused, naming both.
+
+    ``obs_radius``: every agent sees that far (:mod:`foresight.datasets.sources.views`), and
+    every controller, scripted or not, acts on those partial observations; models must have
+    been trained on that view (a full-view model is refused under a partial one, naming
+    both). None: the full view.
 
     ``partners`` (e.g. ``"switching"``): each team is one controller driving the first
     agent, the others driven by ``partners`` (teams are named ``team+partners``).
@@ -510,12 +523,26 @@ def run_arena(
     ]
     if agents is None:  # the models' own team size, where the env takes one
         agents = trained_team_size(name, [model.config.spec for _, model in labels])
-    spec = env_spec(name, max_cycles, agents)
+    spec = env_spec(name, max_cycles, agents, obs_radius)
     for label, model in labels:
         _check_team_size(label, model.config.spec, spec, name)
         check_model_spec(label, model.config.spec, spec)
+    if obs_radius is not None and any(
+        "anticipatory-known-reward" in team.split("+") for team in controllers
+    ):
+        raise ValueError(
+            "anticipatory-known-reward scores imagined states by the env's reward, which a "
+            f"partial view (obs_radius {obs_radius:g}) does not show; leave it out or play the "
+            "full view"
+        )
 
-    game = make_env(name, max_cycles=max_cycles, checked=False, **agent_kwargs(name, agents))
+    game = make_env(
+        name,
+        max_cycles=max_cycles,
+        checked=False,
+        obs_radius=obs_radius,
+        **agent_kwargs(name, agents),
+    )
     results: dict[str, Any] = {}
     bar = None
     if progress:
@@ -560,6 +587,7 @@ def run_arena(
         "seed": seed,
         "partners": partners,
         "agents": len(spec.agents),
+        "obs_radius": obs_radius,
         "max_cycles": max_cycles,
         "controllers": results,
         "gap": _gap(results),

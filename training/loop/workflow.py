@@ -336,11 +336,13 @@ def run_arena_registered(
     offline_rl_ref: str | None = "offline-rl",
     partners: str | None = None,
     agents: int | None = None,
+    obs_radius: float | None = None,
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
 
     ``agents``: the team size where the env takes one; None plays at the loaded models' own
-    (models at another size are refused).
+    (models at another size are refused). ``obs_radius``: agents see that far (None: the
+    full view); models must have been trained on the same view.
 
     ``partners`` (e.g. ``"switching"``) drives every agent but each team's first (see
     :func:`~foresight.training.agents.arena.run_arena`).
@@ -386,6 +388,7 @@ def run_arena_registered(
         progress=progress,
         partners=partners,
         agents=agents,
+        obs_radius=obs_radius,
     )
     result["files"] = _write_to_store(store, rel, lambda out: write_arena_report(result, out))
     result["models"] = refs
