@@ -89,7 +89,27 @@ def http_factories(
     if not client.ready():
         raise ValueError(f"no Foresight service ready at {url} (GET /readyz failed)")
     observer = ArenaRecording(EpisodeRecorder(client, dataset=dataset)) if record else None
-    return {
-        "anticipatory": lambda env, models: HttpAnticipatoryController(client, observer),
-        "bc": lambda env, models: HttpBehaviorController(client, observer),
+    served = {
+        f"served {m.role} model {m.version}": m.card["spec"]
+        for m in client.models().models
+        if m.card.get("spec")
     }
+    return {
+        "anticipatory": _Remote(lambda: HttpAnticipatoryController(client, observer), served),
+        "bc": _Remote(
+            lambda: HttpBehaviorController(client, observer),
+            {k: v for k, v in served.items() if k.startswith("served behavior")},
+        ),
+    }
+
+
+class _Remote:
+    """An arena factory for controllers deciding through the service; ``model_specs`` (the
+    served models' training specs) lets the arena refuse a team size or view they were not
+    trained on before the first episode, as it does for local models."""
+
+    def __init__(self, build, model_specs: dict[str, Any]) -> None:
+        self.build, self.model_specs = build, model_specs
+
+    def __call__(self, env: str, models: Any) -> Any:
+        return self.build()

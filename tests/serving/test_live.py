@@ -236,5 +236,18 @@ def test_arena_via_http_decides_through_the_service(server, store, monkeypatch):
     }
     assert calls == {"act": 25, "predict_actions": 25}  # one call per step, all agents at once
     assert result["models"] == {}  # nothing loaded locally: every decision came over HTTP
+    # a team size or a view the served models were not trained on: refused before playing
+    for case, refusal in (
+        ({"agents": 6}, r"served world model world@\d+ \(playing anticipatory\) was trained "
+                        r"with 3 agents .* this arena has 6 agents"),
+        ({"obs_radius": 0.35}, r"served world model .* partial view \(obs_radius 0.35\) != "
+                               r"trained on a full view"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=refusal):
+            run_arena_registered(
+                "simple_spread", 1, ["anticipatory"], store=store,
+                factories=http_factories(server.url, api_key=KEY), **case,
+            )  # fmt: skip
+    assert calls["act"] == 25
     with pytest.raises(ValueError, match="no Foresight service ready"):
         http_factories("http://127.0.0.1:9", api_key=KEY)

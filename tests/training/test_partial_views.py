@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from foresight.datasets.ingest import IngestError, ingest_logs
 from foresight.datasets.sources.generate import generate_episodes, make_env
@@ -31,6 +32,14 @@ from foresight.datasets.sources.views import check_obs_radius
 from foresight.datasets.storage import Store
 from foresight.pipelines.cli import main
 from foresight.training.agents.arena import run_arena
+from foresight.training.agents.planning import (
+    JointHistory,
+    Planner,
+    PlannerConfig,
+    history_window,
+)
+from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.world_model import WorldModel, WorldModelConfig
 from foresight.training.registry import load_registered
 
 R = 0.35
@@ -110,8 +119,6 @@ def test_greedy_rules_act_on_what_they_see():
 
 
 def test_the_env_reward_is_refused_on_partial_observations():
-    import torch
-
     with pytest.raises(ValueError, match="partial view"):
         spread_reward(torch.zeros(4, N, PARTIAL), torch.zeros(4, N))
 
@@ -246,3 +253,74 @@ def test_the_cli_arena_takes_the_radius(seen):
             "--obs-radius", str(R), "--world", "world@1", "--behavior", "behavior@1",
         )  # fmt: skip
     assert result["obs_radius"] == R and set(result["controllers"]) == {"random", "greedy", "bc"}
+
+
+# -- decentralized models and planner --------------------------------------------------------
+
+
+def random_history(rng: np.random.Generator, steps: int = 4) -> JointHistory:
+    agents = [f"agent_{i}" for i in range(N)]
+    full = rng.uniform(-1, 1, (steps, N, FULL)).astype(np.float32)
+    full[..., 4 + 4 * N - 2 :] = 0  # silent
+    obs = np.stack([[partial_view(o, R) for o in step] for step in full])
+    prev = rng.integers(0, 5, (steps, N))
+    return JointHistory(agents, obs, prev, 0, {a: PARTIAL for a in agents})
+
+
+def with_others_changed(h: JointHistory, rng: np.random.Generator) -> JointHistory:
+    """The same history for agent_0; the other agents saw and did something else."""
+    other = random_history(rng, h.length)
+    obs, prev = np.array(h.obs), np.array(h.prev_actions)
+    obs[:, 1:], prev[:, 1:] = other.obs[:, 1:], other.prev_actions[:, 1:]
+    return JointHistory(h.agent_ids, obs, prev, 0, h.obs_sizes)
+
+
+def test_models_of_a_partial_view_read_each_agent_alone(seen):
+    store = seen[0]
+    world, _ = load_registered("world@1", store)
+    behavior, _ = load_registered("behavior@1", store)
+    assert world.decentralized and world.config.decentralized is None  # the default did it
+    assert not behavior.config.centralized
+    rng = np.random.default_rng(0)
+    h = random_history(rng)
+    w, w2 = (
+        history_window(x, world.context, world.obs_dim, world.config.dataset_spec().action, "cpu")
+        for x in (h, with_others_changed(h, rng))
+    )
+    with torch.no_grad():
+        one, two = world(w), world(w2)
+    for a, b in zip(one, two, strict=True):  # every head, agent 0's part
+        torch.testing.assert_close(a[:, 0], b[:, 0])
+    assert not torch.allclose(one[1][:, 1], two[1][:, 1])  # the others' parts did change
+
+
+def test_the_planner_decides_from_the_egos_own_partial_history(seen):
+    """What agent_0 does depends on its own history alone: the same decision, candidate by
+    candidate, whatever the other agents saw and did (the full-view planner reads them)."""
+    store = seen[0]
+    world, _ = load_registered("world@1", store)
+    behavior, _ = load_registered("behavior@1", store)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        h = random_history(rng)
+        decisions = [
+            Planner(world, behavior, PlannerConfig(horizon=3, n_samples=2, seed=5)).decide(
+                history, ["agent_0"]
+            )[0]
+            for history in (h, with_others_changed(h, rng))
+        ]
+        assert decisions[0].action == decisions[1].action
+        assert [s for _, s in decisions[0].candidate_scores] == pytest.approx(
+            [s for _, s in decisions[1].candidate_scores], abs=1e-5
+        )
+
+
+def test_a_centralized_model_of_a_partial_view_is_refused(seen):
+    spec = load_registered("world@1", seen[0])[1].card.spec
+    with pytest.raises(ValueError, match=r"world model of a partial view \(obs_radius 0.35\) "
+                       r"must be decentralized"):  # fmt: skip
+        WorldModel(WorldModelConfig(spec=spec, decentralized=False))
+    with pytest.raises(ValueError, match=r"behavior model of a partial view .* decentralized"):
+        BehaviorModel(BehaviorModelConfig(spec=spec, centralized=True))
+    full = {**spec, "agents": dict.fromkeys(spec["agents"], FULL), "extra": {}}
+    assert not WorldModel(WorldModelConfig(spec=full)).decentralized  # full view: attention

@@ -105,7 +105,9 @@ class ArenaModels:
 
 
 ControllerFactory = Callable[[str, ArenaModels], Controller]
-"""(short env name, models) -> a fresh controller."""
+"""(short env name, models) -> a fresh controller. A factory whose controllers play with
+models the arena is not given (a service's) names their training specs in a
+``model_specs`` attribute (label -> spec dict): the arena checks them like its own."""
 
 
 class EpisodeObserver(Protocol):
@@ -512,8 +514,8 @@ def run_arena(
                     f"unknown controller {part!r} in team {team!r}; known: {sorted(all_factories)}"
                 )
     models = ArenaModels(world, behavior, planner_config, world_card, behavior_card, offline_rl)
-    labels = [
-        (label, model)
+    trained = [  # (label, training spec) of every model a team plays with
+        (label, model.config.spec)
         for label, model in (
             ("world model", world),
             ("behavior model", behavior),
@@ -521,12 +523,16 @@ def run_arena(
         )
         if model is not None
     ]
+    used = sorted({part for team in controllers for part in team.split("+")})
+    for part in used:  # models behind a factory (a service's): checked the same way
+        for label, model_spec in getattr(all_factories[part], "model_specs", {}).items():
+            trained.append((f"{label} (playing {part})", model_spec))
     if agents is None:  # the models' own team size, where the env takes one
-        agents = trained_team_size(name, [model.config.spec for _, model in labels])
+        agents = trained_team_size(name, [model_spec for _, model_spec in trained])
     spec = env_spec(name, max_cycles, agents, obs_radius)
-    for label, model in labels:
-        _check_team_size(label, model.config.spec, spec, name)
-        check_model_spec(label, model.config.spec, spec)
+    for label, model_spec in trained:
+        _check_team_size(label, model_spec, spec, name)
+        check_model_spec(label, model_spec, spec)
     if obs_radius is not None and any(
         "anticipatory-known-reward" in team.split("+") for team in controllers
     ):

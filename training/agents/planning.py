@@ -99,7 +99,8 @@ class PlannerConfig:
     """Per-step discount of predicted rewards (near steps are predicted better)."""
     team_reward: bool = True
     """Score by the sum of every present agent's predicted reward (shared tasks) rather
-    than the ego's own."""
+    than the ego's own. Not under a partial view: there a decentralized world model
+    predicts each agent from what it sees, and an ego scores by its own reward."""
     disagreement_penalty: float = 0.0
     """Subtract this times the std of the return over samples (risk aversion, and a
     guard against futures the world model is unsure about)."""
@@ -266,6 +267,10 @@ class Planner:
         self.low = spec.action.low if spec.action.low is not None else -1.0
         self.high = spec.action.high if spec.action.high is not None else 1.0
         self.context = max(world.context, behavior.context)
+        self.team_reward = self.config.team_reward and not getattr(world, "decentralized", False)
+        """Score by every present agent's predicted reward. With a decentralized world model
+        (a partial view) an ego scores by its own: then nothing the ego does not see (the
+        others' histories, their predicted rewards) changes its decision."""
         self.device = next(world.parameters()).device
         self.rollout_world = self.world
         """The world model rollouts run (a bfloat16 copy with ``precision="bfloat16"``)."""
@@ -490,7 +495,7 @@ class Planner:
             reward_fn=self.reward_fn,
             sample_next=c.sample_obs,
         )
-        if c.team_reward:
+        if self.team_reward:
             per_step = out.reward.sum(2)  # (R, H)
         else:
             ego_col = self._ego_col(sizes, egos, K)  # (R, 1)

@@ -43,7 +43,12 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Normalizer, Targets, Window
-from foresight.training.models.layers import Block, action_features, check_architecture
+from foresight.training.models.layers import (
+    Block,
+    action_features,
+    check_architecture,
+    decentralized,
+)
 
 ARCHITECTURE = "bayes-experts/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
@@ -79,7 +84,9 @@ class BehaviorModelConfig:
     (1 - ε_j) p_k(a | now) + ε_j uniform, so one rule expert covers agents of every
     noise level and the evidence tells them apart. 0: no noise levels."""
     centralized: bool = False
-    """Condition on the joint history (attention across agents) instead of one agent's."""
+    """Condition on the joint history (attention across agents) instead of one agent's;
+    refused under a partial view (``spec.extra["obs_radius"]``), where an agent cannot read
+    what it does not see."""
     n_layers: int = 1
     """Transformer blocks across agents (centralized only)."""
     n_heads: int = 4
@@ -177,6 +184,7 @@ class BehaviorModel(nn.Module):
         super().__init__()
         check_architecture("behavior model", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
+        decentralized(not config.centralized, spec, "behavior model")  # refused if centralized
         self.config = config
         self.discrete = spec.action.discrete
         self.n_actions = spec.action.n if self.discrete else spec.action.dim

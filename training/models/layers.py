@@ -1,12 +1,15 @@
 """What the model families share: the order-free transformer block (world and behavior),
-action encoding and the refusal of a config whose weights layout this code does not build
-(world, behavior, offline-rl). Imports nothing of ours but torch."""
+action encoding, the refusal of a config whose weights layout this code does not build
+(world, behavior, offline-rl) and of a centralized model of a partial view. Imports
+nothing of ours but torch and the dataset schema."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from foresight.datasets.schema import DatasetSpec, describe_view, view_of
 
 
 def check_architecture(label: str, found: str, built: str) -> None:
@@ -56,3 +59,15 @@ class Block(nn.Module):
         )  # (B, H, N, C/H)
         x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+
+
+def decentralized(asked: bool | None, spec: DatasetSpec, label: str) -> bool:
+    """Whether a model of ``spec`` reads each agent's own history alone: ``asked``, or by
+    default exactly under a partial view; a centralized model of a partial view is refused."""
+    partial = view_of(spec) is not None
+    if asked is False and partial:
+        raise ValueError(
+            f"a {label} of a {describe_view(spec)} must be decentralized: an agent cannot "
+            "read what it does not see"
+        )
+    return partial if asked is None else bool(asked)

@@ -1,6 +1,6 @@
 """World model: a distribution over every agent's next observation, reward and termination.
 
-Architecture (one network shared by all agents, attention between them):
+Architecture (one network shared by all agents, attention between them unless decentralized):
 
     per agent n:  [obs_norm, action, present] for T steps, flattened, + feature mask
                   -> MLP encoder (+ residual MLP blocks) -> token (d_model)   # (B, N, d)
@@ -8,6 +8,11 @@ Architecture (one network shared by all agents, attention between them):
     tokens -> n_layers pre-LN transformer blocks over agents (no positional embedding,
               so the model is permutation-equivariant and runs on any agent count)
     per agent token -> heads: next-obs delta mixture (per feature), reward, termination
+
+Under a partial view the model is decentralized (``WorldModelConfig.decentralized``): the
+same layers, but each agent's token goes through the blocks alone, so what it predicts for
+an agent depends on that agent's own history and action only; the others' moves enter as
+the uncertainty of what the agent will see.
 
 The observation head predicts the change ``obs[t+1] - obs[t]`` in units of its training
 std, as a per-feature mixture of ``n_mixture`` Gaussians. Features that never change in
@@ -28,7 +33,12 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec
 from foresight.training.data import Normalizer, Targets, Window
-from foresight.training.models.layers import Block, action_features, check_architecture
+from foresight.training.models.layers import (
+    Block,
+    action_features,
+    check_architecture,
+    decentralized,
+)
 
 ARCHITECTURE = "agent-transformer/3"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
@@ -72,6 +82,12 @@ class WorldModelConfig:
     state_dropout: float = 0.25
     """Probability of hiding the global state while training, so imagination (which
     cannot predict the state) still works when it is missing."""
+    decentralized: bool | None = None
+    """Predict each agent's next observation from its own history and action alone: the
+    blocks run on each agent's token by itself, and the global state is not read. None
+    (default): decentralized exactly when the data are a partial view
+    (``spec.extra["obs_radius"]``), where an agent cannot read what it does not see;
+    False there is refused."""
     architecture: str = ARCHITECTURE
     """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
 
@@ -198,6 +214,7 @@ class WorldModel(nn.Module):
         self.state_dim = spec.state_dim
         self.context = T = config.context
         K, d = config.n_mixture, config.d_model
+        self.decentralized = decentralized(config.decentralized, spec, "world model")
         if config.encoder_layers < 1:
             raise ValueError(f"encoder_layers must be >= 1, got {config.encoder_layers}")
         if config.activation not in ACTIVATIONS:
@@ -218,7 +235,7 @@ class WorldModel(nn.Module):
         self.encoder_blocks = nn.ModuleList(
             ResidualMLP(d, config.mlp_ratio, act) for _ in range(config.encoder_layers - 1)
         )
-        if self.state_dim:
+        if self.state_dim and not self.decentralized:  # a decentralized model reads no state
             self.state_encoder = nn.Sequential(
                 nn.Linear(T * (self.state_dim + 1), d), act(), nn.Linear(d, d)
             )
@@ -257,7 +274,10 @@ class WorldModel(nn.Module):
         for block in self.encoder_blocks:
             x = block(x)
         valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
-        if self.state_dim:
+        if self.decentralized:  # every agent's token through the blocks by itself
+            x = x.reshape(B * N, 1, -1)
+            valid = torch.ones(B * N, 1, dtype=torch.bool, device=x.device)
+        elif self.state_dim:
             if w.state is not None:
                 sv = w.state_valid.float()[..., None]  # (B, T, 1)
                 if self.training and self.config.state_dropout > 0:
@@ -271,7 +291,7 @@ class WorldModel(nn.Module):
         valid = valid | ~valid.any(dim=1, keepdim=True)  # never an all-masked row (NaN)
         for block in self.blocks:
             x = block(x, valid)
-        x = self.ln_f(x[:, :N])  # (B, N, d)
+        x = self.ln_f(x.reshape(B, -1, x.shape[-1])[:, :N])  # (B, N, d)
         K = self.config.n_mixture
         logits, mu, raw_std = self.obs_head(x).view(B, N, D, K, 3).float().unbind(-1)
         std = self.config.min_std + F.softplus(raw_std)  # (B, N, D, K)

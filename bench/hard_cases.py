@@ -1,12 +1,14 @@
-"""Closed loop with many agents: simple_spread at N agents through the whole CLI chain.
+"""Closed loop in the hard cases, through the whole CLI chain: many agents, partial views.
 
-    python bench/many_agents.py --out runs/many6 --agents 6 [--episodes 300] [--arena 200]
+    python bench/hard_cases.py --out runs/many6 --agents 6 [--episodes 300] [--arena 200]
+    python bench/hard_cases.py --out runs/partial --obs-radius 0.35
 
-Runs, in a fresh store under ``OUT/store``: ``foresight generate --agents N --policy mixed``
-(``--episodes`` logged episodes), ``foresight ingest``, ``foresight train world`` and
-``foresight train behavior`` with their defaults (the two at once), then ``foresight arena
---agents N`` with random, greedy, bc and anticipatory over ``--arena`` episodes. Prints and
-writes ``OUT/many-agents.json``: each step's wall time, each team's mean return with its 95%
+Runs, in a fresh store under ``OUT/store``: ``foresight generate --policy mixed`` (with
+``--agents N`` and ``--obs-radius R`` when given; ``--episodes`` logged episodes),
+``foresight ingest``, ``foresight train world`` and ``foresight train behavior`` with their
+defaults (the two at once), then ``foresight arena`` at the same size and view with random,
+greedy, bc and anticipatory (``--controllers``) over ``--arena`` episodes. Prints and writes
+``OUT/hard-cases.json``: each step's wall time, each team's mean return with its 95%
 interval, G = greedy - random and (anticipatory - greedy) / G.
 """
 
@@ -36,7 +38,9 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/many6")
-    parser.add_argument("--agents", type=int, default=6)
+    parser.add_argument("--agents", type=int, default=None, help="team size (default 3)")
+    parser.add_argument("--obs-radius", type=float, default=None, help="default: full view")
+    parser.add_argument("--controllers", default="random,greedy,bc,anticipatory")
     parser.add_argument("--episodes", type=int, default=300, help="logged mixed episodes")
     parser.add_argument("--arena", type=int, default=200, help="arena episodes per team")
     parser.add_argument("--seed", type=int, default=0)
@@ -46,9 +50,11 @@ def main() -> None:
     env = {**os.environ, "FORESIGHT_STORE": str(out / "store")}
     times: dict[str, float] = {}
     logs = out / "logs"
+    case = [*(["--agents", str(args.agents)] if args.agents else [])]
+    case += ["--obs-radius", str(args.obs_radius)] if args.obs_radius else []
     _, times["generate"] = run(
         [
-            "generate", "--env", "simple_spread", "--agents", str(args.agents),
+            "generate", "--env", "simple_spread", *case,
             "--episodes", str(args.episodes), "--policy", "mixed", "--out", str(logs),
             "--seed", str(args.seed + 1),
         ],
@@ -75,9 +81,9 @@ def main() -> None:
     times["train (world and behavior at once)"] = time.perf_counter() - started
     arena, times["arena"] = run(
         [
-            "arena", "--env", "simple_spread", "--agents", str(args.agents),
+            "arena", "--env", "simple_spread", *case,
             "--episodes", str(args.arena), "--seed", str(args.seed),
-            "--controllers", "random,greedy,bc,anticipatory",
+            "--controllers", args.controllers,
             "--world", "world", "--behavior", "behavior",
         ],
         env,
@@ -86,7 +92,8 @@ def main() -> None:
     g = teams["greedy"]["mean_return"] - teams["random"]["mean_return"]
     ratio = (teams["anticipatory"]["mean_return"] - teams["greedy"]["mean_return"]) / g
     report = {
-        "agents": args.agents,
+        "agents": arena["agents"],
+        "obs_radius": args.obs_radius,
         "logged_episodes": args.episodes,
         "arena_episodes": args.arena,
         "seconds": {k: round(v, 1) for k, v in times.items()},
@@ -103,7 +110,7 @@ def main() -> None:
         "trained": trained,
         "load_average": os.getloadavg(),
     }
-    (out / "many-agents.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "hard-cases.json").write_text(json.dumps(report, indent=2, default=str))
     for t, r in report["teams"].items():
         lo, hi = r["ci95"]
         print(f"{t:14s} {r['mean']:8.2f}  [{lo:.2f}, {hi:.2f}]")
