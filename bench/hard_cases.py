@@ -6,8 +6,9 @@
 Runs, in a fresh store under ``OUT/store``: ``foresight generate --policy mixed`` (with
 ``--agents N`` and ``--obs-radius R`` when given; ``--episodes`` logged episodes),
 ``foresight ingest``, ``foresight train world`` and ``foresight train behavior`` with their
-defaults (the two at once), then ``foresight arena`` at the same size and view with random,
-greedy, bc and anticipatory (``--controllers``) over ``--arena`` episodes. Prints and writes
+defaults (the two at once; then ``foresight train offline-rl`` when the controllers name
+``offline-rl``), then ``foresight arena`` at the same size and view with random, greedy, bc
+and anticipatory (``--controllers``) over ``--arena`` episodes. Prints and writes
 ``OUT/hard-cases.json``: each step's wall time, each team's mean return with its 95%
 interval, G = greedy - random and (anticipatory - greedy) / G.
 """
@@ -79,12 +80,16 @@ def main() -> None:
             raise SystemExit(f"train {kind} failed:\n{stderr[-3000:]}")
         trained[kind] = json.loads(stdout)
     times["train (world and behavior at once)"] = time.perf_counter() - started
+    if "offline-rl" in args.controllers.split(","):  # the offline-RL peer, on the same version
+        trained["offline-rl"], times["train offline-rl"] = run(
+            ["train", "offline-rl", "--dataset", "spread"], env
+        )
     arena, times["arena"] = run(
         [
             "arena", "--env", "simple_spread", *case,
             "--episodes", str(args.arena), "--seed", str(args.seed),
             "--controllers", args.controllers,
-            "--world", "world", "--behavior", "behavior",
+            "--world", "world", "--behavior", "behavior", "--offline-rl", "offline-rl",
         ],
         env,
     )  # fmt: skip
