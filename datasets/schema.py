@@ -201,7 +201,7 @@ def view_of(spec: DatasetSpec) -> float | None:
 def describe_view(spec: DatasetSpec) -> str:
     """``full view`` or ``partial view (obs_radius 0.5)``."""
     radius = view_of(spec)
-    return "full view" if radius is None else f"partial view (obs_radius {radius:g})"
+    return "full view" if radius is None else f"partial view (obs_radius {radius!r})"
 
 
 def action_type(spec: ActionSpec) -> pa.DataType:

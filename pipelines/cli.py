@@ -937,8 +937,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="R",
-        help="simple_spread only: every agent sees within R (default: the full view); the "
-        "models must have been trained on logs of that view",
+        help="simple_spread only: every agent sees within R (default: the models' own view, "
+        "else the full view); the models must have been trained on logs of that view",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

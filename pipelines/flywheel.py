@@ -36,7 +36,7 @@ from foresight.pipelines.sensors import new_landing_files
 from foresight.serving.client import ForesightClient
 from foresight.serving.launch import ServerProcess
 from foresight.serving.recorder import ArenaRecording, EpisodeRecorder
-from foresight.serving.remote import HttpAnticipatoryController
+from foresight.serving.remote import HttpAnticipatoryController, RemoteFactory, served_specs
 from foresight.training.loop.options import options
 from foresight.training.loop.workflow import _write_to_store, run_arena_registered
 from foresight.training.registry import ModelRegistry, RegistryError
@@ -143,7 +143,11 @@ def _arena(config: FlywheelConfig, store: Store, client: ForesightClient, seed: 
     observer = None
     if record:
         observer = ArenaRecording(EpisodeRecorder(client, dataset=config.dataset, prefix=PREFIX))
-    factories = {TEAM: lambda env, models: HttpAnticipatoryController(client, observer)}
+    factories = {
+        TEAM: RemoteFactory(
+            lambda: HttpAnticipatoryController(client, observer), served_specs(client)
+        )
+    }
     result = run_arena_registered(
         config.env, config.episodes, [TEAM], store=store, seed=seed, factories=factories
     )

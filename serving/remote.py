@@ -10,7 +10,7 @@ Episodes they play are recorded (every agent of the episode) and posted to ``POS
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,26 +89,32 @@ def http_factories(
     if not client.ready():
         raise ValueError(f"no Foresight service ready at {url} (GET /readyz failed)")
     observer = ArenaRecording(EpisodeRecorder(client, dataset=dataset)) if record else None
-    served = {
-        f"served {m.role} model {m.version}": m.card["spec"]
-        for m in client.models().models
-        if m.card.get("spec")
-    }
     return {
-        "anticipatory": _Remote(lambda: HttpAnticipatoryController(client, observer), served),
-        "bc": _Remote(
-            lambda: HttpBehaviorController(client, observer),
-            {k: v for k, v in served.items() if k.startswith("served behavior")},
+        "anticipatory": RemoteFactory(
+            lambda: HttpAnticipatoryController(client, observer), served_specs(client)
+        ),
+        "bc": RemoteFactory(
+            lambda: HttpBehaviorController(client, observer), served_specs(client, "behavior")
         ),
     }
 
 
-class _Remote:
-    """An arena factory for controllers deciding through the service; ``model_specs`` (the
-    served models' training specs) lets the arena refuse a team size or view they were not
-    trained on before the first episode, as it does for local models."""
+def served_specs(client: ForesightClient, role: str | None = None) -> dict[str, dict]:
+    """Label -> training spec of each model the service holds now (of ``role`` if given)."""
+    return {
+        f"served {m.role} model {m.version}": m.card["spec"]
+        for m in client.models().models
+        if m.card.get("spec") and role in (None, m.role)
+    }
 
-    def __init__(self, build, model_specs: dict[str, Any]) -> None:
+
+class RemoteFactory:
+    """An arena factory for controllers that decide through the service. ``model_specs``
+    (the served models' training specs, read when the factory is made) lets the arena
+    refuse a team size or view they were not trained on before the first episode, as it
+    does for local models, and play their own size and view by default."""
+
+    def __init__(self, build: Callable[[], Any], model_specs: dict[str, dict]) -> None:
         self.build, self.model_specs = build, model_specs
 
     def __call__(self, env: str, models: Any) -> Any:

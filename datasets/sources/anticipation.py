@@ -61,8 +61,8 @@ class ScriptedAnticipation:
             out = {}
             for a in agents:
                 o = read_obs(obs[a])
-                # a landmark out of sight: search from the centre, as the greedy rules do
-                goal = o.landmarks[targets[a]] if o.landmark_seen[targets[a]] else -o.pos
+                # no landmark in sight: search from the centre, as the greedy rules do
+                goal = o.landmarks[targets[a]] if targets[a] >= 0 else -o.pos
                 out[a] = move_toward(goal, o.vel, SpreadController.accel)
             return out
         if isinstance(self.rules, TagController):

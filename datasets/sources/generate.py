@@ -94,7 +94,8 @@ def generate_episodes(
     """Record ``episodes`` episodes of ``env`` under a scripted ``policy`` into ``out``.
 
     ``out`` is a local folder or ``s3://bucket/prefix``; files are
-    ``{env}-s{seed}[-n{agents}]-part{k:04d}.jsonl[.gz]`` plus ``foresight_spec.json``.
+    ``{env}-s{seed}[-n{agents}][-r{radius}]-part{k:04d}.jsonl[.gz]`` plus
+    ``foresight_spec.json``.
     ``policy`` is one of ``random``, ``greedy``, ``noisy``, ``mixed``, ``switching``;
     ``policy_params`` go to
     :func:`~foresight.datasets.sources.policies.make_policy` (e.g. ``{"epsilon": 0.1}``,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from foresight.datasets.schema import view_of
 from foresight.datasets.sources.mpe import Controller, Kinematics, Simulator, move_toward
 
 if TYPE_CHECKING:
@@ -90,9 +91,9 @@ def partial_view(obs: np.ndarray, radius: float) -> np.ndarray:
     landmark_seen = np.hypot(landmarks[:, 0], landmarks[:, 1]) <= radius
     other_seen = np.hypot(others[:, 0], others[:, 1]) <= radius
     out[4 : 4 + 2 * n] *= np.repeat(landmark_seen, 2)
-    hide = np.repeat(other_seen, 2)
-    out[4 + 2 * n : 4 + 4 * n - 2] *= hide  # positions
-    out[4 + 4 * n - 2 : 6 * n] *= hide  # comm
+    keep = np.repeat(other_seen, 2)
+    out[4 + 2 * n : 4 + 4 * n - 2] *= keep  # positions
+    out[4 + 4 * n - 2 : 6 * n] *= keep  # comm
     out[6 * n : 7 * n] = landmark_seen
     out[7 * n :] = other_seen
     return out
@@ -136,7 +137,7 @@ class SpreadController(Controller):
         mine = np.where(o.landmark_seen, np.linalg.norm(landmarks, axis=1), np.inf)
         if not o.landmark_seen.any():
             return move_toward(-o.pos, o.vel, self.accel)  # search from the centre
-        if rule == "nearest" or n == 1:
+        if rule == "nearest":
             target = int(np.argmin(mine))
         elif rule.startswith("fixed"):
             target = int(rule[5:]) % n
@@ -173,7 +174,7 @@ def spread_targets(
     an uncontrolled agent nor an earlier controlled one is heading for (the nearest of all
     when every landmark is taken). Landmarks are indexed as in the observations (the same
     order for every agent). Under a partial view an agent only reckons with the landmarks
-    it sees (an uncontrolled agent that sees none claims nothing).
+    it sees; one that sees none claims nothing, and a controlled one gets -1 (search).
     """
     seen = {a: read_obs(obs[a]) for a in agents}
     # an agent's distance to each landmark it sees (inf for the hidden ones)
@@ -188,6 +189,9 @@ def spread_targets(
     targets: dict[str, int] = {}
     for a in agents:
         if a not in controlled:
+            continue
+        if not np.isfinite(dist[a]).any():
+            targets[a] = -1  # sees no landmark: nothing to claim
             continue
         free = [k for k in range(seen[a].n) if k not in taken and np.isfinite(dist[a][k])]
         target = min(free, key=lambda k: dist[a][k]) if free else int(np.argmin(dist[a]))
@@ -226,7 +230,7 @@ def kinematics(spec: DatasetSpec) -> Kinematics | None:
     (8N - 1) has none, as a landmark coming into sight jumps from zero.
     """
     sizes = set(spec.agents.values())
-    if len(sizes) != 1:
+    if len(sizes) != 1 or view_of(spec) is not None:
         return None
     (D,) = sizes
     if D % 6:

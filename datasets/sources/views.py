@@ -4,16 +4,17 @@
     obs, _ = env.reset(seed=0)                        # every agent's partial observation
 
 The simulator's entry says how (its ``partial_view``: hidden entities read zero, and
-visibility flags follow the full layout), so the recorder, the scripted policies, the arena
-and the planner all see the same partial observations without knowing about views. The
-radius is recorded in the dataset spec (``extra["obs_radius"]``, see
-:func:`foresight.datasets.schema.view_of`); the global ``state``, when logged, stays the
+visibility flags follow the full layout). The recorder and the scripted policies read the
+wrapped env's observations like any others; what depends on the view (the models, the
+arena's checks) reads the radius from the dataset spec (``extra["obs_radius"]``, see
+:func:`foresight.datasets.schema.view_of`). The global ``state``, when logged, stays the
 env's full state.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ def check_obs_radius(env: str, radius: float | None) -> float | None:
     if radius is None:
         return None
     name = resolve_env_name(env)
-    if isinstance(radius, bool) or not isinstance(radius, int | float):
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
         raise ValueError(f"obs_radius must be a number > 0, got {radius!r}")
     if not math.isfinite(radius) or radius <= 0:
         raise ValueError(
@@ -65,6 +66,8 @@ class PartialView:
         self._spaces: dict[str, spaces.Box] = {}
 
     def __getattr__(self, name: str) -> Any:
+        if name == "env":  # not set yet (a copy being built): no recursion through it
+            raise AttributeError(name)
         return getattr(self.env, name)
 
     @property

@@ -249,5 +249,8 @@ def test_arena_via_http_decides_through_the_service(server, store, monkeypatch):
                 factories=http_factories(server.url, api_key=KEY), **case,
             )  # fmt: skip
     assert calls["act"] == 25
+    specs = {k: list(f.model_specs) for k, f in http_factories(server.url, api_key=KEY).items()}
+    assert [k.split()[1] for k in specs["anticipatory"]] == ["world", "behavior"]
+    assert [k.split()[1] for k in specs["bc"]] == ["behavior"]
     with pytest.raises(ValueError, match="no Foresight service ready"):
         http_factories("http://127.0.0.1:9", api_key=KEY)

@@ -27,6 +27,7 @@ from foresight.datasets.sources.simple_spread import (
     partial_view,
     read_obs,
     spread_reward,
+    spread_targets,
 )
 from foresight.datasets.sources.views import check_obs_radius
 from foresight.datasets.storage import Store
@@ -91,6 +92,44 @@ def test_layouts_are_told_apart_and_odd_sizes_refused():
             layout(bad)
     with pytest.raises(ValueError, match="full-view observation"):
         partial_view(np.zeros(PARTIAL, np.float32), R)
+
+
+BEFORE_VIEWS = [
+    [4, 4, 4, 4, 2], [3, 3, 3, 3, 3], [3, 3, 4, 3, 4], [2, 2, 2, 2, 1], [0, 1],
+    [1, 1, 1, 1, 1, 1], [4, 4, 4, 4, 4, 1], [3, 3, 3, 3, 3, 1], [1, 1, 2, 2, 4, 1], [1, 0],
+    [1, 1, 2, 4, 2, 1, 2, 1, 1], [1, 1, 3, 1, 4, 2, 3, 3, 1], [2, 2, 3, 2, 3, 3, 3, 1, 2],
+    [1, 2, 2, 4, 4, 2, 1, 1, 4], [2, 1, 3, 4],
+]  # fmt: skip
+"""Every rule's action on 4 random full views, then scripted anticipation's targets, at
+N = 2, 3, 6, as the code before partial views (commit d309421) computed them."""
+
+
+def test_the_full_view_rules_act_as_before_partial_views():
+    rng = np.random.default_rng(2026)
+    got = []
+    for n in (2, 3, 6):
+        rules, agents = SpreadController(), [f"agent_{i}" for i in range(n)]
+        rules.reset(agents)
+        for _ in range(4):
+            obs = rng.uniform(-1.2, 1.2, 6 * n).astype(np.float32)
+            obs[4 + 4 * n - 2 :] = 0
+            got.append([rules.action("agent_0", obs, r) for r in rules.rules("agent_0")])
+        obs = {a: rng.uniform(-1, 1, 6 * n).astype(np.float32) for a in agents}
+        got.append(list(spread_targets(obs, agents, agents[: n // 2 + 1]).values()))
+    assert got == BEFORE_VIEWS
+
+
+def test_scripted_anticipation_claims_only_landmarks_it_sees():
+    """An agent that sees no landmark claims none (and searches): the others still take the
+    landmark nearest to them."""
+    far = [(2.0, 2.0), (2.0, -2.0)]
+    blind = partial_view(spread_obs([(1, 1), (1.5, 0), (0, 1.5)], far), R)
+    near0 = partial_view(spread_obs([(0.1, 0), (0.3, 0), (0, 1.5)], far), R)
+    near0_too = partial_view(spread_obs([(0.2, 0), (0, 1.5), (1.5, 0)], far), R)
+    obs = {"agent_0": blind, "agent_1": near0, "agent_2": near0_too}
+    agents = list(obs)
+    assert spread_targets(obs, agents, agents) == {"agent_0": -1, "agent_1": 0, "agent_2": 0}
+    assert spread_targets(obs, agents, ["agent_0", "agent_2"]) == {"agent_0": -1, "agent_2": 0}
 
 
 def test_greedy_rules_act_on_what_they_see():
@@ -229,19 +268,41 @@ def test_a_model_of_one_view_is_refused_under_another_naming_both(seen):
     store = seen[0]
     world, _ = load_registered("world@1", store)
     behavior, _ = load_registered("behavior@1", store)
-    with pytest.raises(ValueError, match=r"full view != trained on a partial view "
-                       r"\(obs_radius 0.35\)"):  # fmt: skip
-        run_arena("simple_spread", 1, ["anticipatory"], world=world, behavior=behavior)
+    # no radius given: the models' own view
+    played = run_arena("simple_spread", 1, ["anticipatory"], world=world, behavior=behavior)
+    assert played["obs_radius"] == R
     with pytest.raises(ValueError, match=r"partial view \(obs_radius 0.8\) != trained on a "
                        r"partial view \(obs_radius 0.35\)"):  # fmt: skip
         run_arena(
             "simple_spread", 1, ["anticipatory"], world=world, behavior=behavior, obs_radius=0.8
         )
+    full = {**world.config.spec, "agents": dict.fromkeys(world.config.spec["agents"], FULL)}
+    full["extra"] = {}
+    with pytest.raises(ValueError, match=r"partial view \(obs_radius 0.35\) != trained on a "
+                       r"full view"):  # fmt: skip
+        run_arena(
+            "simple_spread", 1, ["anticipatory"], world=WorldModel(WorldModelConfig(spec=full)),
+            behavior=BehaviorModel(BehaviorModelConfig(spec=full)), obs_radius=R,
+        )  # fmt: skip
     with pytest.raises(ValueError, match=r"anticipatory-known-reward .* partial view"):
         run_arena(
             "simple_spread", 1, ["anticipatory-known-reward"], world=world, behavior=behavior,
             obs_radius=R,
         )  # fmt: skip
+
+
+def test_the_offline_rl_peer_trains_and_plays_the_partial_view(seen):
+    """Its closed-loop evaluation during training plays the model's own view, and so does
+    the arena."""
+    store = seen[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORESIGHT_STORE", store.root)
+        cli("train", "offline-rl", "--dataset", "spread-r", "--steps", "20", "--device", "cpu")
+        result = cli(
+            "arena", "--episodes", "2", "--controllers", "greedy,offline-rl",
+            "--offline-rl", "offline-rl@1",
+        )  # fmt: skip
+    assert result["obs_radius"] == R and set(result["controllers"]) == {"greedy", "offline-rl"}
 
 
 def test_the_cli_arena_takes_the_radius(seen):
@@ -313,6 +374,18 @@ def test_the_planner_decides_from_the_egos_own_partial_history(seen):
         assert [s for _, s in decisions[0].candidate_scores] == pytest.approx(
             [s for _, s in decisions[1].candidate_scores], abs=1e-5
         )
+    # and its own history does count
+    h = random_history(rng)
+    other = random_history(rng)
+    obs = np.array(h.obs)
+    obs[:, 0] = other.obs[:, 0]
+    own_changed = JointHistory(h.agent_ids, obs, h.prev_actions, 0, h.obs_sizes)
+    scores = [
+        [s for _, s in Planner(world, behavior, PlannerConfig(horizon=3, n_samples=2, seed=5))
+         .decide(history, ["agent_0"])[0].candidate_scores]
+        for history in (h, own_changed)
+    ]  # fmt: skip
+    assert scores[0] != pytest.approx(scores[1], abs=1e-3)
 
 
 def test_a_centralized_model_of_a_partial_view_is_refused(seen):

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from foresight.datasets.schema import ActionSpec, DatasetSpec
+from foresight.datasets.schema import ActionSpec, DatasetSpec, view_of
 from foresight.datasets.sources.anticipation import ScriptedAnticipation
 from foresight.datasets.sources.generate import make_env
 from foresight.datasets.sources.policies import (
@@ -310,6 +310,16 @@ def trained_team_size(name: str, specs: Sequence[dict]) -> int | None:
     return None
 
 
+def trained_view(name: str, specs: Sequence[dict]) -> float | None:
+    """The view to play ``name`` with models trained on ``specs``: the first model's radius
+    (None: the full view, also without models)."""
+    for trained in specs:
+        was = _trained_here(trained, name)
+        if was is not None:
+            return view_of(was)
+    return None
+
+
 def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec, name: str) -> None:
     """Refuse a model trained on this env with another team size than the arena's, naming
     both counts and observation sizes (an observation that grows with the team fits no other
@@ -489,7 +499,7 @@ def run_arena(
     ``obs_radius``: every agent sees that far (:mod:`foresight.datasets.sources.views`), and
     every controller, scripted or not, acts on those partial observations; models must have
     been trained on that view (a full-view model is refused under a partial one, naming
-    both). None: the full view.
+    both). None plays the models' own view (the full view without models).
 
     ``partners`` (e.g. ``"switching"``): each team is one controller driving the first
     agent, the others driven by ``partners`` (teams are named ``team+partners``).
@@ -529,6 +539,8 @@ def run_arena(
             trained.append((f"{label} (playing {part})", model_spec))
     if agents is None:  # the models' own team size, where the env takes one
         agents = trained_team_size(name, [model_spec for _, model_spec in trained])
+    if obs_radius is None:  # and their own view
+        obs_radius = trained_view(name, [model_spec for _, model_spec in trained])
     spec = env_spec(name, max_cycles, agents, obs_radius)
     for label, model_spec in trained:
         _check_team_size(label, model_spec, spec, name)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from foresight.datasets.schema import DatasetSpec
+from foresight.datasets.schema import DatasetSpec, describe_view
 from foresight.training.data import Window, describe_spec
 from foresight.training.models.rollout import (
     BehaviorStepper,
@@ -187,7 +187,13 @@ def spec_core(spec: dict | None) -> dict[str, Any]:
     if spec is None:
         return {}
     s = DatasetSpec.from_dict(spec)
-    return {"env": s.env, "agents": dict(s.agents), "action": s.action, "state_dim": s.state_dim}
+    return {
+        "env": s.env,
+        "agents": dict(s.agents),
+        "action": s.action,
+        "state_dim": s.state_dim,
+        "view": describe_view(s),
+    }
 
 
 def check_same_dataset(

@@ -196,7 +196,7 @@ def closed_loop(
         return None
     teams = [KIND, "random", "greedy"] if baselines else [KIND]
     was = model.training
-    # the model's own team size (run_arena reads it from the model's spec)
+    # the model's own team size and view (run_arena reads them from the model's spec)
     result = run_arena(resolve_env_name(env), episodes, teams, seed, offline_rl=model)
     model.train(was)
     return {

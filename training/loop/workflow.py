@@ -342,7 +342,7 @@ def run_arena_registered(
 
     ``agents``: the team size where the env takes one; None plays at the loaded models' own
     (models at another size are refused). ``obs_radius``: agents see that far (None: the
-    full view); models must have been trained on the same view.
+    models' own view); models must have been trained on the same view.
 
     ``partners`` (e.g. ``"switching"``) drives every agent but each team's first (see
     :func:`~foresight.training.agents.arena.run_arena`).

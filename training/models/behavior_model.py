@@ -47,7 +47,7 @@ from foresight.training.models.layers import (
     Block,
     action_features,
     check_architecture,
-    decentralized,
+    check_decentralized,
 )
 
 ARCHITECTURE = "bayes-experts/3"
@@ -184,7 +184,7 @@ class BehaviorModel(nn.Module):
         super().__init__()
         check_architecture("behavior model", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
-        decentralized(not config.centralized, spec, "behavior model")  # refused if centralized
+        check_decentralized(spec, config.centralized, "behavior model", "set centralized=False")
         self.config = config
         self.discrete = spec.action.discrete
         self.n_actions = spec.action.n if self.discrete else spec.action.dim

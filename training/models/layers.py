@@ -61,13 +61,18 @@ class Block(nn.Module):
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
 
-def decentralized(asked: bool | None, spec: DatasetSpec, label: str) -> bool:
-    """Whether a model of ``spec`` reads each agent's own history alone: ``asked``, or by
-    default exactly under a partial view; a centralized model of a partial view is refused."""
-    partial = view_of(spec) is not None
-    if asked is False and partial:
+def check_decentralized(spec: DatasetSpec, centralized: bool, label: str, fix: str) -> None:
+    """Refuse a centralized model of a partial view: an agent cannot read what it does not
+    see. ``fix`` says which setting to change."""
+    if centralized and view_of(spec) is not None:
         raise ValueError(
-            f"a {label} of a {describe_view(spec)} must be decentralized: an agent cannot "
-            "read what it does not see"
+            f"a {label} of a {describe_view(spec)} must be decentralized (an agent cannot "
+            f"read what it does not see): {fix}"
         )
-    return partial if asked is None else bool(asked)
+
+
+def resolve_decentralized(asked: bool | None, spec: DatasetSpec, label: str) -> bool:
+    """Whether a model of ``spec`` reads each agent's own history alone: ``asked``, or by
+    default (None) exactly under a partial view, where centralized is refused."""
+    check_decentralized(spec, asked is False, label, "leave decentralized unset or True")
+    return view_of(spec) is not None if asked is None else bool(asked)

@@ -37,7 +37,7 @@ from foresight.training.models.layers import (
     Block,
     action_features,
     check_architecture,
-    decentralized,
+    resolve_decentralized,
 )
 
 ARCHITECTURE = "agent-transformer/3"
@@ -214,7 +214,7 @@ class WorldModel(nn.Module):
         self.state_dim = spec.state_dim
         self.context = T = config.context
         K, d = config.n_mixture, config.d_model
-        self.decentralized = decentralized(config.decentralized, spec, "world model")
+        self.decentralized = resolve_decentralized(config.decentralized, spec, "world model")
         if config.encoder_layers < 1:
             raise ValueError(f"encoder_layers must be >= 1, got {config.encoder_layers}")
         if config.activation not in ACTIVATIONS:
