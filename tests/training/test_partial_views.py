@@ -251,26 +251,14 @@ def test_logs_of_another_view_are_refused_by_the_dataset(seen, tmp_path):
         assert cli("datasets", "versions", "spread-r") == table_before
 
 
-def test_the_arena_plays_the_partial_view_with_models_trained_on_it(seen):
-    store = seen[0]
-    world, wmv = load_registered("world@1", store)
-    behavior, bmv = load_registered("behavior@1", store)
-    result = run_arena(
-        "simple_spread", 2, ["greedy", "anticipatory"], world=world, behavior=behavior,
-        world_card=wmv.card, behavior_card=bmv.card, obs_radius=R,
-    )  # fmt: skip
-    assert result["obs_radius"] == R
-    for team in ("greedy", "anticipatory"):
-        assert len(result["controllers"][team]["returns"]) == 2
-
-
-def test_a_model_of_one_view_is_refused_under_another_naming_both(seen):
+def test_the_arena_plays_the_models_view_and_refuses_another_naming_both(seen):
     store = seen[0]
     world, _ = load_registered("world@1", store)
     behavior, _ = load_registered("behavior@1", store)
     # no radius given: the models' own view
     played = run_arena("simple_spread", 1, ["anticipatory"], world=world, behavior=behavior)
     assert played["obs_radius"] == R
+    assert len(played["controllers"]["anticipatory"]["returns"]) == 1
     with pytest.raises(ValueError, match=r"partial view \(obs_radius 0.8\) != trained on a "
                        r"partial view \(obs_radius 0.35\)"):  # fmt: skip
         run_arena(
