@@ -166,3 +166,29 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     monkeypatch.setenv("CI", "1")
     assert _use_progress(None) is False
     assert _use_progress(False) is False and _use_progress(True) is True
+
+
+def test_runs_of_two_stores_never_share_a_checkpoint_folder(tmp_path):
+    """``synthetic@1`` of two stores are different data: a ``--resume`` in one must not pick
+    up the other's checkpoint. Both train from one working folder (one FORESIGHT_RUNS)."""
+    from foresight.datasets import ingest_logs
+    from foresight.datasets.storage import Store
+    from foresight.training.loop.workflow import runs_root, train_and_register
+
+    from .conftest import make_frame
+
+    for name, seed in (("a", 1), ("b", 2)):
+        frame, spec = make_frame(episodes=8, steps=6, seed=seed)
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+        store = Store(str(tmp_path / name))
+        ingest_logs([str(tmp_path / f"{name}.parquet")], "synthetic", store, spec=spec)
+        train_and_register(
+            "behavior",
+            "synthetic",
+            store,
+            TrainConfig(epochs=1, batch_size=64, device="cpu"),
+            BehaviorModelConfig(d_model=8, context=2, expert_width=8, n_experts=2),
+            resume=True,
+            progress=False,
+        )
+    assert len(list(runs_root().iterdir())) == 2

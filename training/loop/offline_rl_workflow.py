@@ -47,7 +47,7 @@ def train_and_register_offline_rl(
     model_name = check_model_name(name or KIND)
     table, version, frame, spec = load_frame(dataset_ref, store)
     check_discrete(spec)
-    workdir = run_dir(KIND, table.name, version, config, model_config)
+    workdir = run_dir(KIND, table.name, version, config, model_config, store)
     started = time.time()
     result = train_offline_rl(
         frame, spec, config, model_config, workdir, resume=resume, progress=progress

@@ -43,10 +43,17 @@ def runs_root() -> Path:
     return Path(os.environ.get("FORESIGHT_RUNS", ".foresight/runs"))
 
 
-def run_dir(kind: str, dataset: str, version: int, config: TrainConfig, model_config: Any) -> Path:
-    """One folder per (kind, dataset version, configs): ``--resume`` finds it again."""
+def run_dir(
+    kind: str, dataset: str, version: int, config: TrainConfig, model_config: Any, store: Store
+) -> Path:
+    """One folder per (store, kind, dataset version, configs): ``--resume`` finds it again.
+
+    The store is part of the key: ``spread@1`` of two stores are different data, and a run
+    on one must never resume from (or overwrite) the other's checkpoints.
+    """
     key = json.dumps(
         {
+            "store": store.root if store.is_s3 else str(Path(store.root).resolve()),
             "train": config_dict(config),
             "model": model_config
             if model_config is None or isinstance(model_config, dict)
@@ -144,7 +151,7 @@ def train_and_register(
     config = config or TrainConfig()
     fam = family(kind)
     table, version, frame, spec = load_frame(dataset_ref, store)
-    workdir = run_dir(kind, table.name, version, config, model_config)
+    workdir = run_dir(kind, table.name, version, config, model_config, store)
     started = time.time()
     result = train(
         kind, frame, spec, config, model_config, workdir, resume=resume, progress=progress
