@@ -8,8 +8,6 @@ with the team size given once to ``foresight generate`` and read from the data a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -17,44 +15,21 @@ import pytest
 
 from foresight.datasets.sources.generate import generate_episodes
 from foresight.datasets.sources.simulators import agent_kwargs
-from foresight.datasets.storage import Store
 from foresight.pipelines.cli import main
 from foresight.training.agents.arena import run_arena
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig
 from foresight.training.registry import load_registered
 
+from .chain import cli, trained_store
+
 N = 6
 OBS = 4 + 2 * N + 4 * (N - 1)  # 36: self vel/pos, landmarks, others' positions and comms
-QUICK = ["--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "64", "--device", "cpu"]
-
-
-def cli(*args: str) -> dict:
-    """``foresight ARGS --json``, its parsed output (stdout redirected: module fixtures
-    have no capsys)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([*args, "--json"])
-    assert code == 0, err.getvalue()
-    return json.loads(out.getvalue())
 
 
 @pytest.fixture(scope="module")
 def six(tmp_path_factory):
     """A store with a 6-agent dataset and a world and behavior model trained on it."""
-    root = tmp_path_factory.mktemp("six")
-    store = Store(str(root / "store"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FORESIGHT_STORE", store.root)
-        made = cli(
-            "generate", "--env", "simple_spread", "--agents", str(N),
-            "--episodes", "12", "--policy", "mixed", "--out", str(root / "logs"),
-        )  # fmt: skip
-        ingested = cli("ingest", str(root / "logs"), "--dataset", "spread")
-        trained = {
-            kind: cli("train", kind, "--dataset", "spread", *QUICK)
-            for kind in ("world", "behavior")
-        }
-        yield store, made, ingested, trained
+    yield from trained_store(tmp_path_factory.mktemp("six"), "spread", "--agents", str(N))
 
 
 def test_the_team_size_is_in_the_data_from_generate_on(six):

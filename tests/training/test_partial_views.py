@@ -9,8 +9,6 @@ views in one dataset.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -30,7 +28,6 @@ from foresight.datasets.sources.simple_spread import (
     spread_targets,
 )
 from foresight.datasets.sources.views import check_obs_radius
-from foresight.datasets.storage import Store
 from foresight.pipelines.cli import main
 from foresight.training.agents.arena import run_arena
 from foresight.training.agents.planning import (
@@ -43,18 +40,11 @@ from foresight.training.models.behavior_model import BehaviorModel, BehaviorMode
 from foresight.training.models.world_model import WorldModel, WorldModelConfig
 from foresight.training.registry import load_registered
 
+from .chain import cli, trained_store
+
 R = 0.35
 N = 3
 FULL, PARTIAL = 6 * N, 8 * N - 1  # 18 and 23 floats
-QUICK = ["--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "64", "--device", "cpu"]
-
-
-def cli(*args: str) -> dict:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([*args, "--json"])
-    assert code == 0, err.getvalue()
-    return json.loads(out.getvalue())
 
 
 def spread_obs(landmarks, others, vel=(0.1, -0.2), pos=(0.3, 0.4)) -> np.ndarray:
@@ -202,18 +192,7 @@ def test_scripted_greedy_loses_return_under_the_partial_view(tmp_path):
 def seen(tmp_path_factory):
     """A store with a dataset seen at radius R, and a world and behavior model trained on it."""
     root = tmp_path_factory.mktemp("partial")
-    store = Store(str(root / "store"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FORESIGHT_STORE", store.root)
-        made = cli(
-            "generate", "--env", "simple_spread", "--obs-radius", str(R), "--episodes", "12",
-            "--policy", "mixed", "--out", str(root / "logs"),
-        )  # fmt: skip
-        ingested = cli("ingest", str(root / "logs"), "--dataset", "spread-r")
-        trained = {
-            kind: cli("train", kind, "--dataset", "spread-r", *QUICK)
-            for kind in ("world", "behavior")
-        }
+    for store, made, ingested, trained in trained_store(root, "spread-r", "--obs-radius", str(R)):
         yield store, root, made, ingested, trained
 
 
