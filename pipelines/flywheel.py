@@ -145,7 +145,8 @@ def _arena(config: FlywheelConfig, store: Store, client: ForesightClient, seed: 
         observer = ArenaRecording(EpisodeRecorder(client, dataset=config.dataset, prefix=PREFIX))
     factories = {
         TEAM: RemoteFactory(
-            lambda: HttpAnticipatoryController(client, observer), served_specs(client)
+            lambda: HttpAnticipatoryController(client, observer),
+            served_specs(client.models().models),
         )
     }
     result = run_arena_registered(

@@ -17,6 +17,7 @@ import numpy as np
 
 from foresight.serving.client import ForesightClient
 from foresight.serving.recorder import ArenaRecording, EpisodeRecorder, policy_id
+from foresight.serving.schemas import ServedModel
 from foresight.training.agents.arena import EpisodeInfo
 from foresight.training.agents.planning import JointHistory
 
@@ -89,21 +90,23 @@ def http_factories(
     if not client.ready():
         raise ValueError(f"no Foresight service ready at {url} (GET /readyz failed)")
     observer = ArenaRecording(EpisodeRecorder(client, dataset=dataset)) if record else None
+    served = client.models().models
     return {
         "anticipatory": RemoteFactory(
-            lambda: HttpAnticipatoryController(client, observer), served_specs(client)
+            lambda: HttpAnticipatoryController(client, observer), served_specs(served)
         ),
         "bc": RemoteFactory(
-            lambda: HttpBehaviorController(client, observer), served_specs(client, "behavior")
+            lambda: HttpBehaviorController(client, observer), served_specs(served, "behavior")
         ),
     }
 
 
-def served_specs(client: ForesightClient, role: str | None = None) -> dict[str, dict]:
-    """Label -> training spec of each model the service holds now (of ``role`` if given)."""
+def served_specs(served: Sequence[ServedModel], role: str | None = None) -> dict[str, dict]:
+    """Label -> training spec of each of the service's models (``GET /models``; of ``role``
+    if given)."""
     return {
         f"served {m.role} model {m.version}": m.card["spec"]
-        for m in client.models().models
+        for m in served
         if m.card.get("spec") and role in (None, m.role)
     }
 

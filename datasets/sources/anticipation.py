@@ -25,7 +25,12 @@ import numpy as np
 
 from foresight.datasets.sources.mpe import move_toward
 from foresight.datasets.sources.simple_reference import ReferenceController
-from foresight.datasets.sources.simple_spread import SpreadController, read_obs, spread_targets
+from foresight.datasets.sources.simple_spread import (
+    SpreadController,
+    read_obs,
+    search,
+    spread_targets,
+)
 from foresight.datasets.sources.simple_tag import TagController, anticipating_chase
 from foresight.datasets.sources.simulators import CONTROLLERS, resolve_env_name
 
@@ -60,10 +65,9 @@ class ScriptedAnticipation:
             targets = spread_targets(obs, ids, list(agents))
             out = {}
             for a in agents:
-                o = read_obs(obs[a])
-                # no landmark in sight: search from the centre, as the greedy rules do
-                goal = o.landmarks[targets[a]] if targets[a] >= 0 else -o.pos
-                out[a] = move_toward(goal, o.vel, SpreadController.accel)
+                o, k, accel = read_obs(obs[a]), targets[a], SpreadController.accel
+                # no landmark in sight (k = -1): search, as the greedy rules do
+                out[a] = move_toward(o.landmarks[k], o.vel, accel) if k >= 0 else search(o, accel)
             return out
         if isinstance(self.rules, TagController):
             return {a: self._tag(a, obs) for a in agents}

@@ -50,6 +50,12 @@ class SpreadObs:
     """(N - 1,) bool."""
 
 
+def search(o: SpreadObs, accel: float) -> int:
+    """The move of an agent with no landmark to go to (none in sight): toward the centre of
+    the arena, where landmarks are spawned around, until one comes into sight."""
+    return move_toward(-o.pos, o.vel, accel)
+
+
 def layout(size: int) -> tuple[int, bool]:
     """(N, partial) of an observation of ``size`` floats: 6N full, 8N - 1 partial."""
     if size % 6 == 0 and size >= 12:
@@ -84,12 +90,11 @@ def partial_view(obs: np.ndarray, radius: float) -> np.ndarray:
     n, partial = layout(obs.size)
     if partial:
         raise ValueError("partial_view takes a full-view observation (6N floats)")
+    o = read_obs(obs)
     out = np.empty(8 * n - 1, dtype=obs.dtype)
     out[: 6 * n] = obs
-    landmarks = obs[4 : 4 + 2 * n].reshape(n, 2)
-    others = obs[4 + 2 * n : 4 + 2 * n + 2 * (n - 1)].reshape(n - 1, 2)
-    landmark_seen = np.hypot(landmarks[:, 0], landmarks[:, 1]) <= radius
-    other_seen = np.hypot(others[:, 0], others[:, 1]) <= radius
+    landmark_seen = np.hypot(o.landmarks[:, 0], o.landmarks[:, 1]) <= radius
+    other_seen = np.hypot(o.others[:, 0], o.others[:, 1]) <= radius
     out[4 : 4 + 2 * n] *= np.repeat(landmark_seen, 2)
     keep = np.repeat(other_seen, 2)
     out[4 + 2 * n : 4 + 4 * n - 2] *= keep  # positions
@@ -136,13 +141,13 @@ class SpreadController(Controller):
         # my distance to each landmark; inf where not seen
         mine = np.where(o.landmark_seen, np.linalg.norm(landmarks, axis=1), np.inf)
         if not o.landmark_seen.any():
-            return move_toward(-o.pos, o.vel, self.accel)  # search from the centre
+            return search(o, self.accel)
         if rule == "nearest":
             target = int(np.argmin(mine))
         elif rule.startswith("fixed"):
             target = int(rule[5:]) % n
             if not o.landmark_seen[target]:
-                return move_toward(-o.pos, o.vel, self.accel)
+                return search(o, self.accel)
         elif rule in ("unclaimed", "farthest"):
             others = o.others[o.other_seen]
             if len(others) == 0:  # nobody in sight claims anything

@@ -298,26 +298,23 @@ def _trained_here(trained: dict, name: str) -> DatasetSpec | None:
     return was if was.env in (name, SUPPORTED_ENVS[name]) else None
 
 
+def _first_trained_here(name: str, specs: Sequence[dict]) -> DatasetSpec | None:
+    """The first of ``specs`` that is one of env ``name``'s (None: none is)."""
+    return next((was for t in specs if (was := _trained_here(t, name)) is not None), None)
+
+
 def trained_team_size(name: str, specs: Sequence[dict]) -> int | None:
     """The team size to play ``name`` at with models trained on ``specs``: the first model's
     own count where the env takes one (simple_spread), None (the env's roster) otherwise."""
-    if SIMULATORS[name].agents is None:
-        return None
-    for trained in specs:
-        was = _trained_here(trained, name)
-        if was is not None:
-            return len(was.agents)
-    return None
+    was = _first_trained_here(name, specs)
+    return None if SIMULATORS[name].agents is None or was is None else len(was.agents)
 
 
 def trained_view(name: str, specs: Sequence[dict]) -> float | None:
     """The view to play ``name`` with models trained on ``specs``: the first model's radius
     (None: the full view, also without models)."""
-    for trained in specs:
-        was = _trained_here(trained, name)
-        if was is not None:
-            return view_of(was)
-    return None
+    was = _first_trained_here(name, specs)
+    return None if was is None else view_of(was)
 
 
 def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec, name: str) -> None:

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from foresight.datasets.schema import DatasetSpec, describe_view
+from foresight.datasets.schema import DatasetSpec, view_of
 from foresight.training.data import Window, describe_spec
 from foresight.training.models.rollout import (
     BehaviorStepper,
@@ -192,7 +192,7 @@ def spec_core(spec: dict | None) -> dict[str, Any]:
         "agents": dict(s.agents),
         "action": s.action,
         "state_dim": s.state_dim,
-        "view": describe_view(s),
+        "view": view_of(s),
     }
 
 
