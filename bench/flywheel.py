@@ -81,7 +81,7 @@ def main() -> None:
             store=store,
             config=TrainConfig(epochs=epochs[kind], device="cpu", seed=args.seed),
             progress=False,
-            behavior_ref="behavior@1" if kind == "world" else None,
+            behavior_ref="behavior@1",  # what the world model imagines with
             eval_max_starts=args.eval_max_starts,
             eval_samples=args.eval_samples,
         )

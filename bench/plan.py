@@ -73,7 +73,6 @@ def prepare(store: Store, envs: list[str], seed: int = 0) -> None:
             ("world", world_epochs, WorldModelConfig(**WORLD)),
         ):
             config = TrainConfig(epochs=epochs, device="cpu", seed=seed, patience=5)
-            extra = {"context1_baseline": False} if kind == "behavior" else {}
             r = train_and_register(
                 kind,
                 dataset,
@@ -81,8 +80,8 @@ def prepare(store: Store, envs: list[str], seed: int = 0) -> None:
                 config,
                 mc,
                 name=f"{kind}-{dataset}",
+                context1_baseline=False,  # (a baseline of the behavior family only)
                 eval_max_starts=256,
-                **extra,
             )
             print(f"trained {r['model']} on {r['dataset']}: {json.dumps(r['metrics'])}")
 

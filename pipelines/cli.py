@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from foresight.training.loop.config import TrainConfig
+from foresight.training.loop.config import TRAIN_OPTIONS
 from foresight.training.loop.options import options
 
 EXIT_USAGE = 2
@@ -43,7 +43,7 @@ class _Kinds(Sequence[str]):
     def _names(self) -> list[str]:
         from foresight.training.families import KINDS
 
-        return [*KINDS, "offline-rl"]  # offline-rl trains by its own path (not in the table yet)
+        return list(KINDS)
 
     def __getitem__(self, i):
         return self._names()[i]
@@ -55,13 +55,25 @@ class _Kinds(Sequence[str]):
         return kind in self._names()
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of the config dataclass ``cls`` (``batch_size``: ``--batch-size``),
-    with its type, choices and docstring. A flag not given leaves the field at the
-    dataclass's default, which the help shows: the dataclass is the one declaration."""
-    for o in options(cls):
-        flag = "--" + o.name.replace("_", "-")
-        text = f"{o.help} (default: {o.default})".replace("%", "%%")
+def add_config_flags(parser: argparse.ArgumentParser, classes: dict[str, type]) -> None:
+    """One flag per field of the config dataclasses ``classes`` (title -> class; a field
+    several declare is one flag: ``batch_size``: ``--batch-size``), with its type, choices
+    and each class's docstring and default under its title. A flag not given leaves the
+    field at its class's default: the dataclasses are the one declaration."""
+    declared: dict[str, list[tuple[str, Any]]] = {}
+    for title, cls in classes.items():
+        for o in options(cls):
+            declared.setdefault(o.name, []).append((title, o))
+    for name, found in declared.items():
+        o = found[0][1]
+        if any((x.base, x.choices) != (o.base, o.choices) for _, x in found):
+            raise TypeError(f"option {name} has different types in {[t for t, _ in found]}")
+        said: dict[tuple[str, str], list[str]] = {}  # the same words once, for all it holds
+        for t, x in found:
+            said.setdefault((x.help, str(x.default)), []).append(t)
+        text = "; ".join(f"{', '.join(ts)}: {h} (default: {d})" for (h, d), ts in said.items())
+        text = text.replace("%", "%%")
+        flag = "--" + name.replace("_", "-")
         if o.base is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=text
@@ -71,9 +83,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def config_from_flags(cls: type, args: argparse.Namespace) -> Any:
-    """The ``cls`` config of the flags :func:`add_config_flags` added (given ones set)."""
-    given = {o.name: getattr(args, o.name) for o in options(cls)}
-    return cls(**{k: v for k, v in given.items() if v is not None})
+    """The ``cls`` config of the flags :func:`add_config_flags` added (given ones set);
+    ValueError naming a given flag that is not a field of ``cls``."""
+    names = {o.name for c in TRAIN_OPTIONS.values() for o in options(c)}
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    foreign = sorted(
+        "--" + n.replace("_", "-") for n in set(given) - {f.name for f in options(cls)}
+    )
+    if foreign:
+        title = next((t for t, c in TRAIN_OPTIONS.items() if c is cls), cls.__name__)
+        verb = "is not an option" if len(foreign) == 1 else "are not options"
+        raise ValueError(
+            f"{', '.join(foreign)} {verb} of {title} training (see `foresight train --help`)"
+        )
+    return cls(**given)
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -472,19 +495,22 @@ def _launch_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from foresight.training.families import FAMILIES, family
     from foresight.training.loop.train import init_distributed
     from foresight.training.loop.workflow import train_and_register
 
+    fam = family(args.kind)
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.kind == "offline-rl":
-        return _train_offline_rl(args)
-    for flag in ("steps", "gamma", "cql_alpha"):
-        if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')} is for offline-rl, not {args.kind}")
+    config = config_from_flags(fam.train_config_cls, args)
+    if args.nproc > 1 and fam.trainer is not None:
+        shared = ", ".join(k for k, f in FAMILIES.items() if f.trainer is None)
+        raise ValueError(
+            f"{args.kind} trains in one process by a loop of its own; --nproc is for the "
+            f"shared loop's families ({shared})"
+        )
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_distributed(args)
-    config = config_from_flags(TrainConfig, args)
     rk = init_distributed(config.device)  # under torchrun: join its process group
     try:
         result = train_and_register(
@@ -503,39 +529,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             dist.destroy_process_group()
     if rk.main:
         _emit(args, result, _train_text)
-
-
-def _train_offline_rl(args: argparse.Namespace) -> None:
-    """``foresight train offline-rl``: the offline-RL peer (TorchRL's discrete CQL)."""
-    from dataclasses import fields
-
-    from foresight.training.loop.offline_rl import OfflineRLTrainConfig
-    from foresight.training.loop.offline_rl_workflow import train_and_register_offline_rl
-
-    ours = {f.name for f in fields(OfflineRLTrainConfig)}
-    given = {o.name: getattr(args, o.name) for o in options(TrainConfig)}
-    given = {k: v for k, v in given.items() if v is not None}
-    others = sorted("--" + k.replace("_", "-") for k in set(given) - ours - {"context"})
-    if args.nproc != 1 or others:
-        raise ValueError(
-            "offline-rl trains in one process for --steps optimizer steps; "
-            f"{', '.join(others or ['--nproc'])} are for the world and behavior models"
-        )
-    config = OfflineRLTrainConfig(**{k: v for k, v in given.items() if k in ours})
-    for key in ("steps", "gamma", "cql_alpha"):
-        if getattr(args, key) is not None:
-            setattr(config, key, getattr(args, key))
-    model_config = {"context": given["context"]} if "context" in given else None
-    result = train_and_register_offline_rl(
-        args.dataset,
-        _store(args),
-        config,
-        model_config,
-        name=args.name,
-        resume=args.resume,
-        progress=None if not args.json else False,
-    )
-    _emit(args, result, _train_text)
 
 
 def _damaged_weights(exc: Exception, refs: Sequence[str], store) -> ValueError:
@@ -870,12 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("kind", choices=_Kinds(), metavar="KIND", help="one of: %(choices)s")
     p.add_argument("--dataset", required=True, help="name, name@N or name@tag")
-    add_config_flags(p, TrainConfig)
+    add_config_flags(p, TRAIN_OPTIONS)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--name", default=None, help="registry name (default: the kind)")
-    p.add_argument("--steps", type=int, default=None, help="offline-rl: optimizer steps")
-    p.add_argument("--gamma", type=float, default=None, help="offline-rl: discount")
-    p.add_argument("--cql-alpha", type=float, default=None, help="offline-rl: CQL weight")
     p.add_argument(
         "--nproc",
         type=int,

@@ -147,7 +147,9 @@ def model_asset(fam: ModelFamily) -> dg.AssetsDefinition:
     return train_model
 
 
-MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {k: model_asset(f) for k, f in FAMILIES.items()}
+MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {
+    k: model_asset(f) for k, f in FAMILIES.items() if f.pipeline
+}
 """Family -> its model asset."""
 behavior_model = MODEL_ASSETS["behavior"]
 world_model = MODEL_ASSETS["world"]

@@ -66,10 +66,10 @@ def test_flags_of_another_kind_are_refused(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(
         capsys, "train", "offline-rl", "--dataset", "x", "--epochs", "3", "--patience", "2"
     )
-    assert code == 2 and "--epochs, --patience are for the world and behavior models" in err
+    assert code == 2 and "--epochs, --patience are not options of offline-rl training" in err
     code, _, err = run_cli(capsys, "train", "offline-rl", "--dataset", "x", "--nproc", "2")
-    assert code == 2 and "--nproc are for the world and behavior models" in err
+    assert code == 2 and "--nproc is for the shared loop's families (world, behavior)" in err
     code, _, err = run_cli(capsys, "train", "world", "--dataset", "x", "--cql-alpha", "1")
-    assert code == 2 and "--cql-alpha is for offline-rl, not world" in err
+    assert code == 2 and "--cql-alpha is not an option of world, behavior training" in err
     code, _, err = run_cli(capsys, "arena", "--offline-rl", "../x", "--controllers", "offline-rl")
     assert code == 2 and "--offline-rl" in err

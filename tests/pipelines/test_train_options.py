@@ -9,7 +9,7 @@ import pytest
 
 from foresight.pipelines.cli import build_parser, config_from_flags
 from foresight.pipelines.model_assets import TrainAssetConfig, _train_config
-from foresight.training.loop.config import TrainConfig
+from foresight.training.loop.config import TRAIN_OPTIONS, OfflineRLTrainConfig, TrainConfig
 from foresight.training.loop.options import field_docs, options
 
 
@@ -32,7 +32,8 @@ def test_every_option_is_a_cli_flag_with_its_docstring():
     by_dest = {a.dest: a for a in train._actions}
     for o in options(TrainConfig):
         assert o.name in by_dest, o.name
-        assert by_dest[o.name].help.startswith(o.help.replace("%", "%%")), o.name
+        text = by_dest[o.name].help
+        assert text.startswith("world, behavior") and o.help.replace("%", "%%") in text, o.name
     config = config_from_flags(
         TrainConfig,
         parse(
@@ -40,6 +41,28 @@ def test_every_option_is_a_cli_flag_with_its_docstring():
         ),
     )
     assert config == TrainConfig(epochs=3, lr=0.01, context=4, calibrate=False, device="cpu")
+
+
+def test_every_family_has_its_options_flags_and_nothing_else():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    for o in options(OfflineRLTrainConfig):  # one flag per field, shared names once
+        assert "offline-rl" in helps[o.name] and o.help.replace("%", "%%") in helps[o.name]
+    assert "(default: 0.002); offline-rl:" in helps["lr"]  # each class's own default
+    assert helps["seed"].startswith("world, behavior, offline-rl: Seeds")  # same words once
+    parse = lambda kind, *flags: build_parser().parse_args(  # noqa: E731
+        ["train", kind, "--dataset", "d", *flags]
+    )
+    assert config_from_flags(OfflineRLTrainConfig, parse("offline-rl")) == OfflineRLTrainConfig()
+    config = config_from_flags(
+        OfflineRLTrainConfig, parse("offline-rl", "--steps", "7", "--lr", "0.1", "--context", "2")
+    )
+    assert config == OfflineRLTrainConfig(steps=7, lr=0.1, context=2)
+    with pytest.raises(ValueError, match="--calibrate, --epochs are not options of offline-rl"):
+        config_from_flags(OfflineRLTrainConfig, parse("offline-rl", "--epochs", "2", "--calibrate"))
+    with pytest.raises(ValueError, match="--steps is not an option of world, behavior training"):
+        config_from_flags(TrainConfig, parse("world", "--steps", "2"))
+    assert set(TRAIN_OPTIONS.values()) == {TrainConfig, OfflineRLTrainConfig}
 
 
 def test_a_flag_outside_its_choices_is_refused():

@@ -11,6 +11,7 @@ from foresight.datasets import ingest_logs
 from foresight.datasets.storage import Store
 from foresight.training.evaluation.evaluate import evaluate_behavior
 from foresight.training.families import BEHAVIOR, FAMILIES, KINDS, WORLD, family
+from foresight.training.loop.config import TRAIN_OPTIONS
 from foresight.training.loop.train import TrainConfig, build_model
 from foresight.training.loop.workflow import quality_gate, train_and_register
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
@@ -20,7 +21,7 @@ from .conftest import make_frame
 
 
 def test_the_table_names_each_kind_once_with_its_parts():
-    assert KINDS == ("world", "behavior")
+    assert KINDS == ("world", "behavior", "offline-rl")
     _, spec = make_frame(episodes=2)
     for kind in KINDS:
         fam = family(kind)
@@ -29,6 +30,12 @@ def test_the_table_names_each_kind_once_with_its_parts():
         assert config["architecture"] == fam.architecture
         assert isinstance(build_model(kind, config), fam.model_cls)
     assert WORLD.imagines_with == "behavior" and BEHAVIOR.imagines_with is None
+    for fam in FAMILIES.values():  # the CLI's options classes (it loads no torch) agree
+        titles = [t for t, cls in TRAIN_OPTIONS.items() if cls is fam.train_config_cls]
+        assert len(titles) == 1 and fam.name in titles[0].split(", "), fam.name
+        assert fam.pipeline == (fam.trainer is None)  # Dagster's assets run the shared loop
+        if fam.trainer is not None:
+            assert callable(fam.train_and_register()), fam.name
     with pytest.raises(ValueError, match="model kind must be one of 'world', 'behavior'"):
         family("planner")
 

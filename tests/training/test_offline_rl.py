@@ -17,18 +17,18 @@ from foresight.datasets.schema import ActionSpec, DatasetSpec
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory
 from foresight.training.data import build_tensors, gather_window, sample_rows
+from foresight.training.loop.config import OfflineRLTrainConfig
 from foresight.training.loop.offline_rl import (
-    OfflineRLTrainConfig,
     build_transitions,
-    load_offline_rl,
     make_loss,
     offline_rl_gate,
     train_offline_rl,
     validation_metrics,
 )
 from foresight.training.loop.offline_rl_workflow import train_and_register_offline_rl
+from foresight.training.loop.workflow import evaluate_registered
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork
-from foresight.training.registry import ModelRegistry, RegistryError
+from foresight.training.registry import ModelRegistry, RegistryError, load_registered
 
 from .conftest import make_frame
 
@@ -198,7 +198,7 @@ def test_registered_with_its_lineage_and_loaded_back(tmp_path, store: Store):
     assert card["model_config"]["spec"] == spec.to_dict() and card["model_config"]["context"] == 2
     assert card["git_sha"] and set(card["metrics"]) >= {"val/td_loss", "val/cql", "val/agreement"}
     assert card["training"]["reward_scale"] > 0 and len(card["training"]["history"]) == 2
-    model, mv = load_offline_rl("offline-rl", store)
+    model, mv = load_registered("offline-rl", store, kind="offline-rl")
     assert isinstance(model, SharedQNetwork) and mv.version == 1
     # the loaded network (weights, normalizer, config) gives back the card's validation numbers
     split = json.loads(store.fs.read_bytes(store.uri("models", "offline-rl", "1", "split.json")))
@@ -215,7 +215,12 @@ def test_registered_with_its_lineage_and_loaded_back(tmp_path, store: Store):
     assert set(controller.act(history, ["a", "b"])) == {"a", "b"}
     ModelRegistry(store).register("world", model.state_dict(), {"kind": "world"})
     with pytest.raises(RegistryError, match="world@1 is a world model, not an offline-rl model"):
-        load_offline_rl("world", store)
+        load_registered("world", store, kind="offline-rl")
+    # its loop evaluated it: `foresight evaluate` sends the user to the arena instead
+    with pytest.raises(
+        ValueError, match=r"offline-rl@1 \(offline-rl\) was evaluated by its own training loop"
+    ):
+        evaluate_registered("offline-rl", store=store)
 
 
 def test_a_dataset_with_continuous_actions_is_refused_before_training(tmp_path):

@@ -1,8 +1,10 @@
 """The options of a training run: one dataclass, the single declaration of each option.
 
 ``foresight train``'s flags and the Dagster model assets' run config are derived from
-:class:`TrainConfig` (``training.loop.options``): each field's default and docstring are
-theirs. No torch here, so the CLI builds its parser without loading it.
+these dataclasses (``training.loop.options``): each field's default and docstring are
+theirs. :class:`TrainConfig` is the shared loop's (world and behavior models),
+:class:`OfflineRLTrainConfig` the offline-RL peer's. No torch here, so the CLI builds its
+parser without loading it.
 """
 
 from __future__ import annotations
@@ -44,3 +46,52 @@ class TrainConfig:
     """World model: after training, fit a factor on each feature's predicted std so that
     90% intervals hold 90% of the truth, on every other validation episode (those are then
     left out of the evaluation: see TrainResult.heldout_episode_ids)."""
+
+
+@dataclass
+class OfflineRLTrainConfig:
+    """The options of ``foresight train offline-rl``: the offline-RL peer's own loop
+    (:mod:`foresight.training.loop.offline_rl`), in optimizer steps rather than epochs."""
+
+    steps: int = 40_000
+    """Optimizer steps (batches of transitions): about 80 passes over the transitions of
+    2,000 episodes of 3 agents. Half as many gave a lower return in the arena
+    (BENCHMARKS.md, offline-RL peer, has the learning curve)."""
+    batch_size: int = 256
+    """Transitions (one agent, one step) per optimizer step."""
+    lr: float = 3e-4
+    """Adam learning rate (OG-MARL's IQL+CQL default)."""
+    gamma: float = 0.99
+    """Discount of the TD(0) target (OG-MARL's default)."""
+    cql_alpha: float = 2.0
+    """Weight of the CQL term against the TD loss (OG-MARL's ``cql_weight`` default)."""
+    target_update_interval: int = 200
+    """Optimizer steps between copies of the online network into the target (OG-MARL)."""
+    reward_scale: float | None = None
+    """Rewards are multiplied by this; None: 1 / std of the training rewards, so the TD loss
+    and the CQL term have the same size whatever the env's reward units."""
+    grad_clip: float = 10.0
+    """Max global gradient norm."""
+    val_fraction: float = 0.15
+    """Share of episodes held out for the validation losses (split by episode)."""
+    eval_every: int = 2_000
+    """Steps between validation (and closed-loop) evaluations logged to metrics.jsonl."""
+    eval_episodes: int = 20
+    """Closed-loop episodes per evaluation when the dataset's env is a supported mpe2 env
+    (0: none). They are logged, never used to pick weights."""
+    seed: int = 0
+    """Seeds the split, the initialization and the batch order."""
+    context: int | None = None
+    """Steps of each agent's history the network reads; None keeps the model config's own
+    default."""
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    """"auto" (CUDA if present), "cpu" or "cuda"."""
+
+
+TRAIN_OPTIONS: dict[str, type] = {
+    "world, behavior": TrainConfig,
+    "offline-rl": OfflineRLTrainConfig,
+}
+"""Each options class, keyed by the families that train with it, for ``foresight train``'s
+flags and help (the family table, which loads torch, names each family's class; a test
+checks that the two agree)."""

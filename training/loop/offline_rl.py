@@ -1,7 +1,7 @@
 """Training the offline-RL peer: TorchRL's discrete CQL loss on the dataset's own rewards.
 
     result = train_offline_rl(frame, spec, OfflineRLTrainConfig(), workdir="runs/orl")
-    model, mv = load_offline_rl("offline-rl@production", store)   # for the arena
+    model, mv = load_registered("offline-rl@production", store, kind="offline-rl")  # arena
 
 Every (step, agent) of the training episodes is one transition of that agent: its window
 features now and one step later (:meth:`SharedQNetwork.features`), its action, its reward,
@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,46 +40,13 @@ from foresight.training.data import (
     compute_normalizer,
     gather_window,
 )
+from foresight.training.loop.config import OfflineRLTrainConfig
 from foresight.training.loop.train import select_device, split_rows
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork, check_discrete
 
 KIND = "offline-rl"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-@dataclass
-class OfflineRLTrainConfig:
-    steps: int = 40_000
-    """Optimizer steps (batches of transitions): about 80 passes over the transitions of
-    2,000 episodes of 3 agents. Half as many gave a lower return in the arena
-    (BENCHMARKS.md, offline-RL peer, has the learning curve)."""
-    batch_size: int = 256
-    """Transitions (one agent, one step) per optimizer step."""
-    lr: float = 3e-4
-    """Adam learning rate (OG-MARL's IQL+CQL default)."""
-    gamma: float = 0.99
-    """Discount of the TD(0) target (OG-MARL's default)."""
-    cql_alpha: float = 2.0
-    """Weight of the CQL term against the TD loss (OG-MARL's ``cql_weight`` default)."""
-    target_update_interval: int = 200
-    """Optimizer steps between copies of the online network into the target (OG-MARL)."""
-    reward_scale: float | None = None
-    """Rewards are multiplied by this; None: 1 / std of the training rewards, so the TD loss
-    and the CQL term have the same size whatever the env's reward units."""
-    grad_clip: float = 10.0
-    """Max global gradient norm."""
-    val_fraction: float = 0.15
-    """Share of episodes held out for the validation losses (split by episode)."""
-    eval_every: int = 2_000
-    """Steps between validation (and closed-loop) evaluations logged to metrics.jsonl."""
-    eval_episodes: int = 20
-    """Closed-loop episodes per evaluation when the dataset's env is a supported mpe2 env
-    (0: none). They are logged, never used to pick weights."""
-    seed: int = 0
-    """Seeds the split, the initialization and the batch order."""
-    device: str = "auto"
-    """"auto" (CUDA if present), "cpu" or "cuda"."""
 
 
 @dataclass
@@ -246,6 +213,8 @@ def train_offline_rl(
         mc = OfflineRLConfig(**asdict(model_config))
     else:
         mc = OfflineRLConfig(**(model_config or {}))
+    if ckpt is None and config.context is not None:
+        mc = replace(mc, context=config.context)
     mc.spec = spec.to_dict()
     mc.horizon = int((data.ep_end - data.ep_start).max().item()) + 1
     torch.manual_seed(config.seed)
@@ -356,24 +325,6 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
-
-
-def load_offline_rl(ref: str, store=None) -> tuple[SharedQNetwork, Any]:
-    """A registered offline-RL model, rebuilt from its card's config, with its weights, in
-    eval mode, and its ModelVersion. A model of another kind is refused by name."""
-    from foresight.datasets.storage import Store
-    from foresight.training.registry import ModelRegistry, RegistryError
-
-    tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
-    kind = mv.card["kind"]
-    if kind != KIND:
-        raise RegistryError(
-            f"{mv.ref} is a {kind} model, not an {KIND} model; train one with "
-            f"`foresight train {KIND} --dataset REF`"
-        )
-    model = SharedQNetwork(OfflineRLConfig(**mv.card["model_config"]))
-    model.load_state_dict(tensors)
-    return model.eval(), mv
 
 
 def offline_rl_gate(

@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from foresight.datasets.storage import Store
-from foresight.training.loop.offline_rl import (
-    KIND,
-    OfflineRLTrainConfig,
-    offline_rl_gate,
-    train_offline_rl,
-)
+from foresight.training.loop.config import OfflineRLTrainConfig
+from foresight.training.loop.offline_rl import KIND, offline_rl_gate, train_offline_rl
 from foresight.training.loop.train import model_state
 from foresight.training.loop.workflow import SPLIT_FILE, _write_to_store, load_frame, run_dir
 from foresight.training.models.offline_rl import OfflineRLConfig, check_discrete

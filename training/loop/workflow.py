@@ -140,7 +140,10 @@ def train_and_register(
 ) -> dict[str, Any]:
     """Train ``kind`` on a dataset version, evaluate it, write its report, register it.
 
-    ``eval_max_starts`` caps the held-out start points of rollouts and imagination;
+    A family with a loop of its own (:attr:`~foresight.training.families.ModelFamily.trainer`)
+    trains, gates and registers by it, with ``config`` of its own options class; the
+    options after ``progress`` are the shared loop's. ``eval_max_starts`` caps the held-out
+    start points of rollouts and imagination;
     ``eval_samples`` is the number of imagined futures per start. Under torchrun every rank
     trains (DistributedDataParallel); only rank 0 evaluates and registers, and the other
     ranks return ``{"rank": r, "model": None}``.
@@ -148,8 +151,11 @@ def train_and_register(
     from foresight.training.evaluation.evaluate import write_report
 
     store = store or Store.from_env()
-    config = config or TrainConfig()
     fam = family(kind)
+    if fam.trainer is not None:  # a family with a loop of its own (offline-rl: TorchRL's)
+        own = fam.train_and_register()
+        return own(dataset_ref, store, config, model_config, name, resume, progress)
+    config = config or TrainConfig()
     table, version, frame, spec = load_frame(dataset_ref, store)
     workdir = run_dir(kind, table.name, version, config, model_config, store)
     started = time.time()
@@ -285,6 +291,13 @@ def evaluate_registered(
     store = store or Store.from_env()
     model, mv = load_registered(model_ref, store)
     card = mv.card
+    fam = family(card.kind)
+    if fam.evaluate is None:
+        raise ValueError(
+            f"{mv.ref} ({card.kind}) was evaluated by its own training loop, and its card "
+            "holds those metrics; to compare it, play it in the arena: `foresight arena "
+            f"--controllers {card.kind},greedy --{card.kind} {mv.ref}`"
+        )
     if dataset_ref is None and not (card.dataset and card.dataset.resolved):
         raise ValueError(f"the card of {mv.ref} names no dataset version; pass a dataset")
     ref = dataset_ref or card.dataset.resolved
@@ -301,7 +314,6 @@ def evaluate_registered(
         )
     behavior = None
     behavior_used = None
-    fam = family(card.kind)
     if fam.imagines_with:
         behavior, behavior_used = _imagination_model(
             store, fam.imagines_with, table.name, behavior_ref
@@ -368,16 +380,14 @@ def run_arena_registered(
     refs: dict[str, str] = {}
     if needs_models:
         if world_ref:
-            world, mv = load_registered(world_ref, store)
+            world, mv = load_registered(world_ref, store, kind="world")
             world_card, refs["world"] = mv.card, mv.ref
         if behavior_ref:
-            behavior, mv = load_registered(behavior_ref, store)
+            behavior, mv = load_registered(behavior_ref, store, kind="behavior")
             behavior_card, refs["behavior"] = mv.card, mv.ref
     offline_rl = None
     if "offline-rl" in parts and offline_rl_ref:
-        from foresight.training.loop.offline_rl import load_offline_rl
-
-        offline_rl, mv = load_offline_rl(offline_rl_ref, store)
+        offline_rl, mv = load_registered(offline_rl_ref, store, kind="offline-rl")
         refs["offline-rl"] = mv.ref
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rel = f"reports/arena/{env}-{stamp}"

@@ -540,9 +540,21 @@ def _non_finite(x: Any, path: str = "") -> list[str]:
     return []
 
 
-def load_registered(ref: str, store: Store | None = None) -> tuple[Any, ModelVersion]:
-    """A registered model, rebuilt from its card's config, with its weights, in eval mode."""
+def load_registered(
+    ref: str, store: Store | None = None, kind: str | None = None
+) -> tuple[Any, ModelVersion]:
+    """A registered model, rebuilt from its card's config, with its weights, in eval mode.
+    ``kind``: the family it must be; a model of another is refused by name."""
     from foresight.training.loop.train import load_model
 
     tensors, mv = ModelRegistry(store or Store.from_env()).load(ref)
+    if kind is not None and mv.card.kind != kind:
+        raise RegistryError(
+            f"{mv.ref} is {_a(mv.card.kind)} model, not {_a(kind)} model; train one with "
+            f"`foresight train {kind} --dataset REF`"
+        )
     return load_model(mv.card.kind, mv.card.model_config, tensors), mv
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
