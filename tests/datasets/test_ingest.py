@@ -190,6 +190,7 @@ def test_injected_failure_leaves_no_partial_version(store, tmp_path, monkeypatch
     assert DatasetTable(store, "toy").quarantine().height == 1
 
 
+@pytest.mark.slow  # an ingest process killed mid-write, per store
 def test_killed_ingest_process_leaves_no_partial_version(store, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", episodes(2))
     ingest_logs([str(tmp_path / "a.jsonl")], "toy", store)

@@ -324,6 +324,7 @@ def switch_steps(rows: list[dict]) -> tuple[int, int]:
     return switches, chances
 
 
+@pytest.mark.slow  # thousands of simulated steps per hazard
 @pytest.mark.parametrize("hazard", [0.1, 0.3])
 def test_switching_policy_switches_at_the_hazard_rate(tmp_path, hazard):
     result = generate_episodes(

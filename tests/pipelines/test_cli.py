@@ -10,6 +10,7 @@ import sys
 import time
 
 import polars as pl
+import pytest
 
 from foresight.datasets.storage import S3Config, Store
 from foresight.pipelines.cli import main
@@ -72,6 +73,7 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
     assert code == 2 and "simple_spread" in err
 
 
+@pytest.mark.slow  # starts and stops a real S3 server
 def test_storage_up_serves_s3_until_stopped(tmp_path):
     proc = subprocess.Popen(
         [

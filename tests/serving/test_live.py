@@ -29,6 +29,8 @@ from .test_service import AGENTS, BAD_REQUESTS, history, past
 
 KEY = "test-key"
 
+pytestmark = pytest.mark.slow  # one real `bentoml serve` process for the module (~6 s to start)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -159,7 +161,6 @@ def own_store(tmp_path, monkeypatch):
     return store
 
 
-@pytest.mark.slow
 def test_moved_alias_is_picked_up_by_polling(own_store, tmp_path):
     with (
         ServerProcess(free_port(), tmp_path / "serve.log", api_key=KEY, reload_seconds=0.5) as srv,
@@ -194,7 +195,6 @@ def test_unresolvable_reference_fails_before_the_server_starts(store, tmp_path, 
     assert not (tmp_path / "log").exists()
 
 
-@pytest.mark.slow
 def test_bentoml_build_packages_the_served_models(store, _bentoml_home):
     tag = build_bento("world@production", "behavior@production")
     import bentoml

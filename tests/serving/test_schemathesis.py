@@ -19,6 +19,9 @@ MAX_EXAMPLES = 60
 """Per operation: bounds the suite's time; the full run is `schemathesis run` by hand."""
 
 
+pytestmark = pytest.mark.slow  # a live BentoML server and ~300 generated requests
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with served_store(tmp_path_factory, "fuzz"):

@@ -60,6 +60,7 @@ def test_the_planner_decides_for_all_six_agents(six):
     assert all(0 <= int(d.action) < 5 for d in decisions)
 
 
+@pytest.mark.slow  # planner episodes at six agents
 def test_arena_at_six_agents_with_the_trained_models(six, monkeypatch):
     store = six[0]
     monkeypatch.setenv("FORESIGHT_STORE", store.root)

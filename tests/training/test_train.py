@@ -87,6 +87,7 @@ CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # three training processes, one killed
 def test_kill_and_resume_finishes_like_an_uninterrupted_run(tiny, tmp_path):
     workdir = tmp_path / "crashy"
     script = CRASH_SCRIPT.format(workdir=str(workdir), threads=torch.get_num_threads())

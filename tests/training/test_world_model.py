@@ -164,6 +164,7 @@ def _coverage(model, data, rows) -> torch.Tensor:
     return (inside * dyn).sum(dim=(0, 1)) / dyn.sum(0).clamp_min(1) / rows.numel()
 
 
+@pytest.mark.slow  # trains two world models
 def test_calibrated_intervals_cover_90_percent_of_held_out_episodes(tmp_path):
     # 600 episodes: 45 held out, enough that each feature's coverage is known to +-0.02
     frame, spec = make_frame(episodes=600, steps=15, seed=4)
@@ -205,6 +206,7 @@ def test_calibrated_intervals_cover_90_percent_of_held_out_episodes(tmp_path):
     assert torch.equal(uncalibrated.model.std_scale, torch.ones_like(fitted))
 
 
+@pytest.mark.slow  # trains a world model to a gate
 def test_world_model_beats_the_linear_baseline_on_one_step_mse(tmp_path):
     """Linear least squares is the gate's hardest baseline: the synthetic dynamics are
     linear except for the repulsion between near agents, which only the model can learn."""
