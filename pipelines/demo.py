@@ -16,12 +16,6 @@ import time
 from pathlib import Path
 
 DEFAULT_EPISODES = 2_000
-DEMO_EPOCHS = {"behavior": 6, "world": 25}
-"""Epochs of the demo's training runs (early stopping may end them sooner)."""
-DEMO_MODELS = {"behavior": None, "world": {"reward_weight": 10.0}}
-"""Model configs: the default sizes, with a heavier reward loss for the world model so that
-its predicted returns are good enough to plan with (a 64-wide world model trains in half the
-time but fails its gate against the linear baseline; BENCHMARKS.md has the numbers)."""
 DEMO_ARENA_EPISODES = 40
 
 
@@ -146,13 +140,12 @@ def train_models(
     registry = ModelRegistry(store)
     refs = {}
     for step, kind in ((4, "behavior"), (5, "world")):
-        _banner(f"{step}. train the {kind} model on {dataset} (CPU-sized demo config)")
+        _banner(f"{step}. train the {kind} model on {dataset} (the defaults of `foresight train`)")
         result = train_and_register(
             kind,
             dataset,
             store=store,
-            config=demo_train_config(kind, fast, epochs),
-            model_config=DEMO_MODELS[kind],
+            config=demo_train_config(fast, epochs),
             progress=False,
             eval_max_starts=256 if fast else 1024,
             eval_samples=4 if fast else 16,
@@ -165,16 +158,16 @@ def train_models(
     return refs
 
 
-def demo_train_config(kind: str, fast: bool, epochs: int | None = None):
-    """Sized to finish in a few minutes on 2 CPU cores (``fast``: seconds, for tests).
-
-    ``epochs`` overrides the epochs of both models (default: :data:`DEMO_EPOCHS`).
-    """
+def demo_train_config(fast: bool, epochs: int | None = None):
+    """The defaults a user gets from ``foresight train`` (``fast``: seconds, for tests);
+    ``epochs`` overrides the epochs of both models."""
     from foresight.training.loop.train import TrainConfig
 
     if fast:
         return TrainConfig(epochs=epochs or 1, max_steps_per_epoch=3, batch_size=64, device="auto")
-    return TrainConfig(epochs=epochs or DEMO_EPOCHS[kind], device="auto")
+    return (
+        TrainConfig(device="auto") if epochs is None else TrainConfig(epochs=epochs, device="auto")
+    )
 
 
 def history_from_episode(store, dataset: str, steps: int) -> dict:
@@ -246,7 +239,7 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="stop after the dataset")
     parser.add_argument("--fast", action="store_true", help="a few training steps (smoke test)")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="epochs of both models (default: DEMO_EPOCHS)"
+        "--epochs", type=int, default=None, help="epochs of both models (default: TrainConfig's)"
     )
     parser.add_argument(
         "--arena-episodes",
