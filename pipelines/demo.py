@@ -165,9 +165,7 @@ def demo_train_config(fast: bool, epochs: int | None = None):
 
     if fast:
         return TrainConfig(epochs=epochs or 1, max_steps_per_epoch=3, batch_size=64, device="auto")
-    return (
-        TrainConfig(device="auto") if epochs is None else TrainConfig(epochs=epochs, device="auto")
-    )
+    return TrainConfig(epochs=epochs or TrainConfig.epochs, device="auto")
 
 
 def history_from_episode(store, dataset: str, steps: int) -> dict:

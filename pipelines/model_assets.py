@@ -147,8 +147,8 @@ def model_asset(fam: ModelFamily) -> dg.AssetsDefinition:
     return train_model
 
 
-MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {
-    k: model_asset(f) for k, f in FAMILIES.items() if f.pipeline
+MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {  # the shared loop's families
+    k: model_asset(f) for k, f in FAMILIES.items() if f.trainer is None
 }
 """Family -> its model asset."""
 behavior_model = MODEL_ASSETS["behavior"]

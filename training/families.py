@@ -63,9 +63,8 @@ class ModelFamily:
     """``module:function`` of the family's own train, gate and register step when the shared
     loop does not fit (called like :func:`~foresight.training.loop.workflow.train_and_register`
     with the dataset reference, store, options, model config, name, resume and progress).
-    None: the shared loop, in one process or under torchrun."""
-    pipeline: bool = True
-    """The Dagster training job has an asset for it (one per such family)."""
+    None: the shared loop, in one process or under torchrun; the Dagster training job has
+    an asset for each such family (its run config is the shared loop's)."""
     trains_on_chunks: bool = False
     """Every step of a window is a label (``loss(..., all_steps=True)``): the loop tiles each
     episode in chunks of ``context`` steps instead of one window per step."""
@@ -130,7 +129,6 @@ OFFLINE_RL = ModelFamily(
     gate_metrics=(),
     train_config_cls=OfflineRLTrainConfig,
     trainer="foresight.training.loop.offline_rl_workflow:train_and_register_offline_rl",
-    pipeline=False,  # a peer to compare with, trained on demand: `foresight train offline-rl`
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (WORLD, BEHAVIOR, OFFLINE_RL)}

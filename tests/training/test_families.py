@@ -11,7 +11,7 @@ from foresight.datasets import ingest_logs
 from foresight.datasets.storage import Store
 from foresight.training.evaluation.evaluate import evaluate_behavior
 from foresight.training.families import BEHAVIOR, FAMILIES, KINDS, WORLD, family
-from foresight.training.loop.config import TRAIN_OPTIONS
+from foresight.training.loop.config import TRAIN_OPTIONS, OfflineRLTrainConfig
 from foresight.training.loop.train import TrainConfig, build_model
 from foresight.training.loop.workflow import quality_gate, train_and_register
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
@@ -33,11 +33,19 @@ def test_the_table_names_each_kind_once_with_its_parts():
     for fam in FAMILIES.values():  # the CLI's options classes (it loads no torch) agree
         titles = [t for t, cls in TRAIN_OPTIONS.items() if cls is fam.train_config_cls]
         assert len(titles) == 1 and fam.name in titles[0].split(", "), fam.name
-        assert fam.pipeline == (fam.trainer is None)  # Dagster's assets run the shared loop
         if fam.trainer is not None:
             assert callable(fam.train_and_register()), fam.name
     with pytest.raises(ValueError, match="model kind must be one of 'world', 'behavior'"):
         family("planner")
+
+
+def test_options_of_another_family_are_refused_before_any_work(tmp_path):
+    store = Store(str(tmp_path / "store"))  # empty: the refusal comes before the dataset
+    with pytest.raises(TypeError, match="offline-rl models train with OfflineRLTrainConfig"):
+        train_and_register("offline-rl", "spread", store, TrainConfig())
+    with pytest.raises(TypeError, match="world models train with TrainConfig options, got Off"):
+        train_and_register("world", "spread", store, OfflineRLTrainConfig())
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
 
 class ActionPrior(BehaviorModel):

@@ -152,6 +152,11 @@ def train_and_register(
 
     store = store or Store.from_env()
     fam = family(kind)
+    if config is not None and not isinstance(config, fam.train_config_cls):
+        raise TypeError(
+            f"{kind} models train with {fam.train_config_cls.__name__} options, "
+            f"got {type(config).__name__}"
+        )
     if fam.trainer is not None:  # a family with a loop of its own (offline-rl: TorchRL's)
         own = fam.train_and_register()
         return own(dataset_ref, store, config, model_config, name, resume, progress)
