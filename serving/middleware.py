@@ -19,6 +19,9 @@ app starts), so tests set them with ``monkeypatch.setenv`` (:class:`Limits`):
   once. Bodies are read before these limits count a request, so slow senders hold no
   place in them (BentoML's own ``max_concurrency`` counts from the headers on, which is
   why the service does not use it).
+- ``/act`` and ``/imagine`` answers carry ``Server-Timing: app;dur=<ms>``, the time from
+  the body's arrival to the answer (``/act`` adds ``decide;dur=<ms>``, the planner's own
+  decision), so a client can tell the service's time from the network's.
 - ``/echo`` (the benchmarks' HTTP floor) answers 404 and is left out of ``/docs.json``
   unless ``FORESIGHT_BENCH_ENDPOINTS=1``.
 - ``/docs.json`` documents all of that (:func:`public_spec`), so ``serving/openapi.json``
@@ -34,6 +37,7 @@ import asyncio
 import hmac
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +120,15 @@ LIMIT_RESPONSES = {
 }
 
 
+SERVER_TIMING_HEADER = {
+    "Server-Timing": {
+        "description": "app;dur=<ms>: the request's time in the service, from its body's "
+        "arrival to this answer; on /act also decide;dur=<ms>, the planner's decision",
+        "schema": {"type": "string"},
+    }
+}
+
+
 def _error_response(description: str, retry_after: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
@@ -175,6 +188,8 @@ def public_spec(spec: dict[str, Any], hidden: frozenset[str] = BENCH_PATHS) -> d
             else:
                 for code, text in LIMIT_RESPONSES.items():
                     responses.setdefault(code, _error_response(text, code in ("429", "503")))
+            if path in HEAVY_PATHS and "200" in responses:
+                responses["200"] = {**responses["200"], "headers": SERVER_TIMING_HEADER}
             op["responses"] = responses
         paths[path] = item
     return {**spec, "paths": paths, "components": components}
@@ -241,6 +256,26 @@ def error_body(status: int, payload: Any) -> dict[str, Any]:
     if isinstance(detail, str) and "error" not in payload:
         return {"error": detail, "detail": []}
     return {"error": str(payload.get("error", f"HTTP {status}")), "detail": detail or []}
+
+
+def _server_timing(send, started: float):
+    """``send`` adding ``app;dur=<ms>`` to the answer's ``Server-Timing`` header (after what
+    the endpoint put there): the time from the body's arrival to the answer's start."""
+
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start":
+            app = f"app;dur={1000 * (time.perf_counter() - started):.3f}".encode()
+            headers, timing = [], None
+            for k, v in message.get("headers", []):
+                if k.lower() == b"server-timing":
+                    timing = v if timing is None else timing + b", " + v
+                else:
+                    headers.append((k, v))
+            timing = app if timing is None else timing + b", " + app
+            message = {**message, "headers": [*headers, (b"server-timing", timing)]}
+        await send(message)
+
+    return wrapped
 
 
 async def _send_json(send, status: int, body: dict[str, Any], headers=()) -> None:
@@ -377,6 +412,8 @@ class ForesightMiddleware:
         try:
             if path == "/docs.json":
                 send = self._public_docs(send, limits.hidden_paths)
+            if heavy:
+                send = _server_timing(send, time.perf_counter())
             return await self.app(scope, receive, self._rewrite_errors(send))
         finally:
             self._in_service -= 1

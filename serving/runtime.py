@@ -560,8 +560,12 @@ def joint_history(req: S.ActRequest, discrete: bool, n_actions: int) -> JointHis
     return JointHistory(agents, obs, prev, start_step=req.start_step, obs_sizes=sizes)
 
 
-def act(models: ModelSet, req: S.ActRequest) -> S.ActResponse:
-    """The planner's decision for each ego agent of the request."""
+def act(
+    models: ModelSet, req: S.ActRequest, timing: dict[str, float] | None = None
+) -> S.ActResponse:
+    """The planner's decision for each ego agent of the request. ``timing``, when given,
+    receives ``decide``: the seconds the planner's decision took (the service reports it
+    in the ``Server-Timing`` header, so a client sees what the service adds to it)."""
     planner = models.planner
     if planner is None:
         raise PlannerUnavailable(
@@ -582,10 +586,13 @@ def act(models: ModelSet, req: S.ActRequest) -> S.ActResponse:
         planner = copy.copy(planner)  # same models and random stream, other H and K
         planner.config = replace(config, horizon=horizon, n_samples=samples)
     history = joint_history(req, planner.discrete, planner.n_actions)
+    started = time.perf_counter()
     try:
         decisions = planner.decide(history, req.egos)
     except ValueError as exc:
         raise ActInputError(f"obs: {exc}") from exc
+    if timing is not None:
+        timing["decide"] = time.perf_counter() - started
     return S.ActResponse(
         world_model=models.world.version,
         behavior_model=models.behavior.version,

@@ -238,16 +238,22 @@ class Foresight:
         return await self._run(runtime.imagine_futures, self.host.current, req, heavy=True)
 
     @bentoml.api(route="/act", input_spec=ActRequest)
-    async def act(self, **request) -> ActResponse:
+    async def act(self, ctx: bentoml.Context = None, **request) -> ActResponse:
         """The planner's next action for each ego agent: its predicted return, the scores of
-        the other first actions, and the predicted next actions of the others."""
+        the other first actions, and the predicted next actions of the others. The
+        ``Server-Timing`` header gives the planner's decision (``decide``) and the whole
+        request in the service (``app``), in ms."""
         req = ActRequest.model_construct(**request)
+        timing: dict[str, float] = {}
         try:
-            return await self._run(runtime.act, self.host.current, req, heavy=True)
+            answer = await self._run(runtime.act, self.host.current, req, timing, heavy=True)
         except runtime.ActInputError as exc:
             raise BadInput(str(exc)) from exc
         except runtime.PlannerUnavailable as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.CONFLICT) from exc
+        if ctx is not None:  # None: called in process, not through HTTP
+            ctx.response.headers["server-timing"] = f"decide;dur={1000 * timing['decide']:.3f}"
+        return answer
 
     @bentoml.api(route="/models")
     async def models(self) -> ModelsResponse:

@@ -410,6 +410,35 @@ def test_observations_as_base64_float32_get_the_answers_of_json_numbers(client):
     assert client.post("/predict_actions", json={"queries": [{"obs": mixed}]}).status_code == 200
 
 
+def server_timing(response) -> dict[str, float]:
+    """``Server-Timing: decide;dur=41.2, app;dur=42.0`` as ``{"decide": 41.2, "app": 42.0}``."""
+    parts = [p.strip().split(";dur=") for p in response.headers["server-timing"].split(",")]
+    return {name: float(ms) for name, ms in parts}
+
+
+def test_act_and_imagine_say_what_the_service_spent_in_server_timing(client):
+    """/act names the planner's decision and the request's whole time in the service; the
+    decision fits inside the request, and the request inside what the client waited."""
+    import time
+
+    body = {"obs": history(4), "past_actions": past(4), "egos": AGENTS}
+    for _ in range(3):
+        started = time.perf_counter()
+        answer = client.post("/act", json=body)
+        waited = 1000 * (time.perf_counter() - started)
+        assert answer.status_code == 200, answer.text
+        timing = server_timing(answer)
+        assert set(timing) == {"decide", "app"}
+        assert 0 < timing["decide"] <= timing["app"] <= waited
+    imagined = client.post("/imagine", json={"obs": history(2), "horizon": 2})
+    assert imagined.status_code == 200 and set(server_timing(imagined)) == {"app"}
+    refused = client.post("/act", json={"obs": history(1), "egos": ["agent_7"]})
+    assert refused.status_code == 400 and set(server_timing(refused)) == {"app"}
+    assert "server-timing" not in client.post("/predict_next", json=_valid_next()).headers
+    spec = client.get("/docs.json").json()
+    assert "Server-Timing" in spec["paths"]["/act"]["post"]["responses"]["200"]["headers"]
+
+
 def b64(array) -> str:
     import base64
 
