@@ -68,7 +68,8 @@ def payloads(agents: list[str]) -> dict[str, tuple[str, dict]]:
     from foresight.serving.schemas import EncodedArray
 
     arrays = {a: EncodedArray.of(steps).model_dump() for a, steps in obs.items()}
-    act = {"obs": obs, "past_actions": past, "egos": agents}  # planner defaults
+    # planner defaults; observations as the client sends them (base64 float32)
+    act = {"obs": arrays, "past_actions": past, "egos": agents}
     return {
         "echo": ("/echo", {"message": "x" * 32}),
         # the HTTP floor of a body as large as /act's
@@ -486,7 +487,8 @@ def report(args, floors, res, models, load_before, load_after, seconds) -> str:
         f"{models['behavior']}) models, untrained (same compute as trained). Inputs: 3 "
         f"agents, {HISTORY} steps of 18-feature observations with past actions; /imagine "
         f"H={HORIZON}, K={SAMPLES}; /act: all 3 agents as egos, planner defaults (H=6, K=3, "
-        f"pulse plans). Each cell: at most {args.requests} requests (/act and /imagine: a "
+        f"pulse plans), observations as base64 float32 (the client's default); /echo c=1 "
+        f"with a message as long as /act's body is /act's HTTP floor. Each cell: at most {args.requests} requests (/act and /imagine: a "
         f"quarter) or {args.seconds} s. '1 after' = concurrency 1 right after the cell at 64.",
         "",
         "## Floors (in-process, p50)",

@@ -4,6 +4,16 @@
 2. Let the landing sensor see the new files and run the ingest job in process, on a local
    Dagster instance kept under the store (``<store>/dagster``), so ``dagster dev`` shows it.
 3. Print the dataset's versions and stats.
+4. Run ``train_job`` in process on the same instance: both models with the defaults of
+   ``foresight train``, each model's gate, staging, the closed-loop arena and production.
+5. Print the arena (the headline): reactive teams against the anticipatory one.
+6. Serve the production models and call every endpoint through the client.
+7. Run one round of ``flywheel_job``: the served anticipatory team plays and records
+   episodes through the service, they are ingested, both models retrained and gated, and
+   the service reloads what was promoted. Print what changed.
+
+Every run, materialization and check lands in that instance: ``dagster dev`` afterwards
+shows them with their metadata.
 
 Running it again re-generates the same files (seeded); the ingest sees their checksums and
 adds nothing.
@@ -97,12 +107,175 @@ def run(
     if not train:
         return {"dataset": dataset, "stats": stats}
 
-    models = train_models(store, dataset, fast=fast, epochs=epochs)
-    query_service(store, dataset, models)
     if arena_episodes is None:
         arena_episodes = 4 if fast else DEMO_ARENA_EPISODES
-    arena = headline(store, models, episodes=arena_episodes)
-    return {"dataset": dataset, "stats": stats, "models": models, "arena": arena}
+    trained = train_models(store, dataset, instance, fast, epochs, arena_episodes)
+    query_service(store, dataset, trained["models"])
+    round_episodes = min(arena_episodes, DEMO_FLYWHEEL_EPISODES)
+    changed = flywheel_round(store, dataset, instance, fast, epochs, round_episodes)
+    return {"dataset": dataset, "stats": stats, **trained, "flywheel": changed}
+
+
+def train_models(
+    store, dataset: str, instance, fast: bool, epochs: int | None, arena_episodes: int
+) -> dict:
+    """Steps 4-5: ``train_job`` in process on the local Dagster instance: both models with
+    the defaults of `foresight train`, each model's gate, staging, the closed-loop arena (the
+    headline) and production. ``{"models": refs, "arena": result or None, "run_id": ...}``."""
+    from foresight.pipelines.cli import _train_text, arena_text
+    from foresight.pipelines.flywheel import FlywheelConfig, retrain
+    from foresight.pipelines.resources import ForesightStore
+    from foresight.training.registry import ModelRegistry
+
+    _banner(
+        f"4. train_job (Dagster, in process): behavior and world models on {dataset} with "
+        "the defaults of `foresight train`, their gates, then the closed-loop arena"
+    )
+    config = FlywheelConfig(
+        dataset=dataset,
+        gate_episodes=arena_episodes,
+        train=demo_train_options(fast, epochs),
+    )
+    latest = f"{dataset}@{catalog_latest(store, dataset)}"
+    job = retrain(
+        config,
+        store,
+        latest,
+        instance,
+        {"foresight_store": ForesightStore.of(store)},
+        controllers=HEADLINE_TEAMS,
+        tags={"foresight/demo": dataset},
+    )
+    registry = ModelRegistry(store)
+    for kind in ("behavior", "world"):
+        if kind in job["candidates"]:
+            print(_train_text(card_summary(registry.resolve(job["candidates"][kind]))))
+    print(f"run {job['run_id'][:8]}: {'succeeded' if job['success'] else 'stopped'}", end="")
+    print(f"; failed checks: {job['failed']}" if job["failed"] else "")
+    models = dict(job["candidates"])
+    for kind in ("behavior", "world"):  # a blocking check stopped the run before this one
+        if kind not in models:
+            print(f"(train_job stopped before the {kind} model: training it outside Dagster)")
+            result = train_outside(store, latest, kind, config.train, models.get("behavior"))
+            print(_train_text(result))
+            models[kind] = result["model"]
+    if len(job["production"]) == 2:
+        models = job["production"]
+    if job["promoted"]:
+        print(f"production: {', '.join(job['production'].values())}")
+    _banner(f"5. the headline: {arena_episodes} simple_spread episodes per team")
+    arena = job["arena"]
+    if arena is None:  # a model gate stopped the run: play the candidates anyway, outside it
+        print("(the run stopped before its arena; playing the trained models outside Dagster)")
+        arena = headline(store, models, arena_episodes)
+    else:
+        print(arena_text(arena))
+    print(
+        "(scripted-anticipation knows the others' true rule: the yardstick. "
+        "`foresight arena --episodes 200` for tighter intervals.)"
+    )
+    return {"models": models, "arena": arena, "train_run": job["run_id"]}
+
+
+HEADLINE_TEAMS = ("random", "greedy", "bc", "anticipatory", "scripted-anticipation")
+DEMO_FLYWHEEL_EPOCHS = 5
+DEMO_FLYWHEEL_EPISODES = 20
+"""Epochs of the flywheel round's retraining in the demo, and the episodes it plays and
+gates with, to stay within the demo's ~12 minutes (`foresight flywheel` retrains with the
+defaults and plays 200)."""
+
+
+def flywheel_round(
+    store, dataset: str, instance, fast: bool, epochs: int | None, episodes: int
+) -> dict | None:
+    """Step 7: one round of ``flywheel_job`` in process: serve production, play and record
+    ``episodes`` over HTTP, ingest them, retrain, gate, reload; print what changed."""
+    from foresight.pipelines.cli import flywheel_text
+    from foresight.pipelines.flywheel import flywheel_job, production
+    from foresight.pipelines.resources import ForesightStore
+
+    _banner(
+        f"7. one flywheel round (Dagster flywheel_job): serve production, play {episodes} "
+        "episodes through the service and record them, ingest, retrain, gate, reload"
+    )
+    before = production(store, missing_ok=True)
+    if len(before) < 2:
+        print("no production models (a gate refused them above): the flywheel needs them; skipped")
+        return None
+    train = demo_train_options(fast, epochs or (None if fast else DEMO_FLYWHEEL_EPOCHS))
+    versions_before = catalog_latest(store, dataset)
+    run = flywheel_job.execute_in_process(
+        run_config={
+            "ops": {
+                "flywheel_rounds": {
+                    "config": {
+                        "dataset": dataset,
+                        "rounds": 1,
+                        "episodes": episodes,
+                        "gate_episodes": episodes,
+                        "train": train,
+                    }
+                }
+            },
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
+        instance=instance,
+        resources={"foresight_store": ForesightStore.of(store)},
+        tags={"foresight/demo": dataset},
+    )
+    result = run.output_for_node("flywheel_rounds")
+    print(flywheel_text(result))
+    [r] = result["rounds"]
+    gate = r["gate"]
+    print(
+        f"what changed: {dataset}@{versions_before} -> {r['dataset_version']} "
+        f"(+{r['arena']['recorded']} served episodes, {r['served_share']:.0%} of "
+        f"{r['episodes']}); candidates {', '.join(gate['candidates'].values()) or 'none'} "
+        f"{gate['verdict']}"
+        + (f" (failed: {', '.join(gate['failed'])})" if gate["failed"] else "")
+        + f"; production {', '.join(before.values())} -> {', '.join(gate['production'].values())}"
+    )
+    return {"run_id": run.run_id, **result}
+
+
+def train_outside(store, ref: str, kind: str, options: dict, behavior_ref: str | None) -> dict:
+    """Train and register a ``kind`` model on ``ref`` without Dagster (``options``: what
+    :func:`demo_train_options` gives)."""
+    from dataclasses import fields
+
+    from foresight.training.loop.train import TrainConfig
+    from foresight.training.loop.workflow import train_and_register
+
+    names = {f.name for f in fields(TrainConfig)}
+    return train_and_register(
+        kind,
+        ref,
+        store=store,
+        config=TrainConfig(**{k: v for k, v in options.items() if k in names}),
+        progress=False,
+        behavior_ref=behavior_ref,
+        eval_max_starts=options.get("eval_max_starts", 2048),
+        eval_samples=options.get("eval_samples", 16),
+    )
+
+
+def catalog_latest(store, dataset: str) -> int:
+    from foresight.datasets.catalog import DatasetTable
+
+    return DatasetTable(store, dataset).latest_version()
+
+
+def card_summary(mv) -> dict:
+    """A registered model version as ``foresight train`` prints its result (``_train_text``)."""
+    card = mv.card
+    return {
+        "model": mv.ref,
+        "dataset": card.dataset.resolved if card.dataset else None,
+        "training": card.training.to_dict() if card.training else {},
+        "metrics": card.metrics,
+        "baselines": card.baselines,
+        "quality_gate": card.quality_gate.to_dict() if card.quality_gate else {},
+    }
 
 
 def headline(store, models: dict[str, str], episodes: int) -> dict:
@@ -110,62 +283,28 @@ def headline(store, models: dict[str, str], episodes: int) -> dict:
     from foresight.pipelines.cli import arena_text
     from foresight.training.loop.workflow import run_arena_registered
 
-    _banner(
-        f"7. the headline: {episodes} simple_spread episodes per team, reactive vs anticipatory"
-    )
     result = run_arena_registered(
         "simple_spread",
         episodes,
-        ["random", "greedy", "bc", "anticipatory", "scripted-anticipation"],
+        list(HEADLINE_TEAMS),
         store=store,
         world_ref=models["world"],
         behavior_ref=models["behavior"],
     )
     print(arena_text(result))
-    print(
-        "(scripted-anticipation knows the others' true rule: the yardstick. "
-        "`foresight arena --episodes 200` for tighter intervals.)"
-    )
     return result
 
 
-def train_models(
-    store, dataset: str, fast: bool = False, epochs: int | None = None
-) -> dict[str, str]:
-    """Train, evaluate and register both models; promote those that pass to production."""
-    from foresight.pipelines.cli import _train_text
-    from foresight.training.loop.workflow import train_and_register
-    from foresight.training.registry import ModelRegistry
-
-    registry = ModelRegistry(store)
-    refs = {}
-    for step, kind in ((4, "behavior"), (5, "world")):
-        _banner(f"{step}. train the {kind} model on {dataset} (the defaults of `foresight train`)")
-        result = train_and_register(
-            kind,
-            dataset,
-            store=store,
-            config=demo_train_config(fast, epochs),
-            progress=False,
-            eval_max_starts=256 if fast else 1024,
-            eval_samples=4 if fast else 16,
-        )
-        print(_train_text(result))
-        refs[kind] = result["model"]
-        if result["quality_gate"]["passed"]:
-            registry.promote(result["model"], "production")
-            print(f"promoted {result['model']} to {kind}@production")
-    return refs
-
-
-def demo_train_config(fast: bool, epochs: int | None = None):
-    """The defaults a user gets from ``foresight train`` (``fast``: seconds, for tests);
-    ``epochs`` overrides the epochs of both models."""
-    from foresight.training.loop.train import TrainConfig
-
+def demo_train_options(fast: bool, epochs: int | None = None) -> dict:
+    """``train_job``'s model options: the defaults a user gets from ``foresight train``
+    (``fast``: seconds, for tests) with the evaluation the demo can afford; ``epochs``
+    overrides the epochs of both models."""
+    options = {"eval_max_starts": 256, "eval_samples": 4} if fast else {"eval_max_starts": 1024}
     if fast:
-        return TrainConfig(epochs=epochs or 1, max_steps_per_epoch=3, batch_size=64, device="auto")
-    return TrainConfig(epochs=epochs or TrainConfig.epochs, device="auto")
+        options |= {"epochs": epochs or 1, "max_steps_per_epoch": 3, "batch_size": 64}
+    elif epochs:
+        options["epochs"] = epochs
+    return options
 
 
 def history_from_episode(store, dataset: str, steps: int) -> dict:

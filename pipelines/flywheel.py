@@ -90,10 +90,18 @@ def _service_env(store: Store) -> dict[str, str]:
     return env
 
 
-def production(store: Store) -> dict[str, str]:
-    """``{"world": "world@N", "behavior": "behavior@M"}`` at the production aliases."""
+def production(store: Store, missing_ok: bool = False) -> dict[str, str]:
+    """``{"world": "world@N", "behavior": "behavior@M"}`` at the production aliases
+    (RegistryError where one is missing, unless ``missing_ok``: then it is left out)."""
     registry = ModelRegistry(store)
-    return {k: registry.resolve(f"{k}@production").ref for k in ("world", "behavior")}
+    out = {}
+    for kind in ("world", "behavior"):
+        try:
+            out[kind] = registry.resolve(f"{kind}@production").ref
+        except RegistryError:
+            if not missing_ok:
+                raise
+    return out
 
 
 def check_inputs(config: FlywheelConfig, store: Store) -> dict[str, str]:
@@ -187,8 +195,15 @@ def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
     return f"{config.dataset}@{DatasetTable(store, config.dataset).latest_version()}"
 
 
-def train_run_config(config: FlywheelConfig, ref: str) -> dict[str, Any]:
-    """``train_job``'s run config: both models on ``ref``, the closed-loop gates' sizes."""
+GATE_TEAMS = ("greedy", "bc", TEAM)
+"""The teams of a round's closed-loop gate: the anticipatory team must beat the others."""
+
+
+def train_run_config(
+    config: FlywheelConfig, ref: str, controllers: tuple[str, ...] = GATE_TEAMS
+) -> dict[str, Any]:
+    """``train_job``'s run config: both models on ``ref``, the closed-loop gates' sizes and
+    the teams of the first one."""
 
     def model(kind: str) -> dict[str, Any]:
         return {"dataset": ref, **config.train, **config.train_by_kind.get(kind, {})}
@@ -198,20 +213,30 @@ def train_run_config(config: FlywheelConfig, ref: str) -> dict[str, Any]:
         "ops": {
             "behavior_model": {"config": model("behavior")},
             "world_model": {"config": model("world")},
-            "closed_loop_evaluation": {"config": arena | {"controllers": ["greedy", "bc", TEAM]}},
+            "closed_loop_evaluation": {"config": arena | {"controllers": list(controllers)}},
             f"closed_loop_evaluation_{PRODUCTION_CHECK}": {"config": arena},
         }
     }
 
 
-def _retrain(config: FlywheelConfig, store: Store, ref: str, instance, resources) -> dict:
-    """``train_job`` on ``ref``; what each gate said (with its numbers) and the models."""
+def retrain(
+    config: FlywheelConfig,
+    store: Store,
+    ref: str,
+    instance,
+    resources,
+    controllers: tuple[str, ...] = GATE_TEAMS,
+    tags: dict[str, str] | None = None,
+) -> dict:
+    """``train_job`` on ``ref``; what each gate said (with its numbers), the models, and the
+    closed-loop arena of the staging models (``arena``, None when a gate stopped the run
+    before it), as ``foresight arena --json`` gives it, without the per-episode returns."""
     train_job = pipeline_jobs(resources).resolve_job_def("train_job")
-    before = production(store)
+    before = production(store, missing_ok=True)
     run = train_job.execute_in_process(
-        run_config=train_run_config(config, ref),
+        run_config=train_run_config(config, ref, controllers),
         instance=instance,
-        tags={"foresight/flywheel": config.dataset, "foresight/dataset": ref},
+        tags=tags or {"foresight/flywheel": config.dataset, "foresight/dataset": ref},
         raise_on_error=False,
     )
     checks = {}
@@ -223,11 +248,17 @@ def _retrain(config: FlywheelConfig, store: Store, ref: str, instance, resources
         node = f"{kind}_model"
         with contextlib.suppress(Exception):  # the step failed before registering
             candidates[kind] = run.output_for_node(node)
-    after = production(store)
+    after = production(store, missing_ok=True)
+    arena = None
+    for event in run.asset_materializations_for_node("closed_loop_evaluation"):
+        meta = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+        arena = {k: meta[k] for k in ("env", "episodes", "seed", "models", "gap")}
+        arena |= {"controllers": meta["teams"], "files": meta["report"]}
     return {
         "run_id": run.run_id,
         "success": run.success,
         "candidates": candidates,
+        "arena": arena,
         "checks": checks,
         "promoted": after != before,
         "verdict": "promoted" if after != before else "refused",
@@ -292,7 +323,7 @@ def run_flywheel(
             ref = _ingest(config, store, instance, resources)
             share = served_share(store, ref)
             say(f"round {r}: {ref} ({share['served_share']:.0%} served); retraining")
-            gate = _retrain(config, store, ref, instance, resources)
+            gate = retrain(config, store, ref, instance, resources)
             waited = None
             if gate["promoted"]:
                 waited = _wait_for(client, gate["production"], config.reload_timeout)

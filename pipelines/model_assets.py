@@ -208,7 +208,12 @@ def closed_loop_evaluation(
     )
     passed, failures = beats_reactive(result)
     table = {
-        t: {"mean_return": r["mean_return"], "ci95": list(r["ci95"])}
+        t: {
+            "mean_return": r["mean_return"],
+            "ci95": list(r["ci95"]),
+            "episodes": r["episodes"],
+            "decisions_per_s": r.get("decisions_per_s"),
+        }
         for t, r in result["controllers"].items()
     }
     context.log.info(f"arena: {table}")
@@ -217,8 +222,10 @@ def closed_loop_evaluation(
         metadata={
             "env": config.env,
             "episodes": config.episodes,
+            "seed": config.seed,
             "models": dg.MetadataValue.json(result["models"]),
             "teams": dg.MetadataValue.json(table),
+            "gap": dg.MetadataValue.json(result.get("gap") or {}),
             "report": dg.MetadataValue.json(result.get("files", {})),
         },
     )
