@@ -719,6 +719,7 @@ def cmd_flywheel(args: argparse.Namespace) -> None:
         gate_episodes=args.gate_episodes,
         seed=args.seed,
         train={"epochs": args.epochs} if args.epochs else {},
+        fine_tune=args.fine_tune,
     )
     echo = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     result = run_flywheel(config, store, local_instance(store), echo=echo)
@@ -956,6 +957,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: train's)")
+    p.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="retrain each model from its production version instead of afresh (with "
+        "fewer --epochs)",
+    )
 
     p = sub.add_parser("serve", help="serve the models over HTTP (BentoML)")
     p.set_defaults(fn=cmd_serve)

@@ -180,9 +180,9 @@ def train_models(
 HEADLINE_TEAMS = ("random", "greedy", "bc", "anticipatory", "scripted-anticipation")
 DEMO_FLYWHEEL_EPOCHS = 5
 DEMO_FLYWHEEL_EPISODES = 20
-"""Epochs of the flywheel round's retraining in the demo, and the episodes it plays and
-gates with, to stay within the demo's ~12 minutes (`foresight flywheel` retrains with the
-defaults and plays 200)."""
+"""The demo's flywheel round fine-tunes the production models for this many epochs, and
+plays and gates with this many episodes, to stay within the demo's ~12 minutes
+(`foresight flywheel` plays 200 and retrains with the defaults)."""
 
 
 def flywheel_round(
@@ -214,6 +214,7 @@ def flywheel_round(
                         "episodes": episodes,
                         "gate_episodes": episodes,
                         "train": train,
+                        "fine_tune": True,
                     }
                 }
             },

@@ -72,6 +72,9 @@ class FlywheelConfig:
     """Overrides of train_job's model configs (epochs, max_steps_per_epoch, ...)."""
     train_by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per model family (``world``, ``behavior``), overrides on top of ``train``."""
+    fine_tune: bool = False
+    """Retrain each model starting from its production version (``TrainConfig.init_from``)
+    instead of a fresh initialization: a round then needs far fewer epochs."""
     reload_seconds: float = 1.0
     """The service's alias polling period."""
     reload_timeout: float = 120.0
@@ -206,7 +209,8 @@ def train_run_config(
     the teams of the first one."""
 
     def model(kind: str) -> dict[str, Any]:
-        return {"dataset": ref, **config.train, **config.train_by_kind.get(kind, {})}
+        start = {"init_from": f"{kind}@production"} if config.fine_tune else {}
+        return {"dataset": ref, **start, **config.train, **config.train_by_kind.get(kind, {})}
 
     arena = {"env": config.env, "episodes": config.gate_episodes, "seed": config.seed}
     return {

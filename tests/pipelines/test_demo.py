@@ -68,6 +68,7 @@ def test_the_demo_flywheel_round_runs_flywheel_job_and_says_what_changed(
     import dagster as dg
 
     from foresight.pipelines import demo
+    from foresight.training.registry import ModelRegistry
     from tests.pipelines.test_flywheel_rounds import production_store, rigged_gates
 
     production_store(store, tmp_path)
@@ -82,6 +83,9 @@ def test_the_demo_flywheel_round_runs_flywheel_job_and_says_what_changed(
     ) in out
     [r] = result["rounds"]
     assert r["gate"]["production"] == {"world": "world@2", "behavior": "behavior@2"}
+    registry = ModelRegistry(store)
+    for kind in ("world", "behavior"):  # fine-tuned from what was in production
+        assert registry.resolve(f"{kind}@2").card.train_config["init_from"] == f"{kind}@1"
     assert result["final"]["models"] == {"world": "world@2", "behavior": "behavior@2"}
     assert sorted(r.job_name for r in instance.get_runs()) == [
         "flywheel_job",

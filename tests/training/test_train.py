@@ -193,3 +193,49 @@ def test_runs_of_two_stores_never_share_a_checkpoint_folder(tmp_path):
             progress=False,
         )
     assert len(list(runs_root().iterdir())) == 2
+
+
+def test_init_from_fine_tunes_a_registered_model_and_records_its_exact_version(tmp_path):
+    """``init_from`` starts from a registered model's weights and normalizer (with lr 0
+    they come out unchanged, where a fresh start would not); the card names the resolved
+    version; a model of another kind or of a dataset it does not fit is refused by name."""
+    from foresight.datasets import ingest_logs
+    from foresight.datasets.storage import Store
+    from foresight.training.loop.workflow import train_and_register
+    from foresight.training.registry import ModelRegistry, load_registered
+
+    from .conftest import make_frame
+
+    store = Store(str(tmp_path / "store"))
+    frame, spec = make_frame(episodes=8, steps=6, seed=1)
+    frame.write_parquet(tmp_path / "a.parquet")
+    ingest_logs([str(tmp_path / "a.parquet")], "synthetic", store, spec=spec)
+    tiny = BehaviorModelConfig(d_model=8, context=2, expert_width=8, n_experts=2)
+    fast = {"epochs": 1, "batch_size": 64, "device": "cpu"}
+    first = train_and_register(
+        "behavior", "synthetic", store, TrainConfig(**fast), tiny, progress=False
+    )
+    ModelRegistry(store).promote(first["model"], "production")
+    still = TrainConfig(**fast, lr=0.0, init_from="behavior@production", seed=7)
+    tuned = train_and_register("behavior", "synthetic", store, still, progress=False)
+    fresh = train_and_register(
+        "behavior", "synthetic", store, TrainConfig(**fast, lr=0.0, seed=7), tiny, progress=False
+    )
+    start, _ = load_registered(first["model"], store)
+    same, mv = load_registered(tuned["model"], store)
+    other, _ = load_registered(fresh["model"], store)
+    want = start.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in same.state_dict().items())
+    assert not all(torch.equal(v, want[k]) for k, v in other.state_dict().items())
+    assert mv.card.train_config["init_from"] == "behavior@1"
+    assert mv.card.model_config["d_model"] == 8  # the architecture it started from
+
+    with pytest.raises(ValueError, match="behavior@1 is a behavior model, not a world model"):
+        train_and_register("world", "synthetic", store, TrainConfig(**fast, init_from="behavior@1"))
+    wide, wide_spec = make_frame(
+        episodes=8, steps=6, seed=2, obs_sizes=dict.fromkeys(spec.agents, 7)
+    )
+    wide.write_parquet(tmp_path / "b.parquet")
+    ingest_logs([str(tmp_path / "b.parquet")], "wide", store, spec=wide_spec)
+    with pytest.raises(ValueError, match="behavior model to start from does not fit"):
+        train_and_register("behavior", "wide", store, TrainConfig(**fast, init_from="behavior@1"))

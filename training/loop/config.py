@@ -42,6 +42,10 @@ class TrainConfig:
     """Windows per batch when computing the validation loss."""
     max_steps_per_epoch: int | None = None
     """Cap on optimizer steps per epoch (None: one full pass)."""
+    init_from: str | None = None
+    """A registered model of the same kind to start from (``world@production``, ``world@3``):
+    its architecture, weights and normalization, fine-tuned on this dataset (which must fit
+    its spec). The card records the exact version. None: a fresh initialization."""
     calibrate: bool = True
     """World model: after training, fit a factor on each feature's predicted std so that
     90% intervals hold 90% of the truth, on every other validation episode (those are then

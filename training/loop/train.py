@@ -233,6 +233,21 @@ def _resolve_model_config(fam: ModelFamily, model_config, spec: DatasetSpec, con
     return mc
 
 
+def _init_config(fam: ModelFamily, init: nn.Module, model_config, spec: DatasetSpec, config):
+    """The config of a model started from ``init``: its own, on this dataset's spec."""
+    if not isinstance(init, fam.model_cls):
+        raise TypeError(f"a {fam.name} model starts from a {fam.name} model, got {type(init)}")
+    if model_config is not None or config.context is not None:
+        raise ValueError(
+            "init_from takes the architecture of the model it starts from: pass no model "
+            "config and no context"
+        )
+    check_model_spec(f"{fam.name} model to start from", init.config.spec, spec)
+    mc = copy.deepcopy(init.config)
+    mc.spec = spec.to_dict()
+    return mc
+
+
 def _use_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
@@ -327,11 +342,14 @@ def train(
     workdir: str | os.PathLike = "runs/train",
     resume: bool = False,
     progress: bool | None = None,
+    init: nn.Module | None = None,
 ) -> TrainResult:
     """Train a model of family ``kind`` on ``frame`` (contract format); return the best.
 
     ``model_config``: the family's config dataclass, a dict of its fields, or None (its
-    defaults).
+    defaults). ``init``: a model of this family to start from (its config, weights and
+    normalizer; ``model_config`` and ``config.context`` must then be None), for
+    ``TrainConfig.init_from``.
 
     ``resume=True`` continues from ``workdir/checkpoint.pt`` when it exists (its model
     config and data split win over the arguments); otherwise training starts fresh.
@@ -357,10 +375,15 @@ def train(
     if ckpt is not None:
         model_config = fam.config_cls(**ckpt["model_config"])
         check_model_spec(f"checkpointed {kind} model", model_config.spec, spec)
+    elif init is not None:
+        model_config = _init_config(fam, init, model_config, spec, config)
     else:
         model_config = _resolve_model_config(fam, model_config, spec, config)
     model = fam.model_cls(model_config).to(device)
-    model.set_normalizer(compute_normalizer(data, train_rows))
+    if init is not None and ckpt is None:  # its normalizer too: the weights expect it
+        model.load_state_dict(init.state_dict())
+    else:
+        model.set_normalizer(compute_normalizer(data, train_rows))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

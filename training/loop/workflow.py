@@ -162,10 +162,22 @@ def train_and_register(
         return own(dataset_ref, store, config, model_config, name, resume, progress)
     config = config or TrainConfig()
     table, version, frame, spec = load_frame(dataset_ref, store)
+    init = None
+    if config.init_from:  # the exact version goes into the card and the run folder's key
+        init, start = load_registered(config.init_from, store, kind=kind)
+        config = replace(config, init_from=start.ref)
     workdir = run_dir(kind, table.name, version, config, model_config, store)
     started = time.time()
     result = train(
-        kind, frame, spec, config, model_config, workdir, resume=resume, progress=progress
+        kind,
+        frame,
+        spec,
+        config,
+        model_config,
+        workdir,
+        resume=resume,
+        progress=progress,
+        init=init,
     )
 
     extra: dict[str, Any] = {}
@@ -177,7 +189,7 @@ def train_and_register(
             kind,
             frame,
             spec,
-            replace(config, context=1),
+            replace(config, context=1, init_from=None),  # a baseline trained afresh
             replace(result.model_config, context=1),
             workdir / "context1",
             resume=resume,
