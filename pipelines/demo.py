@@ -7,16 +7,18 @@
 4. Run ``train_job`` in process on the same instance: both models with the defaults of
    ``foresight train``, each model's gate, staging, the closed-loop arena and production.
 5. Print the arena (the headline): reactive teams against the anticipatory one.
-6. Serve the production models and call every endpoint through the client.
+6. Serve those models (production, or the candidates where no production models are yet)
+   and call every endpoint through the client.
 7. Run one round of ``flywheel_job``: the served anticipatory team plays and records
    episodes through the service, they are ingested, both models retrained and gated, and
    the service reloads what was promoted. Print what changed.
 
 Every run, materialization and check lands in that instance: ``dagster dev`` afterwards
-shows them with their metadata.
+shows them with their metadata. (When a model's gate stops ``train_job`` before the world
+model, as with ``--fast``, the demo trains that model outside Dagster so that it can go on.)
 
-Running it again re-generates the same files (seeded); the ingest sees their checksums and
-adds nothing.
+Running it again re-generates the same scripted files (seeded); the ingest sees their
+checksums and adds none of them (the flywheel round adds the episodes it plays).
 """
 
 from __future__ import annotations
@@ -123,8 +125,9 @@ def train_models(
     the defaults of `foresight train`, each model's gate, staging, the closed-loop arena (the
     headline) and production. ``{"models": refs, "arena": result or None, "run_id": ...}``."""
     from foresight.pipelines.cli import _train_text, arena_text
-    from foresight.pipelines.flywheel import FlywheelConfig, retrain
+    from foresight.pipelines.flywheel import FlywheelConfig, run_train_job
     from foresight.pipelines.resources import ForesightStore
+    from foresight.training.loop.workflow import registered_result
     from foresight.training.registry import ModelRegistry
 
     _banner(
@@ -137,7 +140,7 @@ def train_models(
         train=demo_train_options(fast, epochs),
     )
     latest = f"{dataset}@{catalog_latest(store, dataset)}"
-    job = retrain(
+    job = run_train_job(
         config,
         store,
         latest,
@@ -149,9 +152,9 @@ def train_models(
     registry = ModelRegistry(store)
     for kind in ("behavior", "world"):
         if kind in job["candidates"]:
-            print(_train_text(card_summary(registry.resolve(job["candidates"][kind]))))
+            print(_train_text(registered_result(registry.resolve(job["candidates"][kind]))))
     print(f"run {job['run_id'][:8]}: {'succeeded' if job['success'] else 'stopped'}", end="")
-    print(f"; failed checks: {job['failed']}" if job["failed"] else "")
+    print(f"; failed checks: {', '.join(job['failed'])}" if job["failed"] else "")
     models = dict(job["candidates"])
     for kind in ("behavior", "world"):  # a blocking check stopped the run before this one
         if kind not in models:
@@ -159,14 +162,18 @@ def train_models(
             result = train_outside(store, latest, kind, config.train, models.get("behavior"))
             print(_train_text(result))
             models[kind] = result["model"]
-    if len(job["production"]) == 2:
-        models = job["production"]
     if job["promoted"]:
-        print(f"production: {', '.join(job['production'].values())}")
+        print(f"promoted to production: {', '.join(job['production'].values())}")
+    elif len(job["production"]) == 2:
+        print(f"production unchanged: {', '.join(job['production'].values())}")
+        models = job["production"]
     _banner(f"5. the headline: {arena_episodes} simple_spread episodes per team")
     arena = job["arena"]
-    if arena is None:  # a model gate stopped the run: play the candidates anyway, outside it
-        print("(the run stopped before its arena; playing the trained models outside Dagster)")
+    if arena is None:  # a gate stopped the run before its arena: play outside it
+        print(
+            f"(the run stopped before its arena; playing {', '.join(models.values())} "
+            "outside Dagster)"
+        )
         arena = headline(store, models, arena_episodes)
     else:
         print(arena_text(arena))
@@ -179,10 +186,10 @@ def train_models(
 
 HEADLINE_TEAMS = ("random", "greedy", "bc", "anticipatory", "scripted-anticipation")
 DEMO_FLYWHEEL_EPOCHS = 5
+"""Epochs of the demo's flywheel round, which fine-tunes the production models (to stay
+within the demo's ~12 minutes; `foresight flywheel` retrains with the defaults)."""
 DEMO_FLYWHEEL_EPISODES = 20
-"""The demo's flywheel round fine-tunes the production models for this many epochs, and
-plays and gates with this many episodes, to stay within the demo's ~12 minutes
-(`foresight flywheel` plays 200 and retrains with the defaults)."""
+"""Episodes the demo's flywheel round plays through the service, and gates with."""
 
 
 def flywheel_round(
@@ -223,18 +230,32 @@ def flywheel_round(
         instance=instance,
         resources={"foresight_store": ForesightStore.of(store)},
         tags={"foresight/demo": dataset},
+        raise_on_error=False,
     )
+    if not run.success:
+        errors = [
+            e.event_specific_data.error.message.strip()
+            for e in run.all_events
+            if e.is_step_failure and e.event_specific_data.error is not None
+        ]
+        print(f"flywheel run {run.run_id[:8]} failed: {'; '.join(errors) or 'see its logs'}")
+        return None
     result = run.output_for_node("flywheel_rounds")
     print(flywheel_text(result))
     [r] = result["rounds"]
     gate = r["gate"]
+    now = ", ".join(gate["production"].values())
     print(
-        f"what changed: {dataset}@{versions_before} -> {r['dataset_version']} "
-        f"(+{r['arena']['recorded']} served episodes, {r['served_share']:.0%} of "
-        f"{r['episodes']}); candidates {', '.join(gate['candidates'].values()) or 'none'} "
-        f"{gate['verdict']}"
+        f"what changed: {dataset}@{versions_before} -> {r['dataset_version']}, "
+        f"+{r['arena']['recorded']} episodes played through the service (served episodes are "
+        f"now {r['served_share']:.0%} of its {r['episodes']}); candidates "
+        f"{', '.join(gate['candidates'].values()) or 'none'} {gate['verdict']}"
         + (f" (failed: {', '.join(gate['failed'])})" if gate["failed"] else "")
-        + f"; production {', '.join(before.values())} -> {', '.join(gate['production'].values())}"
+        + (
+            f"; production {', '.join(before.values())} -> {now}"
+            if gate["promoted"]
+            else f"; production unchanged ({now})"
+        )
     )
     return {"run_id": run.run_id, **result}
 
@@ -264,19 +285,6 @@ def catalog_latest(store, dataset: str) -> int:
     from foresight.datasets.catalog import DatasetTable
 
     return DatasetTable(store, dataset).latest_version()
-
-
-def card_summary(mv) -> dict:
-    """A registered model version as ``foresight train`` prints its result (``_train_text``)."""
-    card = mv.card
-    return {
-        "model": mv.ref,
-        "dataset": card.dataset.resolved if card.dataset else None,
-        "training": card.training.to_dict() if card.training else {},
-        "metrics": card.metrics,
-        "baselines": card.baselines,
-        "quality_gate": card.quality_gate.to_dict() if card.quality_gate else {},
-    }
 
 
 def headline(store, models: dict[str, str], episodes: int) -> dict:
@@ -388,6 +396,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.episodes < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--episodes and --epochs must be >= 1")
+    if args.arena_episodes is not None and args.arena_episodes < 2:
+        parser.error("--arena-episodes must be >= 2 (a 95% interval)")
     run(
         args.episodes,
         args.dataset,

@@ -223,7 +223,7 @@ def train_run_config(
     }
 
 
-def retrain(
+def run_train_job(
     config: FlywheelConfig,
     store: Store,
     ref: str,
@@ -327,7 +327,7 @@ def run_flywheel(
             ref = _ingest(config, store, instance, resources)
             share = served_share(store, ref)
             say(f"round {r}: {ref} ({share['served_share']:.0%} served); retraining")
-            gate = retrain(config, store, ref, instance, resources)
+            gate = run_train_job(config, store, ref, instance, resources)
             waited = None
             if gate["promoted"]:
                 waited = _wait_for(client, gate["production"], config.reload_timeout)

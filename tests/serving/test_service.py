@@ -429,6 +429,7 @@ def test_act_and_imagine_say_what_the_service_spent_in_server_timing(client):
         assert answer.status_code == 200, answer.text
         timing = server_timing(answer)
         assert set(timing) == {"decide", "app"}
+        assert len(answer.headers.get_list("server-timing")) == 1  # merged into one header
         assert 0 < timing["decide"] <= timing["app"] <= waited
     imagined = client.post("/imagine", json={"obs": history(2), "horizon": 2})
     assert imagined.status_code == 200 and set(server_timing(imagined)) == {"app"}

@@ -6,6 +6,7 @@ import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -196,9 +197,10 @@ def test_runs_of_two_stores_never_share_a_checkpoint_folder(tmp_path):
 
 
 def test_init_from_fine_tunes_a_registered_model_and_records_its_exact_version(tmp_path):
-    """``init_from`` starts from a registered model's weights and normalizer (with lr 0
-    they come out unchanged, where a fresh start would not); the card names the resolved
-    version; a model of another kind or of a dataset it does not fit is refused by name."""
+    """``init_from`` starts from a registered model's weights and normalizer: fine-tuned with
+    lr 0 on a grown dataset version they come out unchanged, where a fresh start on that
+    version computes its own normalizer; the card names the resolved version; a model of
+    another kind or of a dataset it does not fit is refused by name."""
     from foresight.datasets import ingest_logs
     from foresight.datasets.storage import Store
     from foresight.training.loop.workflow import train_and_register
@@ -207,27 +209,31 @@ def test_init_from_fine_tunes_a_registered_model_and_records_its_exact_version(t
     from .conftest import make_frame
 
     store = Store(str(tmp_path / "store"))
-    frame, spec = make_frame(episodes=8, steps=6, seed=1)
-    frame.write_parquet(tmp_path / "a.parquet")
-    ingest_logs([str(tmp_path / "a.parquet")], "synthetic", store, spec=spec)
-    tiny = BehaviorModelConfig(d_model=8, context=2, expert_width=8, n_experts=2)
-    fast = {"epochs": 1, "batch_size": 64, "device": "cpu"}
-    first = train_and_register(
-        "behavior", "synthetic", store, TrainConfig(**fast), tiny, progress=False
-    )
-    ModelRegistry(store).promote(first["model"], "production")
-    still = TrainConfig(**fast, lr=0.0, init_from="behavior@production", seed=7)
-    tuned = train_and_register("behavior", "synthetic", store, still, progress=False)
+    for seed in (1, 2):  # synthetic@0, then synthetic@1 with more episodes
+        frame, spec = make_frame(episodes=8, steps=6, seed=seed)
+        frame = frame.with_columns(pl.col("episode_id") + f"-{seed}")
+        frame.write_parquet(tmp_path / f"{seed}.parquet")
+        ingest_logs([str(tmp_path / f"{seed}.parquet")], "synthetic", store, spec=spec)
+        if seed == 1:
+            tiny = BehaviorModelConfig(d_model=8, context=2, expert_width=8, n_experts=2)
+            fast = {"epochs": 1, "batch_size": 64, "device": "cpu"}
+            first = train_and_register(
+                "behavior", "synthetic@0", store, TrainConfig(**fast), tiny, progress=False
+            )
+            ModelRegistry(store).promote(first["model"], "production")
+    still = TrainConfig(**fast, lr=0.0, init_from="behavior@production")
+    tuned = train_and_register("behavior", "synthetic@1", store, still, progress=False)
     fresh = train_and_register(
-        "behavior", "synthetic", store, TrainConfig(**fast, lr=0.0, seed=7), tiny, progress=False
+        "behavior", "synthetic@1", store, TrainConfig(**fast, lr=0.0), tiny, progress=False
     )
     start, _ = load_registered(first["model"], store)
     same, mv = load_registered(tuned["model"], store)
     other, _ = load_registered(fresh["model"], store)
     want = start.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in same.state_dict().items())
-    assert not all(torch.equal(v, want[k]) for k, v in other.state_dict().items())
+    assert not torch.equal(other.state_dict()["obs_mean"], want["obs_mean"])
     assert mv.card.train_config["init_from"] == "behavior@1"
+    assert mv.card.dataset.resolved == "synthetic@1"
     assert mv.card.model_config["d_model"] == 8  # the architecture it started from
 
     with pytest.raises(ValueError, match="behavior@1 is a behavior model, not a world model"):
@@ -235,7 +241,9 @@ def test_init_from_fine_tunes_a_registered_model_and_records_its_exact_version(t
     wide, wide_spec = make_frame(
         episodes=8, steps=6, seed=2, obs_sizes=dict.fromkeys(spec.agents, 7)
     )
-    wide.write_parquet(tmp_path / "b.parquet")
-    ingest_logs([str(tmp_path / "b.parquet")], "wide", store, spec=wide_spec)
+    wide.write_parquet(tmp_path / "wide.parquet")
+    ingest_logs([str(tmp_path / "wide.parquet")], "wide", store, spec=wide_spec)
     with pytest.raises(ValueError, match="behavior model to start from does not fit"):
         train_and_register("behavior", "wide", store, TrainConfig(**fast, init_from="behavior@1"))
+    with pytest.raises(ValueError, match="pass the model to start from"):
+        train("behavior", wide, wide_spec, TrainConfig(**fast, init_from="behavior@1"))

@@ -234,17 +234,18 @@ def _resolve_model_config(fam: ModelFamily, model_config, spec: DatasetSpec, con
 
 
 def _init_config(fam: ModelFamily, init: nn.Module, model_config, spec: DatasetSpec, config):
-    """The config of a model started from ``init``: its own, on this dataset's spec."""
+    """The config of a model started from ``init``: its own (its spec sized its layers; the
+    card records this dataset's), with ``config.context`` where one is given."""
     if not isinstance(init, fam.model_cls):
         raise TypeError(f"a {fam.name} model starts from a {fam.name} model, got {type(init)}")
-    if model_config is not None or config.context is not None:
+    if model_config is not None:
         raise ValueError(
-            "init_from takes the architecture of the model it starts from: pass no model "
-            "config and no context"
+            "init_from takes the architecture of the model it starts from: pass no model config"
         )
     check_model_spec(f"{fam.name} model to start from", init.config.spec, spec)
     mc = copy.deepcopy(init.config)
-    mc.spec = spec.to_dict()
+    if config.context is not None:
+        mc.context = config.context
     return mc
 
 
@@ -355,6 +356,11 @@ def train(
     config and data split win over the arguments); otherwise training starts fresh.
     """
     config = config or TrainConfig()
+    if config.init_from and init is None:
+        raise ValueError(
+            f"init_from={config.init_from!r}: pass the model to start from as init "
+            "(train_and_register loads it from the registry)"
+        )
     fam = family(kind)
     rk = ranks()
     device = select_device(config.device)
@@ -381,7 +387,13 @@ def train(
         model_config = _resolve_model_config(fam, model_config, spec, config)
     model = fam.model_cls(model_config).to(device)
     if init is not None and ckpt is None:  # its normalizer too: the weights expect it
-        model.load_state_dict(init.state_dict())
+        try:
+            model.load_state_dict(init.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(
+                f"cannot start from that {kind} model with context {model_config.context}: "
+                f"its weights have another shape ({str(exc).splitlines()[0]})"
+            ) from exc
     else:
         model.set_normalizer(compute_normalizer(data, train_rows))
     optimizer = torch.optim.AdamW(

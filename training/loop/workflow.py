@@ -185,15 +185,17 @@ def train_and_register(
     behavior = None
     if fam.context1_baseline and context1_baseline and result.model_config.context > 1:
         # "The same model with a context of 1 step": trained the same way, only the context differs.
+        # A fine-tuned model's baseline starts from the same model, with a context of 1.
         one_step = train(
             kind,
             frame,
             spec,
-            replace(config, context=1, init_from=None),  # a baseline trained afresh
-            replace(result.model_config, context=1),
+            replace(config, context=1),
+            None if init is not None else replace(result.model_config, context=1),
             workdir / "context1",
             resume=resume,
             progress=progress,
+            init=init,
         )
         extra["context1"] = one_step.model
     rk = ranks()
@@ -256,15 +258,22 @@ def train_and_register(
         extra_files={SPLIT_FILE: json.dumps(split).encode()},
     )
     report = _write_report(store, mv, evaluation, result.history, write_report)
+    return registered_result(mv, report)
+
+
+def registered_result(mv, report: dict[str, str] | None = None) -> dict[str, Any]:
+    """What :func:`train_and_register` returns (and ``foresight train`` prints) for the
+    registered version ``mv``: its metrics next to the baselines, its gate, its training."""
+    card = mv.card
     return {
         "model": mv.ref,
         "version": mv.version,
-        "dataset": card.dataset.resolved,
-        "metrics": evaluation["model"],
-        "baselines": evaluation["baselines"],
-        "quality_gate": card.quality_gate.to_dict(),
-        "training": card.training.to_dict(),
-        "report": report,
+        "dataset": card.dataset.resolved if card.dataset else None,
+        "metrics": card.metrics,
+        "baselines": card.baselines,
+        "quality_gate": card.quality_gate.to_dict() if card.quality_gate else {},
+        "training": card.training.to_dict() if card.training else {},
+        "report": report or {},
     }
 
 
