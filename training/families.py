@@ -74,8 +74,6 @@ class ModelFamily:
     imagines_with: str | None = None
     """The family whose model drives the other agents in this family's evaluation; the card
     records which version (``behavior_model_for_imagination``)."""
-    older_architectures: tuple[str, ...] = ()
-    """Earlier layouts this code still builds, so models saved with them load."""
     context1_baseline: bool = False
     """The lifecycle trains the same model with a context of 1 step as one more baseline."""
 
@@ -102,7 +100,6 @@ WORLD = ModelFamily(
     model_cls=world_model.WorldModel,
     architecture=world_model.ARCHITECTURE,
     legacy_architecture="agent-transformer/1",
-    older_architectures=world_model.OLDER_ARCHITECTURES,
     evaluate=evaluate_world,
     gate_metrics=("mse", "rollout_mse_10"),
     calibrates=True,

@@ -40,11 +40,8 @@ from foresight.training.models.layers import (
     resolve_decentralized,
 )
 
-ARCHITECTURE = "agent-transformer/4"
-"""Layout of the weights this module builds: /4 adds the linear skip
-(``WorldModelConfig.linear_skip``) to /3."""
-OLDER_ARCHITECTURES = ("agent-transformer/3",)
-"""Earlier layouts it still builds (a /3 model has no linear skip); others cannot load."""
+ARCHITECTURE = "agent-transformer/3"
+"""Layout of the weights this module builds; a saved model of another layout cannot load."""
 
 
 @dataclass
@@ -78,13 +75,6 @@ class WorldModelConfig:
     """beta-NLL (Seitzer et al. 2022): each feature's NLL is weighted by its detached
     predicted variance ** beta. 0 is plain NLL, which starves the means of high-variance
     features (velocities in collisions) of gradient; 1 fits means like MSE."""
-    linear_skip: bool = True
-    """Add a linear map of the encoder's inputs (both steps of every feature, the action,
-    the presence flags) to the predicted mean change: the model then holds the linear
-    predictor, and its layers learn what is not linear. Where the dynamics are nearly
-    linear (simple_reference) the network alone stayed 20x worse than the linear baseline
-    over 10 steps; on simple_spread it cut the 10-step rollout error by 14% (BENCHMARKS.md,
-    World model)."""
     reward_weight: float = 1.0
     """Weight of the (normalized) reward MSE in the loss."""
     term_weight: float = 0.1
@@ -215,8 +205,7 @@ class ResidualMLP(nn.Module):
 class WorldModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
-        if config.architecture not in OLDER_ARCHITECTURES:
-            check_architecture("world model", config.architecture, ARCHITECTURE)
+        check_architecture("world model", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete
@@ -243,11 +232,6 @@ class WorldModel(nn.Module):
         self.register_buffer("std_scale", torch.ones(D))
         step_features = D + self.n_actions + 1  # obs, action, present flag
         self.encoder = nn.Sequential(nn.Linear(T * step_features + D, d), act(), nn.Linear(d, d))
-        self.skip = None  # the linear part of the mean change (layout /4; /3 has none)
-        if config.linear_skip and config.architecture == ARCHITECTURE:
-            self.skip = nn.Linear(T * step_features + D, D)
-            nn.init.zeros_(self.skip.weight)  # starts as the network alone
-            nn.init.zeros_(self.skip.bias)
         self.encoder_blocks = nn.ModuleList(
             ResidualMLP(d, config.mlp_ratio, act) for _ in range(config.encoder_layers - 1)
         )
@@ -286,8 +270,7 @@ class WorldModel(nn.Module):
         steps = torch.cat([obs * pres, act, pres], dim=-1)  # (B, T, N, F)
         steps = steps.transpose(1, 2).reshape(B, N, -1)  # (B, N, T*F)
         dtype = self.encoder[0].weight.dtype  # float32, or bfloat16 in a planning copy
-        inputs = torch.cat([steps, fmask.expand(B, N, D)], dim=-1).to(dtype)  # (B, N, T*F+D)
-        x = self.encoder(inputs)  # (B, N, d)
+        x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1).to(dtype))  # (B, N, d)
         for block in self.encoder_blocks:
             x = block(x)
         valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
@@ -311,8 +294,6 @@ class WorldModel(nn.Module):
         x = self.ln_f(x.reshape(B, -1, x.shape[-1])[:, :N])  # (B, N, d)
         K = self.config.n_mixture
         logits, mu, raw_std = self.obs_head(x).view(B, N, D, K, 3).float().unbind(-1)
-        if self.skip is not None:  # the same linear part in every mixture component
-            mu = mu + self.skip(inputs).float()[..., None]
         std = self.config.min_std + F.softplus(raw_std)  # (B, N, D, K)
         reward = self.reward_head(x).squeeze(-1).float()  # (B, N)
         term_logit = self.term_head(x).squeeze(-1).float()  # (B, N)
