@@ -148,6 +148,7 @@ def train_models(
         {"foresight_store": ForesightStore.of(store)},
         controllers=HEADLINE_TEAMS,
         tags={"foresight/demo": dataset},
+        log_level=QUIET,
     )
     registry = ModelRegistry(store)
     for kind in ("behavior", "world"):
@@ -155,6 +156,8 @@ def train_models(
             print(_train_text(registered_result(registry.resolve(job["candidates"][kind]))))
     print(f"run {job['run_id'][:8]}: {'succeeded' if job['success'] else 'stopped'}", end="")
     print(f"; failed checks: {', '.join(job['failed'])}" if job["failed"] else "")
+    if not job["success"] and not job["failed"]:
+        print(f"train_job failed: {'; '.join(job['errors']) or 'see its logs'}")
     models = dict(job["candidates"])
     for kind in ("behavior", "world"):  # a blocking check stopped the run before this one
         if kind not in models:
@@ -184,6 +187,9 @@ def train_models(
     return {"models": models, "arena": arena, "train_run": job["run_id"]}
 
 
+QUIET = "CRITICAL"
+"""Console log level of the demo's train and flywheel runs: a refused gate is an answer the
+demo prints, not an error to dump; other failures are printed from the run's events."""
 HEADLINE_TEAMS = ("random", "greedy", "bc", "anticipatory", "scripted-anticipation")
 DEMO_FLYWHEEL_EPOCHS = 5
 """Epochs of the demo's flywheel round, which fine-tunes the production models (to stay
@@ -198,7 +204,7 @@ def flywheel_round(
     """Step 7: one round of ``flywheel_job`` in process: serve production, play and record
     ``episodes`` over HTTP, ingest them, retrain, gate, reload; print what changed."""
     from foresight.pipelines.cli import flywheel_text
-    from foresight.pipelines.flywheel import flywheel_job, production
+    from foresight.pipelines.flywheel import flywheel_job, production, step_errors
     from foresight.pipelines.resources import ForesightStore
 
     _banner(
@@ -222,6 +228,7 @@ def flywheel_round(
                         "gate_episodes": episodes,
                         "train": train,
                         "fine_tune": True,
+                        "log_level": QUIET,
                     }
                 }
             },
@@ -233,12 +240,8 @@ def flywheel_round(
         raise_on_error=False,
     )
     if not run.success:
-        errors = [
-            e.event_specific_data.error.message.strip()
-            for e in run.all_events
-            if e.is_step_failure and e.event_specific_data.error is not None
-        ]
-        print(f"flywheel run {run.run_id[:8]} failed: {'; '.join(errors) or 'see its logs'}")
+        errors = "; ".join(step_errors(run)) or "see its logs"
+        print(f"flywheel run {run.run_id[:8]} failed: {errors}")
         return None
     result = run.output_for_node("flywheel_rounds")
     print(flywheel_text(result))

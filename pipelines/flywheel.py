@@ -75,6 +75,8 @@ class FlywheelConfig:
     fine_tune: bool = False
     """Retrain each model starting from its production version (``TrainConfig.init_from``)
     instead of a fresh initialization: a round then needs far fewer epochs."""
+    log_level: str = "INFO"
+    """Console log level of the Dagster runs a round starts (ingest, train)."""
     reload_seconds: float = 1.0
     """The service's alias polling period."""
     reload_timeout: float = 120.0
@@ -187,7 +189,8 @@ def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
         raise FlywheelError(f"nothing landed in landing/{config.dataset}/ after the arena")
     run = ingest_job.execute_in_process(
         run_config={
-            "ops": {"trajectory_dataset": {"config": {"dataset": config.dataset, "files": files}}}
+            "ops": {"trajectory_dataset": {"config": {"dataset": config.dataset, "files": files}}},
+            "loggers": {"console": {"config": {"log_level": config.log_level}}},
         },
         instance=instance,
         tags={"foresight/flywheel": config.dataset},
@@ -231,6 +234,7 @@ def run_train_job(
     resources,
     controllers: tuple[str, ...] = GATE_TEAMS,
     tags: dict[str, str] | None = None,
+    log_level: str = "INFO",
 ) -> dict:
     """``train_job`` on ``ref``; what each gate said (with its numbers), the models, and the
     closed-loop arena of the staging models (``arena``, None when a gate stopped the run
@@ -238,7 +242,10 @@ def run_train_job(
     train_job = pipeline_jobs(resources).resolve_job_def("train_job")
     before = production(store, missing_ok=True)
     run = train_job.execute_in_process(
-        run_config=train_run_config(config, ref, controllers),
+        run_config={
+            **train_run_config(config, ref, controllers),
+            "loggers": {"console": {"config": {"log_level": log_level}}},
+        },
         instance=instance,
         tags=tags or {"foresight/flywheel": config.dataset, "foresight/dataset": ref},
         raise_on_error=False,
@@ -261,6 +268,7 @@ def run_train_job(
     return {
         "run_id": run.run_id,
         "success": run.success,
+        "errors": step_errors(run),
         "candidates": candidates,
         "arena": arena,
         "checks": checks,
@@ -269,6 +277,15 @@ def run_train_job(
         "failed": sorted(k for k, c in checks.items() if not c["passed"]),
         "production": after,
     }
+
+
+def step_errors(run) -> list[str]:
+    """The error message of each step that failed in ``run`` (an in-process Dagster run)."""
+    return [
+        e.event_specific_data.error.message.strip()
+        for e in run.all_events
+        if e.is_step_failure and e.event_specific_data.error is not None
+    ]
 
 
 def _wait_for(client: ForesightClient, models: dict[str, str], timeout: float) -> float:
@@ -327,7 +344,9 @@ def run_flywheel(
             ref = _ingest(config, store, instance, resources)
             share = served_share(store, ref)
             say(f"round {r}: {ref} ({share['served_share']:.0%} served); retraining")
-            gate = run_train_job(config, store, ref, instance, resources)
+            gate = run_train_job(
+                config, store, ref, instance, resources, log_level=config.log_level
+            )
             waited = None
             if gate["promoted"]:
                 waited = _wait_for(client, gate["production"], config.reload_timeout)
