@@ -16,7 +16,13 @@ from foresight.training.agents.planning import (
 )
 from foresight.training.data import Window
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
-from foresight.training.models.rollout import RolloutNoise, imagine, low_precision, rollout
+from foresight.training.models.rollout import (
+    RolloutNoise,
+    distinct_states,
+    imagine,
+    low_precision,
+    rollout,
+)
 from foresight.training.models.world_model import (
     ObsDistribution,
     WorldModel,
@@ -165,3 +171,39 @@ def test_low_precision_world_predicts_close_to_float32():
     assert resolve_precision("auto", torch.device("cpu"), wide) in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision"):
         PlannerConfig(precision="fp8")
+
+
+@pytest.mark.parametrize("agents, actions", [(3, 5), (10, 5), (2, 40)])
+def test_packed_state_keys_dedupe_like_unique_rows(agents, actions):
+    """The packed int64 keys find the same distinct states, in the same order, as comparing
+    the rows themselves; negative actions and too-wide keys take the row comparison."""
+    g = torch.Generator().manual_seed(agents)
+    R = 400
+    state_of = torch.randint(0, 7, (R,), generator=g)
+    sample_of = torch.randint(0, 4, (R,), generator=g)
+    joint = torch.randint(0, 2, (R, agents), generator=g) * (actions - 1)  # repeats, wide digits
+    rows = torch.cat([state_of[:, None], sample_of[:, None], joint], 1)
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    for j in (joint, joint - 1):  # with -1 among the actions: the fallback
+        parent, k_of, inv = distinct_states(state_of, sample_of, j, discrete=True)
+        assert torch.equal(parent, uniq[:, 0]) and torch.equal(k_of, uniq[:, 1])
+        assert torch.equal(inv, inverse)
+    wide = joint * 2**40  # 2**40 per digit cannot pack: the fallback, same answer
+    parent, k_of, inv = distinct_states(state_of, sample_of, wide, discrete=True)
+    assert torch.equal(parent, uniq[:, 0]) and torch.equal(inv, inverse)
+
+
+def test_written_out_attention_matches_the_fused_kernel():
+    """The CPU inference attention is scaled_dot_product_attention up to rounding,
+    masked tokens included."""
+    from foresight.training.models.layers import _small_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 10, 8, generator=g) for _ in range(3))
+    mask = torch.rand(5, 1, 1, 10, generator=g) > 0.4
+    mask[..., 0] = True  # every row keeps a token
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(_small_attention(q, k, v, mask), fused, atol=1e-5)
+    low = [t.bfloat16() for t in (q, k, v)]
+    fused_low = torch.nn.functional.scaled_dot_product_attention(*low, attn_mask=mask)
+    assert torch.allclose(_small_attention(*low, mask).float(), fused_low.float(), atol=0.05)

@@ -54,11 +54,26 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
         mask = key_valid[:, None, None, :]  # (B, 1, 1, N): which tokens may be attended to
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, N, C/H)
+        if x.device.type == "cpu" and not self.training:
+            y = _small_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, H, N, C/H)
         x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
+
+
+def _small_attention(q, k, v, mask):
+    """Attention written out, scores and softmax in float32, for inference on a CPU: on the
+    few tokens of a rollout step (the agents) the fused kernel is 2-3.5x slower than this
+    in bfloat16 and up to 2.7x in float32 (at 10 agents; BENCHMARKS.md), mostly from a
+    softmax over a last dimension of a few (torch's is ~7x slower there than the exp and
+    sum below). The same function as ``scaled_dot_product_attention`` up to rounding."""
+    s = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    s = s.masked_fill(~mask, float("-inf"))  # every row keeps a token (callers see to it)
+    e = (s - s.amax(-1, keepdim=True)).exp()
+    return (e / e.sum(-1, keepdim=True)).to(v.dtype) @ v
 
 
 def check_decentralized(spec: DatasetSpec, centralized: bool, label: str, fix: str) -> None:
