@@ -18,6 +18,7 @@ from foresight.training.data import Window
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
 from foresight.training.models.rollout import (
     RolloutNoise,
+    TracedWorld,
     distinct_states,
     imagine,
     low_precision,
@@ -171,6 +172,60 @@ def test_low_precision_world_predicts_close_to_float32():
     assert resolve_precision("auto", torch.device("cpu"), wide) in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision"):
         PlannerConfig(precision="fp8")
+
+
+def _predictions_equal(a: WorldPrediction, b: WorldPrediction) -> bool:
+    parts = lambda p: (p.obs.logits, p.obs.loc, p.obs.scale, p.reward, p.term_prob)  # noqa: E731
+    return all(torch.equal(x, y) for x, y in zip(parts(a), parts(b), strict=True))
+
+
+@pytest.mark.parametrize(
+    "spec_kw, world_kw",
+    [({"state_dim": 3}, {}), ({}, {}), ({"extra": {"obs_radius": 0.5}}, {})],
+    ids=["with-state", "no-state", "decentralized"],
+)
+def test_traced_world_predicts_exactly_what_the_eager_model_does(spec_kw, world_kw):
+    """The traced graph gives the eager model's outputs bit for bit, at batch sizes other
+    than the one it was traced at, in float32 and in the bfloat16 planning copy; one graph
+    per window signature, the batch size free."""
+    spec = DatasetSpec(
+        env="synthetic", agents=dict.fromkeys(IDS, 2), action=ActionSpec("discrete", n=3), **spec_kw
+    ).to_dict()
+    torch.manual_seed(0)
+    world = WorldModel(WorldModelConfig(spec=spec, d_model=32, n_layers=1, n_heads=2, **world_kw))
+    for model in (world.eval(), low_precision(world)):
+        traced = TracedWorld(model)
+        for B in (5, 1, 37):
+            w = start_window(B=B, state="state_dim" in spec_kw)
+            w.obs = torch.randn_like(w.obs)
+            w.action = torch.randint(0, 3, w.action.shape)
+            w.present[0, -1, 1] = False  # an absent agent masks its token
+            assert _predictions_equal(model.predict(w), traced.predict(w)), (B, model)
+        assert len(traced._graphs) == 1, "the batch size is not part of the signature"
+    if "state_dim" in spec_kw:  # a window without the state is another signature
+        w = start_window(B=4)
+        assert _predictions_equal(model.predict(w), traced.predict(w))
+        assert len(traced._graphs) == 2
+    with pytest.raises(ValueError, match="window has 3 steps, model reads 2"):
+        traced._forward(start_window(B=2, T=3))  # the eager model's checks, before tracing
+
+
+def test_planner_with_traced_world_decides_as_the_eager_one():
+    torch.manual_seed(1)
+    world = WorldModel(WorldModelConfig(spec=SPEC, d_model=32, n_layers=1, n_heads=2))
+    beh = BehaviorModel(BehaviorModelConfig(spec=SPEC, context=4))
+    history = JointHistory(
+        agent_ids=IDS,
+        obs=np.random.default_rng(0).normal(size=(4, 2, 2)).astype(np.float32),
+        prev_actions=np.array([[0, 1], [2, 0], [1, 1], [0, 2]]),
+    )
+    eager, traced = (Planner(world, beh, PlannerConfig(traced=t)) for t in (False, True))
+    assert isinstance(traced.rollout_world, TracedWorld)
+    assert not isinstance(eager.rollout_world, TracedWorld)
+    for _ in range(3):  # the same stream of sampled futures
+        a, b = eager.decide(history, IDS), traced.decide(history, IDS)
+        assert [d.candidate_scores for d in a] == [d.candidate_scores for d in b]
+        assert [d.action for d in a] == [d.action for d in b]
 
 
 @pytest.mark.parametrize("agents, actions", [(3, 5), (10, 5), (2, 40)])

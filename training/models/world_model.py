@@ -257,15 +257,29 @@ class WorldModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
         reward (B, N), termination logit (B, N)."""
-        B, T, N, D = w.obs.shape
+        T, D = w.obs.shape[1], w.obs.shape[3]
         if self.context != T:
             raise ValueError(f"window has {T} steps, model reads {self.context}")
         if self.obs_dim != D:
             raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
-        fmask = w.feat_mask.float()  # (N, D)
-        obs = (w.obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
-        act = action_features(w.action, self.discrete, self.n_actions)  # (B, T, N, A)
-        pres = w.present.float()[..., None]  # (B, T, N, 1)
+        return self.network(w.obs, w.feat_mask, w.present, w.action, w.state, w.state_valid)
+
+    def network(
+        self,
+        obs: torch.Tensor,
+        feat_mask: torch.Tensor,
+        present: torch.Tensor,
+        action: torch.Tensor,
+        state: torch.Tensor | None = None,
+        state_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on the only parts of a window the network reads, as tensors (a
+        planner traces it into a graph: :class:`~.rollout.TracedWorld`)."""
+        B, T, N, D = obs.shape
+        fmask = feat_mask.float()  # (N, D)
+        obs = (obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
+        act = action_features(action, self.discrete, self.n_actions)  # (B, T, N, A)
+        pres = present.float()[..., None]  # (B, T, N, 1)
         act = act * pres
         steps = torch.cat([obs * pres, act, pres], dim=-1)  # (B, T, N, F)
         steps = steps.transpose(1, 2).reshape(B, N, -1)  # (B, N, T*F)
@@ -273,17 +287,17 @@ class WorldModel(nn.Module):
         x = self.encoder(torch.cat([steps, fmask.expand(B, N, D)], dim=-1).to(dtype))  # (B, N, d)
         for block in self.encoder_blocks:
             x = block(x)
-        valid = w.present[:, -1]  # (B, N) agents present now are the tokens that count
+        valid = present[:, -1]  # (B, N) agents present now are the tokens that count
         if self.decentralized:  # every agent's token through the blocks by itself
             x = x.reshape(B * N, 1, -1)
             valid = torch.ones(B * N, 1, dtype=torch.bool, device=x.device)
         elif self.state_dim:
-            if w.state is not None:
-                sv = w.state_valid.float()[..., None]  # (B, T, 1)
+            if state is not None:
+                sv = state_valid.float()[..., None]  # (B, T, 1)
                 if self.training and self.config.state_dropout > 0:
                     keep = torch.rand(B, 1, 1, device=sv.device) >= self.config.state_dropout
                     sv = sv * keep
-                s = torch.cat([w.state * sv, sv], dim=-1).reshape(B, -1)  # (B, T*(Ds+1))
+                s = torch.cat([state * sv, sv], dim=-1).reshape(B, -1)  # (B, T*(Ds+1))
             else:
                 s = torch.zeros(B, T * (self.state_dim + 1), device=x.device)
             x = torch.cat([x, self.state_encoder(s.to(dtype))[:, None]], dim=1)  # (B, N+1, d)
@@ -354,9 +368,11 @@ class WorldModel(nn.Module):
         return fitted
 
     @torch.no_grad()
-    def predict(self, w: Window) -> WorldPrediction:
-        """The distribution of the next step, in raw units."""
-        logits, mu, std, reward, term_logit = self(w.last(self.context))
+    def predict(self, w: Window, forward: Callable | None = None) -> WorldPrediction:
+        """The distribution of the next step, in raw units. ``forward``: what computes the
+        raw heads of the window (default: this module; a planner's
+        :class:`~.rollout.TracedWorld` passes its graphs)."""
+        logits, mu, std, reward, term_logit = (forward or self)(w.last(self.context))
         last = w.obs[:, -1].float()[..., None]  # (B, N, D, 1)
         dyn = (self.dynamic & w.feat_mask)[..., None]  # (N, D, 1)
         dstd = self.delta_std[:, None]  # (D, 1)
