@@ -16,9 +16,10 @@ from foresight.training.agents.planning import (
 )
 from foresight.training.data import Window
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
+from foresight.training.models.graphs import BehaviorStep, TracedWorld
 from foresight.training.models.rollout import (
+    BehaviorStepper,
     RolloutNoise,
-    TracedWorld,
     distinct_states,
     imagine,
     low_precision,
@@ -201,11 +202,11 @@ def test_traced_world_predicts_exactly_what_the_eager_model_does(spec_kw, world_
             w.action = torch.randint(0, 3, w.action.shape)
             w.present[0, -1, 1] = False  # an absent agent masks its token
             assert _predictions_equal(model.predict(w), traced.predict(w)), (B, model)
-        assert len(traced._graphs) == 1, "the batch size is not part of the signature"
+        assert len(traced.graphs) == 1, "the batch size is not part of the signature"
     if "state_dim" in spec_kw:  # a window without the state is another signature
         w = start_window(B=4)
         assert _predictions_equal(model.predict(w), traced.predict(w))
-        assert len(traced._graphs) == 2
+        assert len(traced.graphs) == 2
     with pytest.raises(ValueError, match="window has 3 steps, model reads 2"):
         traced._forward(start_window(B=2, T=3))  # the eager model's checks, before tracing
 
@@ -226,6 +227,38 @@ def test_planner_with_traced_world_decides_as_the_eager_one():
         a, b = eager.decide(history, IDS), traced.decide(history, IDS)
         assert [d.candidate_scores for d in a] == [d.candidate_scores for d in b]
         assert [d.action for d in a] == [d.action for d in b]
+
+
+@pytest.mark.parametrize(
+    "beh_kw",
+    [{}, {"gate": "gru"}, {"n_experts": 0}, {"noise_levels": 0}],
+    ids=["static-experts", "gru-gate", "no-experts", "no-noise-levels"],
+)
+def test_traced_behavior_step_advances_exactly_as_the_eager_model(beh_kw):
+    """BehaviorStepper with the graphs' step gives the eager model's distributions and
+    carried state bit for bit, over steps, after repeating rows (other batch sizes)."""
+    torch.manual_seed(0)
+    beh = BehaviorModel(BehaviorModelConfig(spec=SPEC, context=4, d_model=16, **beh_kw)).eval()
+    step = BehaviorStep(beh)
+    w = start_window(B=3, T=4)
+    w.obs, w.prev_action = torch.randn_like(w.obs), torch.randint(0, 3, w.prev_action.shape)
+    eager, traced = BehaviorStepper(beh, w), BehaviorStepper(beh, w, step=step)
+    assert eager.incremental
+    g = torch.Generator().manual_seed(1)
+    for h in range(4):
+        assert torch.equal(eager.distribution().logits, traced.distribution().logits), h
+        for name in ("h", "evidence", "last_logp", "last_present"):
+            a, b = getattr(eager.state, name), getattr(traced.state, name)
+            assert (a is None and b is None) or torch.equal(a, b), (h, name)
+        rows = torch.randint(0, eager.out.shape[0], (2 + 3 * h,), generator=g)
+        nxt = start_window(B=rows.shape[0], T=1)
+        nxt.obs = torch.randn(nxt.obs.shape, generator=g)
+        nxt.prev_action = torch.randint(0, 3, nxt.prev_action.shape, generator=g)
+        nxt.present[0, 0, 1] = False
+        eager, traced = eager.repeat(rows), traced.repeat(rows)
+        eager.advance(nxt)
+        traced.advance(nxt)
+    assert len(step.graphs) == 2, "the first read of the history, then one step at a time"
 
 
 @pytest.mark.parametrize("agents, actions", [(3, 5), (10, 5), (2, 40)])

@@ -54,10 +54,10 @@ import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec, view_of
 from foresight.training.data import Window, describe_spec
+from foresight.training.models.graphs import BehaviorStep, TracedWorld
 from foresight.training.models.rollout import (
     BehaviorStepper,
     RolloutNoise,
-    TracedWorld,
     low_precision,
     rollout,
 )
@@ -112,10 +112,10 @@ class PlannerConfig:
     bfloat16 matrix units, float32 otherwise (:func:`resolve_precision`). BENCHMARKS.md has
     the speed and the closed-loop return of both."""
     traced: bool = True
-    """Run the world model's network in rollouts as a frozen TorchScript graph
-    (:class:`~foresight.training.models.rollout.TracedWorld`): the same outputs without
-    Python between its ops, ~1 ms less per imagined step on a CPU; traced on the first
-    decision (~0.2 s). False runs it eagerly."""
+    """Run the world model's network and the behavior model's step in rollouts from frozen
+    TorchScript graphs (:mod:`foresight.training.models.graphs`): the same outputs without
+    Python between their ops, ~1 ms less per imagined step on a CPU; traced on the first
+    decision (~0.5 s). False runs them eagerly."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
@@ -289,8 +289,13 @@ class Planner:
         traced with ``traced``)."""
         if resolve_precision(self.config.precision, self.device, world) == "bfloat16":
             self.rollout_world = low_precision(self.world)
-        if self.config.traced and hasattr(self.rollout_world, "network"):
-            self.rollout_world = TracedWorld(self.rollout_world)
+        self.behavior_step = None
+        """The behavior model's incremental step from graphs (with ``traced``), or None."""
+        if self.config.traced:
+            if hasattr(self.rollout_world, "network"):
+                self.rollout_world = TracedWorld(self.rollout_world)
+            if hasattr(self.behavior, "scan"):
+                self.behavior_step = BehaviorStep(self.behavior)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         search = self.config.search
         if search == "auto":
@@ -349,7 +354,9 @@ class Planner:
         if len(set(ego_agents)) != len(ego_agents):
             raise ValueError(f"ego agents repeat: {list(ego_agents)}")
         base = self.window(history)
-        stepper = BehaviorStepper(self.behavior, base, self.config.incremental_behavior)
+        stepper = BehaviorStepper(
+            self.behavior, base, self.config.incremental_behavior, self.behavior_step
+        )
         dist = stepper.distribution()
         mode = dist.mode()[0]  # (N,) or (N, A)
         order = sorted(ego_agents, key=ids.index)

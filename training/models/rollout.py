@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -88,8 +87,11 @@ class BehaviorStepper:
     step; later the incremental state also remembers steps the window drops.
     """
 
-    def __init__(self, policy, window: Window, incremental: bool = True):
+    def __init__(self, policy, window: Window, incremental: bool = True, step=None):
         self.model = m = policy
+        self.step = step
+        """The incremental step from graphs of ``policy`` (a :class:`~.graphs.BehaviorStep`),
+        or None: the model's own methods."""
         self.incremental = (
             incremental
             and all(hasattr(m, a) for a in ("step_features", "scan", "distribution"))
@@ -102,6 +104,8 @@ class BehaviorStepper:
             self.out = None
 
     def _encode(self, w: Window, state=None):
+        if self.step is not None:
+            return self.step(w, state)
         x = self.model.step_features(w)
         out, state = self.model.scan(x, w, state, last_only=True)  # (B, 1, N, out)
         return out[:, -1], state
@@ -115,7 +119,7 @@ class BehaviorStepper:
     def repeat(self, rows: torch.Tensor) -> BehaviorStepper:
         """A stepper for a batch whose row i is this batch's row ``rows[i]``."""
         new = object.__new__(BehaviorStepper)
-        new.model, new.incremental = self.model, self.incremental
+        new.model, new.incremental, new.step = self.model, self.incremental, self.step
         new.window = self.window if self.incremental else self.window.index(rows)
         if self.incremental:
             new.state = self.state.index(rows)
@@ -140,56 +144,6 @@ def low_precision(world: torch.nn.Module) -> torch.nn.Module:
     for p in low.parameters():
         p.data = p.data.to(torch.bfloat16)
     return low
-
-
-class TracedWorld:
-    """A world model whose network runs as frozen TorchScript graphs, for rollouts.
-
-    A rollout step is a few hundred small ops on a few hundred rows; run one by one from
-    Python each costs more in dispatch than in arithmetic (a default-size world step on 4
-    rows: ~1.9 ms eager, ~1.0 ms traced, one CPU thread). A traced graph runs the same ops
-    without the Python between them, so its outputs equal the eager model's. One graph per
-    input signature (whether the window holds the global state, its shape past the batch
-    dimension, the action dtype, the device), traced and frozen on first use in ~0.2 s;
-    the batch size stays free."""
-
-    def __init__(self, world):
-        self.world = world.eval()
-        self.context = world.context
-        self.config = world.config
-        self._graphs: dict[tuple, torch.jit.ScriptModule] = {}
-
-    def predict(self, w: Window):
-        return self.world.predict(w, forward=self._forward)
-
-    def _forward(self, w: Window):
-        args = [w.obs, w.feat_mask, w.present, w.action]
-        if w.state is not None:
-            args += [w.state, w.state_valid]
-        key = (len(args), tuple(w.obs.shape[1:]), w.action.dtype, w.obs.device)
-        graph = self._graphs.get(key)
-        if graph is None:
-            self.world(w)  # the eager model's own checks (context, widths) first
-            graph = self._graphs[key] = _trace(_Network(self.world), args)
-        return graph(*args)
-
-
-class _Network(torch.nn.Module):
-    """The network of a world model as a module of tensors, for tracing."""
-
-    def __init__(self, world):
-        super().__init__()
-        self.world = world
-
-    def forward(self, *args):
-        return self.world.network(*args)
-
-
-def _trace(module: torch.nn.Module, args: list[torch.Tensor]) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # shapes are traced as values: nothing is baked in
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(module.eval(), tuple(args), check_trace=False)
-    return torch.jit.freeze(traced)
 
 
 @dataclass

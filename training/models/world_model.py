@@ -257,12 +257,16 @@ class WorldModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
         reward (B, N), termination logit (B, N)."""
+        self.check_window(w)
+        return self.network(w.obs, w.feat_mask, w.present, w.action, w.state, w.state_valid)
+
+    def check_window(self, w: Window) -> None:
+        """ValueError unless ``w`` has this model's context and observation width."""
         T, D = w.obs.shape[1], w.obs.shape[3]
         if self.context != T:
             raise ValueError(f"window has {T} steps, model reads {self.context}")
         if self.obs_dim != D:
             raise ValueError(f"window obs width {D} != model's {self.obs_dim}")
-        return self.network(w.obs, w.feat_mask, w.present, w.action, w.state, w.state_valid)
 
     def network(
         self,
@@ -274,7 +278,7 @@ class WorldModel(nn.Module):
         state_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` on the only parts of a window the network reads, as tensors (a
-        planner traces it into a graph: :class:`~.rollout.TracedWorld`)."""
+        planner traces it into a graph: :class:`~.graphs.TracedWorld`)."""
         B, T, N, D = obs.shape
         fmask = feat_mask.float()  # (N, D)
         obs = (obs - self.obs_mean) / self.obs_std * fmask  # (B, T, N, D)
@@ -371,7 +375,7 @@ class WorldModel(nn.Module):
     def predict(self, w: Window, forward: Callable | None = None) -> WorldPrediction:
         """The distribution of the next step, in raw units. ``forward``: what computes the
         raw heads of the window (default: this module; a planner's
-        :class:`~.rollout.TracedWorld` passes its graphs)."""
+        :class:`~.graphs.TracedWorld` passes its graphs)."""
         logits, mu, std, reward, term_logit = (forward or self)(w.last(self.context))
         last = w.obs[:, -1].float()[..., None]  # (B, N, D, 1)
         dyn = (self.dynamic & w.feat_mask)[..., None]  # (N, D, 1)
