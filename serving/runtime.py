@@ -98,6 +98,7 @@ class ModelSet:
         except ValueError as exc:  # other endpoints still serve; /act says why not
             log.warning("no planner for %s + %s: %s", world.version, behavior.version, exc)
             return cls(world, behavior, None, str(exc))
+        planner.warm_up()  # the first /act does not trace the graphs
         return cls(world, behavior, planner)
 
 

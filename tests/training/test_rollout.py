@@ -221,12 +221,30 @@ def test_planner_with_traced_world_decides_as_the_eager_one():
         prev_actions=np.array([[0, 1], [2, 0], [1, 1], [0, 2]]),
     )
     eager, traced = (Planner(world, beh, PlannerConfig(traced=t)) for t in (False, True))
-    assert isinstance(traced.rollout_world, TracedWorld)
-    assert not isinstance(eager.rollout_world, TracedWorld)
+    assert isinstance(traced.rollout_world, TracedWorld) and traced.behavior_step is not None
+    assert not isinstance(eager.rollout_world, TracedWorld) and eager.behavior_step is None
+    traced.warm_up()  # traces the graphs, leaves the sampled futures where they were
+    assert len(traced.rollout_world.graphs) == 1 and len(traced.behavior_step.graphs) == 2
     for _ in range(3):  # the same stream of sampled futures
         a, b = eager.decide(history, IDS), traced.decide(history, IDS)
         assert [d.candidate_scores for d in a] == [d.candidate_scores for d in b]
         assert [d.action for d in a] == [d.action for d in b]
+    assert len(traced.rollout_world.graphs) == 1, "the real decisions traced nothing new"
+
+
+def test_planner_warm_up_with_continuous_actions():
+    spec = DatasetSpec(
+        env="synthetic",
+        agents=dict.fromkeys(IDS, 2),
+        action=ActionSpec("continuous", dim=2, low=-1.0, high=1.0),
+    ).to_dict()
+    world = WorldModel(WorldModelConfig(spec=spec, d_model=16, n_layers=1, n_heads=2))
+    beh = BehaviorModel(BehaviorModelConfig(spec=spec, context=3, d_model=16))
+    planner = Planner(world, beh, PlannerConfig(cem_population=8, cem_elites=2))
+    state = planner.generator.get_state()
+    planner.warm_up()
+    assert torch.equal(planner.generator.get_state(), state)
+    assert len(planner.rollout_world.graphs) == 1
 
 
 @pytest.mark.parametrize(

@@ -340,6 +340,25 @@ class Planner:
             self.config.pad_short_history,
         )
 
+    def warm_up(self) -> None:
+        """One decision on a made-up history of every agent, so that the first real one
+        does not pay for tracing the graphs (``traced``); the stream of sampled futures is
+        left where it was."""
+        spec = self.spec
+        ids = list(spec.agents)
+        zeros = (
+            (self.context, len(ids)) if self.discrete else (self.context, len(ids), self.n_actions)
+        )
+        history = JointHistory(
+            agent_ids=ids,
+            obs=np.zeros((self.context, len(ids), self.world.obs_dim), dtype=np.float32),
+            prev_actions=np.zeros(zeros, dtype=np.int64 if self.discrete else np.float32),
+            obs_sizes=dict(spec.agents),
+        )
+        state = self.generator.get_state()
+        self.decide(history, ids)
+        self.generator.set_state(state)
+
     # -- deciding ------------------------------------------------------------------------
     def decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
         """One :class:`Decision` per ego agent, in the order given."""
