@@ -649,6 +649,10 @@ def arena_text(d: dict[str, Any]) -> str:
     head = f"{d['env']}: {d['episodes']} episodes, seed {d['seed']}"
     if d.get("models"):
         head += " (models: " + ", ".join(d["models"].values()) + ")"
+    if d.get("opponents"):
+        opp = d["opponents"]
+        head += f"; opponents {', '.join(opp['agents'])} play {opp['policy']}, "
+        head += "returns count the team's own agents"
     cols = ["team", "mean_return", "ci95", "episodes", "over_greedy_G", "decisions_per_s"]
     lines = [head, _table(rows, cols)]
     if d.get("files"):

@@ -98,3 +98,8 @@ class Simulator:
     partial_view: Callable[[np.ndarray, float], np.ndarray] | None = None
     """(full observation, radius) -> what an agent seeing that far observes (``--obs-radius``,
     :class:`foresight.datasets.sources.views.PartialView`); None: full view only."""
+    opponent: Callable[[str], bool] | None = None
+    """Competitive envs: which agents are the other side (simple_tag: the good agents, the
+    prey). In the arena a team drives the rest, the opponents play the greedy policy (their
+    first rule, no noise), and a team's return counts its own agents. None: cooperative,
+    every agent is on the team."""

@@ -9,7 +9,9 @@ the arena.
 
 Here: the scripted rules (:class:`TagController`), the boundary term of the good agents'
 reward (:func:`boundary_cost`) and the adversary of scripted anticipation
-(:func:`anticipating_chase`).
+(:func:`anticipating_chase`). The env is competitive: in the arena a team is the
+adversaries (the predators), the prey flees by its ``flee-nearest`` rule without noise, and
+the team's return is the adversaries' own.
 """
 
 from __future__ import annotations
@@ -110,4 +112,9 @@ def anticipating_chase(
     return move_toward(prey_rel[j] + ahead, o[0:2], rules.adversary_accel)
 
 
-SIMULATOR = Simulator("simple_tag", "simple_tag_v3", TagController)
+SIMULATOR = Simulator(
+    "simple_tag",
+    "simple_tag_v3",
+    TagController,
+    opponent=lambda agent: not agent.startswith("adversary"),
+)

@@ -12,8 +12,18 @@ import pytest
 import torch
 
 from foresight.datasets.sources.anticipation import spread_targets
-from foresight.training.agents.arena import ci95, env_spec, run_arena, team_roster
-from foresight.training.agents.planning import PlannerConfig
+from foresight.datasets.sources.generate import make_env
+from foresight.datasets.sources.policies import make_policy
+from foresight.training.agents.arena import (
+    OPPONENT,
+    AnticipatoryController,
+    ci95,
+    env_spec,
+    run_arena,
+    team_agents,
+    team_roster,
+)
+from foresight.training.agents.planning import Decision, PlannerConfig
 from foresight.training.models.behavior_model import BehaviorModel, BehaviorModelConfig
 from foresight.training.models.world_model import WorldModel, WorldModelConfig
 
@@ -90,6 +100,66 @@ def test_injected_controller_factory_and_team_roster():
     assert seen[0][0] == ["agent_0"]
     assert seen[0][1] == {"agent_0": "idle", "agent_1": "greedy", "agent_2": "greedy"}
     assert team_roster("a+b+c", ["x", "y"]) == {"x": "a", "y": "b"}
+
+
+def test_simple_tag_is_competitive_the_team_is_the_adversaries():
+    """In simple_tag a team drives the adversaries, the prey plays the greedy flee rule, and
+    the return counts the adversaries' rewards only: replayed by hand, episode by episode."""
+    agents = ["adversary_0", "adversary_1", "adversary_2", "agent_0"]
+    roster = team_roster("anticipatory+greedy", agents, "simple_tag")
+    assert roster == {
+        "adversary_0": "anticipatory",
+        "adversary_1": "greedy",
+        "adversary_2": "greedy",
+        "agent_0": OPPONENT,
+    }
+    assert team_agents(roster) == agents[:3]
+    assert team_agents(team_roster("greedy", ["agent_0", "agent_1"], "simple_spread")) is None
+    seen = {}
+
+    class Recorder:
+        def reset(self, info):
+            seen["controlled"], seen["team"] = info.controlled, info.team
+
+        def act(self, history, live):
+            return dict.fromkeys(live, 0)
+
+    class Planner:  # what the anticipatory controller asks of its planner
+        def decide(self, history, egos, team=None):
+            seen["planner_team"] = team
+            return [Decision(a, 0, 0.0, [], {}, [0]) for a in egos]
+
+    result = run_arena(
+        "simple_tag",
+        3,
+        ["greedy", "idle", "spy"],
+        seed=4,
+        max_cycles=12,
+        factories={
+            "idle": lambda env, models: Recorder(),
+            "spy": lambda env, models: AnticipatoryController(Planner()),
+        },
+    )
+    assert seen["planner_team"] == agents[:3], "plans are scored by the team's own rewards"
+    assert result["opponents"] == {"agents": ["agent_0"], "policy": "greedy-flee-nearest/eps=0.00"}
+    assert seen["controlled"] == agents[:3] and seen["team"]["agent_0"] == OPPONENT
+    env = make_env("simple_tag", max_cycles=12, checked=False)
+    policy = make_policy("greedy", "simple_tag")  # every agent's first rule: chase, flee
+    prey_returns = []
+    for i, got in enumerate(result["controllers"]["greedy"]["returns"]):
+        rng = np.random.default_rng([4, i])
+        obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
+        policy.reset(rng, env.possible_agents)
+        team = prey = 0.0
+        while env.agents:
+            obs, rewards, *_ = env.step({a: policy.act(a, obs[a]) for a in env.agents})
+            team += sum(rewards[a] for a in agents[:3])
+            prey += rewards["agent_0"]
+        assert got == pytest.approx(team), i
+        prey_returns.append(prey)
+    env.close()
+    assert any(prey_returns), "the prey's rewards, which are not counted, are not all zero"
+    assert run_arena("simple_spread", 1, ["greedy"], max_cycles=2)["opponents"] is None
 
 
 def test_bad_requests():

@@ -107,6 +107,12 @@ def test_the_planner_scores_a_terminating_future_by_the_same_rule():
     # without the termination every step earns 2
     [d] = Planner(Counter(end_at=99.0), beh, cfg).decide(history, ["agent_1"])
     assert d.predicted_return == pytest.approx(2 * (1 + 0.9 + 0.9**2 + 0.9**3))
+    # a team of agent 0 alone (a competitive env's own side) counts its rewards only
+    planner = Planner(Counter(end_at=0.5), beh, cfg)
+    [d] = planner.decide(history, ["agent_1"], team=["agent_0"])
+    assert d.predicted_return == pytest.approx(1 + 0.9)
+    with pytest.raises(ValueError, match="team agent 'agent_9' is not in this episode"):
+        planner.decide(history, ["agent_1"], team=["agent_9"])
 
 
 def test_imagined_steps_have_no_global_state_the_history_keeps_its_own():

@@ -24,7 +24,10 @@ reward head, a diagnostic); ``offline-rl`` (the offline-RL peer a user would tra
 the same logs instead: :mod:`foresight.training.agents.offline_rl`). More come in through
 ``factories`` (name -> factory), e.g. a remote controller calling the HTTP service's ``/act``.
 
-Team return: per episode, the sum over agents of each agent's episode return.
+Team return: per episode, the sum over the team's agents of each one's episode return. In
+a competitive env (simple_tag) the team is one side, the adversaries; the other side (the
+prey) follows a fixed scripted rule named in the result (``opponents``), and its rewards
+are not counted. In a cooperative env every agent is on the team.
 """
 
 from __future__ import annotations
@@ -170,6 +173,18 @@ class GreedyController:
         return out
 
 
+class OpponentController(GreedyController):
+    """A competitive env's other side: the greedy policy, each opponent's first rule, no
+    noise (simple_tag's prey flees the nearest adversary)."""
+
+    policy_id: str | None = None
+    """What recorded episodes name the opponents' policy (``greedy-flee-nearest/eps=0.00``)."""
+
+    def reset(self, info: EpisodeInfo) -> None:
+        super().reset(info)
+        self.policy_id = self.policy.policy_id(info.controlled[0])
+
+
 class SwitchingController(GreedyController):
     """Scripted partners that change: the ``switching`` policy (default hazard), each agent
     redrawing its rule and epsilon at random steps from this controller's episode stream."""
@@ -198,16 +213,19 @@ class BehaviorCloningController:
 
 
 class AnticipatoryController:
-    """The planner: every controlled agent decides by imagining the others' next moves."""
+    """The planner: every controlled agent decides by imagining the others' next moves. In
+    a competitive env it scores plans by its own side's predicted rewards."""
 
     def __init__(self, planner: Planner) -> None:
         self.planner = planner
+        self.team: list[str] | None = None
 
     def reset(self, info: EpisodeInfo) -> None:
-        pass
+        self.team = team_agents(info.team)
 
     def act(self, history: JointHistory, agents: Sequence[str]) -> dict[str, Action]:
-        return {d.agent: d.action for d in self.planner.decide(history, list(agents))}
+        decisions = self.planner.decide(history, list(agents), team=self.team)
+        return {d.agent: d.action for d in decisions}
 
 
 def _need(models: ArenaModels, *what: str) -> None:
@@ -334,10 +352,26 @@ def _check_team_size(label: str, trained: dict | None, spec: DatasetSpec, name: 
         )
 
 
-def team_roster(team: str, agents: Sequence[str]) -> dict[str, str]:
-    """Agent -> controller name for a team name (``greedy``, ``anticipatory+greedy``)."""
+OPPONENT = "opponent"
+"""The roster's name for a competitive env's other side (:class:`OpponentController`)."""
+
+
+def team_roster(team: str, agents: Sequence[str], env: str | None = None) -> dict[str, str]:
+    """Agent -> controller name for a team name (``greedy``, ``anticipatory+greedy``). In a
+    competitive ``env`` the team drives its own side; the others are :data:`OPPONENT`."""
+    opponent = SIMULATORS[resolve_env_name(env)].opponent if env else None
+    side = [a for a in agents if not (opponent and opponent(a))]
     names = team.split("+")
-    return {a: names[min(i, len(names) - 1)] for i, a in enumerate(agents)}
+    roster = {a: names[min(i, len(names) - 1)] for i, a in enumerate(side)}
+    return {a: roster.get(a, OPPONENT) for a in agents}
+
+
+def team_agents(roster: Mapping[str, str]) -> list[str] | None:
+    """The agents a team's return counts: its own side in a competitive env, None (every
+    agent) in a cooperative one."""
+    if OPPONENT not in roster.values():
+        return None
+    return [a for a, name in roster.items() if name != OPPONENT]
 
 
 def with_partners(team: str, partners: str | None) -> str:
@@ -393,13 +427,15 @@ def _play_episode(
     agents = list(env.possible_agents)
     sizes = {a: int(np.prod(env.observation_space(a).shape)) for a in agents}
     D = max(sizes.values())
-    roster = team_roster(team, agents)
+    roster = team_roster(team, agents, env_name)
+    counted = set(team_agents(roster) or agents)
     groups: dict[str, list[str]] = {}
     for a, name in roster.items():
         groups.setdefault(name, []).append(a)
     for k, (name, members) in enumerate(groups.items()):
         if name not in controllers:
-            controllers[name] = factories[name](env_name, models)
+            build = factories[name] if name != OPPONENT else lambda e, m: OpponentController(e)
+            controllers[name] = build(env_name, models)
         info = EpisodeInfo(
             env=env_name,
             episode=episode,
@@ -458,7 +494,7 @@ def _play_episode(
                 a: getattr(controllers[roster[a]], "policy_id", None) or roster[a] for a in actions
             }
             observer.step(seen_obs, actions, rewards, terminated, truncated, policies)
-        total += float(sum(rewards.values()))
+        total += float(sum(r for a, r in rewards.items() if a in counted))
         taken.append(np.array([actions.get(a, 0) for a in agents], dtype=np.int64))
         seen.append(joint(obs))
     for observer in observers.values():
@@ -503,7 +539,9 @@ def run_arena(
 
     Returns ``{"env", "episodes", "seed", "controllers": {team: {"mean_return", "ci95":
     (low, high), "std", "episodes", "returns", "decisions_per_s", "seconds"}}, "gap":
-    {...}, "files": {...}}``. ``gap`` (when ``random`` and ``greedy`` both ran) holds G =
+    {...}, "opponents", "files": {...}}``. ``opponents`` (competitive envs): the other
+    side's agents and policy, None in a cooperative env. ``gap`` (when ``random`` and
+    ``greedy`` both ran) holds G =
     greedy - random and each team's return over greedy in units of G. With ``out_dir``, a
     JSON and a PNG (means with 95% intervals) are written there.
     """
@@ -601,6 +639,7 @@ def run_arena(
         "episodes": episodes,
         "seed": seed,
         "partners": partners,
+        "opponents": _opponents(name, list(spec.agents)),
         "agents": len(spec.agents),
         "obs_radius": obs_radius,
         "max_cycles": max_cycles,
@@ -612,6 +651,16 @@ def run_arena(
     if out_dir is not None:
         out["files"] = write_arena_report(out, out_dir)
     return out
+
+
+def _opponents(env: str, agents: list[str]) -> dict[str, Any] | None:
+    """The other side of a competitive env and the policy it plays (None: cooperative)."""
+    simulator = SIMULATORS[env]
+    if simulator.opponent is None:
+        return None
+    side = [a for a in agents if simulator.opponent(a)]
+    rule = simulator.controller().rules(side[0])[0]
+    return {"agents": side, "policy": f"greedy-{rule}/eps=0.00"}
 
 
 def _gap(results: dict[str, Any]) -> dict[str, Any]:

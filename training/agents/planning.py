@@ -360,18 +360,31 @@ class Planner:
         self.generator.set_state(state)
 
     # -- deciding ------------------------------------------------------------------------
-    def decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
-        """One :class:`Decision` per ego agent, in the order given."""
+    def decide(
+        self,
+        history: JointHistory,
+        ego_agents: Sequence[str],
+        team: Sequence[str] | None = None,
+    ) -> list[Decision]:
+        """One :class:`Decision` per ego agent, in the order given. ``team``: the agents
+        whose predicted rewards a plan's score sums with ``team_reward`` (a competitive
+        env's own side); None: every agent."""
         with torch.inference_mode():
-            return self._decide(history, ego_agents)
+            return self._decide(history, ego_agents, team)
 
-    def _decide(self, history: JointHistory, ego_agents: Sequence[str]) -> list[Decision]:
+    def _decide(
+        self, history: JointHistory, ego_agents: Sequence[str], team: Sequence[str] | None
+    ) -> list[Decision]:
         ids = list(history.agent_ids)
-        for a in ego_agents:
-            if a not in ids:
-                raise ValueError(f"ego agent {a!r} is not in this episode; agents are {ids}")
+        for role, agents in (("ego", ego_agents), ("team", team or [])):
+            for a in agents:
+                if a not in ids:
+                    raise ValueError(f"{role} agent {a!r} is not in this episode; agents are {ids}")
         if len(set(ego_agents)) != len(ego_agents):
             raise ValueError(f"ego agents repeat: {list(ego_agents)}")
+        scored = None
+        if team is not None:
+            scored = torch.tensor([a in team for a in ids], device=self.device)
         base = self.window(history)
         stepper = BehaviorStepper(
             self.behavior, base, self.config.incremental_behavior, self.behavior_step
@@ -384,12 +397,12 @@ class Planner:
         if self.config.sequential:
             for a in order:
                 n = ids.index(a)
-                [res] = self._plan([n], base, stepper, chosen)
+                [res] = self._plan([n], base, stepper, chosen, scored)
                 chosen[n] = res[1]
                 results[a] = self._decision(a, res, ids, mode)
         else:
             idx = [ids.index(a) for a in order]
-            for a, res in zip(order, self._plan(idx, base, stepper, {}), strict=True):
+            for a, res in zip(order, self._plan(idx, base, stepper, {}, scored), strict=True):
                 results[a] = self._decision(a, res, ids, mode)
         return [results[a] for a in ego_agents]
 
@@ -409,15 +422,16 @@ class Planner:
             plan=[self._to_action(p) for p in plan],
         )
 
-    def _plan(self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor]):
-        """[(score, plan (H[, A]), candidate scores)] for each ego index."""
+    def _plan(self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor], scored):
+        """[(score, plan (H[, A]), candidate scores)] for each ego index; ``scored`` (N,)
+        bool: the agents a team score sums (None: all)."""
         if self.search in ("exhaustive", "pulse"):
             plans = self._exhaustive_plans() if self.search == "exhaustive" else self._pulses()
-            scores = self._score([plans] * len(egos), egos, base, stepper, fixed)
+            scores = self._score([plans] * len(egos), egos, base, stepper, fixed, scored)
             return [self._best_discrete(plans, s) for s in scores]
         if self.search == "beam":
-            return [self._beam(e, base, stepper, fixed) for e in egos]
-        return [self._cem(e, base, stepper, fixed) for e in egos]
+            return [self._beam(e, base, stepper, fixed, scored) for e in egos]
+        return [self._cem(e, base, stepper, fixed, scored) for e in egos]
 
     def _exhaustive_plans(self) -> torch.Tensor:
         H, n = self.config.horizon, self.n_actions
@@ -441,7 +455,7 @@ class Planner:
                 cands.append((a, float(scores[mask].max())))
         return float(scores[best]), plans[best], cands
 
-    def _beam(self, ego: int, base: Window, stepper, fixed):
+    def _beam(self, ego: int, base: Window, stepper, fixed, scored):
         """Beam search over the whole horizon, keeping ``beam_width`` plans per first action.
 
         Partial plans are extended by every action and re-scored from the start (with the
@@ -451,7 +465,7 @@ class Planner:
         prefixes = torch.arange(n, device=self.device)[:, None]  # (P, 1)
         for d in range(1, H + 1):
             plans = torch.cat([prefixes, prefixes[:, -1:].expand(-1, H - d)], 1)  # (P, H)
-            [scores] = self._score([plans], [ego], base, stepper, fixed)
+            [scores] = self._score([plans], [ego], base, stepper, fixed, scored)
             if d == H:
                 break
             keep = []
@@ -464,7 +478,7 @@ class Planner:
             prefixes = torch.cat([prefixes.repeat_interleave(n, 0), grow], 1)
         return self._best_discrete(plans, scores)
 
-    def _cem(self, ego: int, base: Window, stepper, fixed):
+    def _cem(self, ego: int, base: Window, stepper, fixed, scored):
         c = self.config
         H, A = c.horizon, self.n_actions
         mean = torch.zeros(H, A, device=self.device)
@@ -474,7 +488,7 @@ class Planner:
             eps = torch.randn(c.cem_population, H, A, generator=self.generator, device=self.device)
             plans = (mean + std * eps).clamp(self.low, self.high)
             plans[0] = mean.clamp(self.low, self.high)
-            [scores] = self._score([plans], [ego], base, stepper, fixed)
+            [scores] = self._score([plans], [ego], base, stepper, fixed, scored)
             elite = scores.argsort(descending=True)[: c.cem_elites]
             mean, std = plans[elite].mean(0), plans[elite].std(0).clamp_min(1e-3)
             best_plans, best_scores = plans, scores
@@ -490,6 +504,7 @@ class Planner:
         base: Window,
         stepper: BehaviorStepper,
         fixed: dict[int, torch.Tensor],
+        scored: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Score every plan of every ego in one batched rollout: a (P_e,) tensor per ego."""
         c = self.config
@@ -537,7 +552,8 @@ class Planner:
             sample_next=c.sample_obs,
         )
         if self.team_reward:
-            per_step = out.reward.sum(2)  # (R, H)
+            reward = out.reward if scored is None else out.reward * scored
+            per_step = reward.sum(2)  # (R, H)
         else:
             ego_col = self._ego_col(sizes, egos, K)  # (R, 1)
             per_step = out.reward.gather(2, ego_col[:, None].expand(R, H, 1))[..., 0]
