@@ -1,9 +1,13 @@
-"""Closed loop in the hard cases, through the whole CLI chain: many agents, partial views.
+"""Closed loop in the hard cases, through the whole CLI chain: many agents, partial views,
+and every scenario with the defaults a user gets.
 
     python bench/hard_cases.py --out runs/many6 --agents 6 [--episodes 300] [--arena 200]
     python bench/hard_cases.py --out runs/partial --obs-radius 0.35
+    python bench/hard_cases.py --out runs/tag --env simple_tag --episodes 2000 \
+        --controllers random,greedy,bc,offline-rl,anticipatory,scripted-anticipation
 
-Runs, in a fresh store under ``OUT/store``: ``foresight generate --policy mixed`` (with
+Runs, in a fresh store under ``OUT/store`` (the dataset named after ``--env``, default
+simple_spread): ``foresight generate --policy mixed`` (with
 ``--agents N`` and ``--obs-radius R`` when given; ``--episodes`` logged episodes),
 ``foresight ingest``, ``foresight train world`` and ``foresight train behavior`` with their
 defaults (the two at once; then ``foresight train offline-rl`` when the controllers name
@@ -39,6 +43,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/many6")
+    parser.add_argument("--env", default="simple_spread")
     parser.add_argument("--agents", type=int, default=None, help="team size (default 3)")
     parser.add_argument("--obs-radius", type=float, default=None, help="default: full view")
     parser.add_argument("--controllers", default="random,greedy,bc,anticipatory")
@@ -55,17 +60,18 @@ def main() -> None:
     case += ["--obs-radius", str(args.obs_radius)] if args.obs_radius else []
     _, times["generate"] = run(
         [
-            "generate", "--env", "simple_spread", *case,
+            "generate", "--env", args.env, *case,
             "--episodes", str(args.episodes), "--policy", "mixed", "--out", str(logs),
             "--seed", str(args.seed + 1),
         ],
         env,
     )  # fmt: skip
-    _, times["ingest"] = run(["ingest", str(logs), "--dataset", "spread"], env)
+    dataset = args.env
+    _, times["ingest"] = run(["ingest", str(logs), "--dataset", dataset], env)
     started = time.perf_counter()
     jobs = {
         kind: subprocess.Popen(
-            [*CLI, "train", kind, "--dataset", "spread", "--json"],
+            [*CLI, "train", kind, "--dataset", dataset, "--json"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -82,11 +88,11 @@ def main() -> None:
     times["train (world and behavior at once)"] = time.perf_counter() - started
     if "offline-rl" in args.controllers.split(","):  # the offline-RL peer, on the same version
         trained["offline-rl"], times["train offline-rl"] = run(
-            ["train", "offline-rl", "--dataset", "spread"], env
+            ["train", "offline-rl", "--dataset", dataset], env
         )
     arena, times["arena"] = run(
         [
-            "arena", "--env", "simple_spread", *case,
+            "arena", "--env", args.env, *case,
             "--episodes", str(args.arena), "--seed", str(args.seed),
             "--controllers", args.controllers,
             "--world", "world", "--behavior", "behavior", "--offline-rl", "offline-rl",
@@ -97,7 +103,9 @@ def main() -> None:
     g = teams["greedy"]["mean_return"] - teams["random"]["mean_return"]
     ratio = (teams["anticipatory"]["mean_return"] - teams["greedy"]["mean_return"]) / g
     report = {
+        "env": args.env,
         "agents": arena["agents"],
+        "opponents": arena.get("opponents"),
         "obs_radius": args.obs_radius,
         "logged_episodes": args.episodes,
         "arena_episodes": args.arena,
