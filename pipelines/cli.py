@@ -649,6 +649,9 @@ def arena_text(d: dict[str, Any]) -> str:
     head = f"{d['env']}: {d['episodes']} episodes, seed {d['seed']}"
     if d.get("models"):
         head += " (models: " + ", ".join(d["models"].values()) + ")"
+    objective = (d.get("planner_config") or {}).get("objective", "learned")
+    if objective != "learned":
+        head += f"; anticipatory teams score by the objective {objective!r}"
     if d.get("opponents"):
         opp = d["opponents"]
         head += f"; opponents {', '.join(opp['agents'])} play {opp['policy']}, "
@@ -687,6 +690,7 @@ def cmd_arena(args: argparse.Namespace) -> None:
             partners=args.partners,
             agents=args.agents,
             obs_radius=args.obs_radius,
+            objective=args.objective,
         )
     except SafetensorError as exc:
         raise _damaged_weights(exc, [args.world, args.behavior, args.offline_rl], store) from exc
@@ -934,6 +938,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="simple_spread only: every agent sees within R (default: the models' own view, "
         "else the full view); the models must have been trained on logs of that view",
+    )
+    p.add_argument(
+        "--objective",
+        default="learned",
+        help="what anticipatory teams score imagined futures by: learned (the world model's "
+        "reward head), an env's own reward (simple_spread, simple_tag), or an entry point of "
+        "foresight.objectives",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

@@ -586,6 +586,11 @@ def act(
     if (horizon, samples) != (config.horizon, config.n_samples):
         planner = copy.copy(planner)  # same models and random stream, other H and K
         planner.config = replace(config, horizon=horizon, n_samples=samples)
+    if req.objective is not None:
+        try:
+            planner = planner.with_objective(req.objective)
+        except ValueError as exc:
+            raise ActInputError(f"objective: {exc}") from exc
     history = joint_history(req, planner.discrete, planner.n_actions)
     started = time.perf_counter()
     try:
@@ -599,6 +604,7 @@ def act(
         behavior_model=models.behavior.version,
         horizon=horizon,
         samples=samples,
+        objective=planner.config.objective,
         agents={
             d.agent: S.EgoDecision(
                 action=d.action,

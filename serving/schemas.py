@@ -512,6 +512,15 @@ class ActRequest(_HistoryFields):
         le=2**31 - 1,
         description="episode step of the first observation; 0 = the history starts the episode",
     )
+    objective: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="what plans are scored by, by name (never code): 'learned' (the world "
+        "model's reward head, the default), an env's own reward computed on the imagined "
+        "observations ('simple_spread', 'simple_tag'), or an objective the service's "
+        "installation adds as an entry point of the group foresight.objectives",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ActRequest:
@@ -560,6 +569,7 @@ class ActResponse(BaseModel):
     behavior_model: str = Field(description="the behavior model version used")
     horizon: int
     samples: int
+    objective: str = Field(default="learned", description="what the plans were scored by")
     agents: dict[str, EgoDecision] = Field(description="ego agent -> decision, in request order")
 
 

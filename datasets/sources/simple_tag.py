@@ -91,6 +91,47 @@ class TagController(Controller):
         return int(np.argmax(score))
 
 
+COLLISION_DISTANCE = 0.075 + 0.05
+"""An adversary touches a good agent within the sum of their sizes (mpe2's simple_tag)."""
+
+
+def tag_reward(agents: Sequence[str], obs_sizes: Sequence[int]):
+    """simple_tag's reward of each agent from the joint observation reached, as a planner's
+    ``reward_fn`` ``(next_obs (R, N, D), action) -> (R, N)`` for the roster ``agents`` (env
+    order) with those observation sizes. Each adversary gets +10 per contact between any
+    adversary and any good agent; a good agent -10 per adversary touching it and
+    :func:`boundary_cost` of its position. Takes and returns torch tensors without
+    importing torch here."""
+    adversary = [a.startswith("adversary") for a in agents]
+    A, G = sum(adversary), len(agents) - sum(adversary)
+    size = obs_sizes[adversary.index(True)] if A else 0
+    L = (size - 4 - 2 * (A + G - 1) - 2 * G) // 2  # obstacles
+    start = 4 + 2 * L
+    adv_rows, good_rows = (
+        [n for n, a in enumerate(adversary) if a is side] for side in (True, False)
+    )
+
+    def reward(next_obs, action):
+        R, N, _ = next_obs.shape
+        if len(agents) != N:
+            raise ValueError(f"tag_reward was made for {len(agents)} agents, got {N}")
+        others = next_obs[..., start : start + 2 * (A + G - 1)].reshape(R, N, A + G - 1, 2)
+        near = others.norm(dim=-1) < COLLISION_DISTANCE  # (R, N, others)
+        out = next_obs.new_zeros(R, N)
+        contacts = near[:, adv_rows, A - 1 :].sum((1, 2))  # (R,) adversary-prey pairs
+        out[:, adv_rows] = 10.0 * contacts[:, None].to(out.dtype)
+        if good_rows:
+            pos = next_obs[:, good_rows, 2:4].abs()  # (R, G, 2)
+            edge = (pos - 0.9) * 10
+            far = (2 * pos - 2).exp().clamp(max=10)
+            bound = edge.where(pos < 1.0, far).where(pos >= 0.9, edge.new_zeros(())).sum(-1)
+            touched = near[:, good_rows, :A].sum(-1).to(out.dtype)  # (R, G)
+            out[:, good_rows] = -10.0 * touched - bound
+        return out
+
+    return reward
+
+
 def anticipating_chase(
     rules: TagController, agent: str, obs: dict[str, np.ndarray], roster: Sequence[str]
 ) -> int:

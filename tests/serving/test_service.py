@@ -167,6 +167,19 @@ def test_act_matches_the_planner_on_the_same_history(store):
     assert got.action == want.action and got.plan == want.plan
     assert got.predicted_return == pytest.approx(want.predicted_return)
     assert [c.score for c in got.candidates] == pytest.approx([v for _, v in want.candidate_scores])
+    # a known objective by name: the planner's next decision with that objective
+    req.objective = "simple_spread"
+    got = runtime.act(models, req)
+    assert got.objective == "simple_spread"
+    planner = Planner(
+        models.world.model, models.behavior.model, PlannerConfig(objective="simple_spread")
+    )
+    planner.decide(hist, ["agent_1"])  # the service's stream is one decision on
+    [want] = planner.decide(hist, ["agent_1"])
+    assert [c.score for c in got.agents["agent_1"].candidates] == pytest.approx(
+        [v for _, v in want.candidate_scores]
+    )
+    assert models.planner.config.objective == "learned", "the served planner is unchanged"
     # a history that does not begin the episode and is not longer than the context
     C = models.planner.context
     late = ActRequest(obs=history(C), past_actions=past(C), egos=["agent_0"], start_step=3)
@@ -357,6 +370,21 @@ BAD_REQUESTS = [
         "/act",
         {"obs": history(1), "egos": ["agent_0"], "state": [[0.0]]},
         ["state"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "objective": "tidy"},
+        ["objective", "unknown objective 'tidy'", "learned, simple_spread"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "objective": "simple_tag"},
+        ["objective", "reads simple_tag observations", "simple_spread_v3"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "objective": "import os; os.system('x')"},
+        ["objective", "unknown objective"],
     ),
 ]
 

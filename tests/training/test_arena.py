@@ -28,7 +28,7 @@ from foresight.training.models.behavior_model import BehaviorModel, BehaviorMode
 from foresight.training.models.world_model import WorldModel, WorldModelConfig
 
 ALL = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation", "anticipatory+greedy"]
-EXTRA = {"simple_spread": ["anticipatory-known-reward"]}
+EXTRA = {env: ["anticipatory-known-reward"] for env in ("simple_spread", "simple_tag")}
 FAST_PLANNER = PlannerConfig(horizon=2, n_samples=2, search="pulse", pulses=(1,))
 
 
@@ -173,8 +173,7 @@ def test_bad_requests():
 
 
 def test_spread_reward_matches_the_env():
-    from foresight.datasets.sources.generate import make_env
-    from foresight.training.agents.arena import spread_reward
+    from foresight.datasets.sources.simple_spread import spread_reward
 
     env = make_env("simple_spread")
     obs, _ = env.reset(seed=1)

@@ -18,9 +18,9 @@ reactive imitation); ``anticipatory`` (the :class:`~foresight.training.agents.pl
 ``scripted-anticipation`` (:mod:`foresight.datasets.sources.anticipation`, a hand-written agent that
 knows the others' true rule); ``switching`` (the scripted ``switching`` policy: each agent
 redraws its rule and epsilon at random steps, partners that change under you);
-``anticipatory-known-reward`` (simple_spread only: the
-planner scoring imagined states by the env's true reward instead of the world model's
-reward head, a diagnostic); ``offline-rl`` (the offline-RL peer a user would train on
+``anticipatory-known-reward`` (the planner scoring imagined states by the env's own reward,
+its built-in objective, instead of the world model's reward head: simple_spread and
+simple_tag); ``offline-rl`` (the offline-RL peer a user would train on
 the same logs instead: :mod:`foresight.training.agents.offline_rl`). More come in through
 ``factories`` (name -> factory), e.g. a remote controller calling the HTTP service's ``/act``.
 
@@ -36,7 +36,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,8 +52,8 @@ from foresight.datasets.sources.policies import (
     make_policy,
     resolve_env_name,
 )
-from foresight.datasets.sources.simple_spread import spread_reward
 from foresight.datasets.sources.simulators import SIMULATORS, agent_kwargs
+from foresight.training.agents.objectives import BUILT_IN
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
@@ -239,7 +239,7 @@ def _bc(env: str, models: ArenaModels) -> Controller:
     return BehaviorCloningController(models.behavior)
 
 
-def _anticipatory(env: str, models: ArenaModels, reward_fn=None) -> Controller:
+def _anticipatory(env: str, models: ArenaModels) -> Controller:
     _need(models, "world", "behavior")
     planner = Planner(
         models.world,
@@ -247,17 +247,21 @@ def _anticipatory(env: str, models: ArenaModels, reward_fn=None) -> Controller:
         models.planner_config or PlannerConfig(),
         world_card=models.world_card,
         behavior_card=models.behavior_card,
-        reward_fn=reward_fn,
     )
     return AnticipatoryController(planner)
 
 
 def _anticipatory_known_reward(env: str, models: ArenaModels) -> Controller:
-    """The planner scoring plans by the env's true reward of the imagined states (not the
-    world model's reward head): how much of the gap is the learned reward's."""
-    if env != "simple_spread":
-        raise ValueError(f"anticipatory-known-reward knows simple_spread's reward only, not {env}")
-    return _anticipatory(env, models, reward_fn=spread_reward)
+    """The planner scoring plans by the env's own reward computed on the imagined states
+    (its built-in objective, not the world model's reward head): the known-objective case,
+    and how much of the gap is the learned reward's."""
+    if env not in BUILT_IN:
+        raise ValueError(
+            f"anticipatory-known-reward needs {env}'s reward as an objective; built-in "
+            f"objectives: {', '.join(BUILT_IN)}"
+        )
+    config = replace(models.planner_config or PlannerConfig(), objective=env)
+    return _anticipatory(env, replace(models, planner_config=config))
 
 
 def _offline_rl(env: str, models: ArenaModels) -> Controller:

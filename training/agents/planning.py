@@ -44,8 +44,9 @@ a short history that begins later is refused (ValueError) unless
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from foresight.datasets.schema import DatasetSpec, view_of
+from foresight.training.agents.objectives import LEARNED, resolve_objective
 from foresight.training.data import Window, describe_spec
 from foresight.training.models.graphs import BehaviorStep, TracedWorld
 from foresight.training.models.rollout import (
@@ -116,6 +118,11 @@ class PlannerConfig:
     TorchScript graphs (:mod:`foresight.training.models.graphs`): the same outputs without
     Python between their ops, ~1 ms less per imagined step on a CPU; traced on the first
     decision (~0.5 s). False runs them eagerly."""
+    objective: str = "learned"
+    """What imagined futures are scored by (:mod:`foresight.training.agents.objectives`):
+    "learned", the world model's reward head; a built-in objective (the env's own reward
+    computed on imagined observations: "simple_spread", "simple_tag"); or a user's, from
+    the ``foresight.objectives`` entry points."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True
@@ -269,11 +276,16 @@ class Planner:
         reward_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         check_same_dataset(world, behavior, world_card, behavior_card)
-        self.reward_fn = reward_fn
         self.world, self.behavior = world.eval(), behavior.eval()
         self.config = config or PlannerConfig()
         spec = DatasetSpec.from_dict(world.config.spec)
         self.spec = spec
+        if reward_fn is not None and self.config.objective != LEARNED:
+            raise ValueError(
+                f"pass a reward_fn or PlannerConfig.objective ({self.config.objective!r}), not both"
+            )
+        self.reward_fn = reward_fn or resolve_objective(self.config.objective, spec)
+        self._objectives: dict[str, Callable | None] = {}  # shared by with_objective copies
         self.discrete = spec.action.discrete
         self.n_actions = spec.action.n if self.discrete else spec.action.dim
         self.low = spec.action.low if spec.action.low is not None else -1.0
@@ -339,6 +351,19 @@ class Planner:
             self.device,
             self.config.pad_short_history,
         )
+
+    def with_objective(self, name: str) -> Planner:
+        """This planner (same models, graphs and random stream) scoring by objective
+        ``name`` (:mod:`~foresight.training.agents.objectives`); each objective is resolved
+        once per planner. ValueError naming it when it is unknown or does not fit."""
+        if name == self.config.objective:
+            return self
+        if name not in self._objectives:
+            self._objectives[name] = resolve_objective(name, self.spec)
+        other = copy.copy(self)
+        other.config = replace(self.config, objective=name)
+        other.reward_fn = self._objectives[name]
+        return other
 
     def warm_up(self) -> None:
         """One decision on a made-up history of every agent, so that the first real one

@@ -382,8 +382,12 @@ def run_arena_registered(
     partners: str | None = None,
     agents: int | None = None,
     obs_radius: float | None = None,
+    objective: str = "learned",
 ) -> dict[str, Any]:
     """The closed-loop arena with registered models; report under ``<store>/reports/arena/``.
+
+    ``objective``: what the anticipatory teams score imagined futures by
+    (:mod:`foresight.training.agents.objectives`; the learned reward head by default).
 
     ``agents``: the team size where the env takes one; None plays at the loaded models' own
     (models at another size are refused). ``obs_radius``: agents see that far (None: the
@@ -397,6 +401,7 @@ def run_arena_registered(
     """
 
     from foresight.training.agents.arena import run_arena, write_arena_report
+    from foresight.training.agents.planning import PlannerConfig
 
     store = store or Store.from_env()
     teams = [*controllers, *([partners] if partners else [])]
@@ -424,6 +429,7 @@ def run_arena_registered(
         seed,
         world=world,
         behavior=behavior,
+        planner_config=None if objective == "learned" else PlannerConfig(objective=objective),
         world_card=world_card,
         behavior_card=behavior_card,
         offline_rl=offline_rl,

@@ -1,0 +1,154 @@
+"""Objectives a planner scores imagined futures by, chosen by name.
+
+    reward_fn = resolve_objective("simple_spread", spec)  # None for "learned"
+    Planner(world, behavior, PlannerConfig(objective="simple_spread"))
+
+In a deployment the objective is often known while the dynamics and the others are not.
+An objective turns the imagined observations into each agent's reward, in place of the
+world model's reward head; the models still forecast the world and the others.
+
+- ``learned`` (the default): the world model's reward head.
+- Built in: the mpe2 rewards computed on imagined observations, one per env
+  (``simple_spread``, ``simple_tag``).
+- A user's own: a Python entry point in the group ``foresight.objectives`` (in their
+  package's ``pyproject.toml``: ``[project.entry-points."foresight.objectives"]``, ``mine =
+  "pkg.module:objective"``), loading an :class:`Objective` or a factory ``spec ->
+  reward_fn``. Objectives are named over HTTP, never sent as code.
+
+A reward function maps ``(next_obs (R, N, D), joint action (R, N[, A]))`` to ``(R, N)``
+rewards, torch in and out. Before an objective is used it is tried once on zero
+observations of the models' spec, so one that does not fit (another env, a partial view)
+is refused by name before any plan is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+import torch
+
+from foresight.datasets.schema import DatasetSpec, describe_view, view_of
+from foresight.datasets.sources.simple_spread import spread_reward
+from foresight.datasets.sources.simple_tag import tag_reward
+from foresight.datasets.sources.simulators import SUPPORTED_ENVS
+
+LEARNED = "learned"
+"""The world model's own reward head."""
+
+ENTRY_POINT_GROUP = "foresight.objectives"
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named objective: ``make(spec)`` gives the reward function for models of ``spec``."""
+
+    name: str
+    make: Callable[[DatasetSpec], RewardFn]
+    env: str | None = None
+    """The env whose observations it reads (short name); None: any."""
+    full_view: bool = True
+    """It reads what only the full view shows (a partial view is refused)."""
+    description: str = ""
+
+
+BUILT_IN: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        Objective(
+            "simple_spread",
+            lambda spec: spread_reward,
+            env="simple_spread",
+            description="mpe2's simple_spread reward: landmarks covered, collisions",
+        ),
+        Objective(
+            "simple_tag",
+            lambda spec: tag_reward(list(spec.agents), list(spec.agents.values())),
+            env="simple_tag",
+            description="mpe2's simple_tag reward: adversaries +10 a contact, prey -10 and "
+            "its boundary cost",
+        ),
+    )
+}
+
+
+def _entry_points() -> dict[str, Objective]:
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if isinstance(loaded, Objective):
+            found[ep.name] = loaded
+        elif callable(loaded):
+            found[ep.name] = Objective(ep.name, loaded, description=f"entry point {ep.value}")
+        else:
+            raise ValueError(
+                f"objective entry point {ep.name!r} ({ep.value}) is neither an Objective nor "
+                "a factory spec -> reward function"
+            )
+    return found
+
+
+def objectives() -> dict[str, Objective]:
+    """Every objective by name: the built-in ones, then the entry points' (which may not
+    take a built-in name)."""
+    found = dict(BUILT_IN)
+    for name, objective in _entry_points().items():
+        if name in found or name == LEARNED:
+            raise ValueError(f"objective entry point {name!r} takes a built-in objective's name")
+        found[name] = objective
+    return found
+
+
+def objective_names() -> list[str]:
+    return [LEARNED, *objectives()]
+
+
+def resolve_objective(name: str, spec: DatasetSpec) -> RewardFn | None:
+    """The reward function of objective ``name`` for models of ``spec`` (None: ``learned``,
+    the reward head). ValueError naming it for an unknown objective or one that does not
+    fit the spec's env or view."""
+    if name == LEARNED:
+        return None
+    known = objectives()
+    if name not in known:
+        raise ValueError(f"unknown objective {name!r}; objectives: {', '.join(objective_names())}")
+    objective = known[name]
+    env = _env_of(spec)
+    if objective.env is not None and env != objective.env:
+        raise ValueError(
+            f"objective {name!r} reads {objective.env} observations; the models are of {spec.env}"
+        )
+    if objective.full_view and view_of(spec) is not None:
+        raise ValueError(
+            f"objective {name!r} reads the full view; the models see a {describe_view(spec)}"
+        )
+    reward = objective.make(spec)
+    _try(name, reward, spec)
+    return reward
+
+
+def _env_of(spec: DatasetSpec) -> str | None:
+    """The short name of the spec's env, None for one that is not a simulator's."""
+    return next((s for s, v in SUPPORTED_ENVS.items() if spec.env in (s, v)), None)
+
+
+def _try(name: str, reward: RewardFn, spec: DatasetSpec) -> None:
+    """Call ``reward`` once on zero observations of ``spec``; refuse it, naming it, when it
+    fails or does not give one reward per agent."""
+    N, D = len(spec.agents), max(spec.agents.values())
+    if spec.action.discrete:
+        joint = torch.zeros(1, N, dtype=torch.long)
+    else:
+        joint = torch.zeros(1, N, spec.action.dim)
+    try:
+        out = reward(torch.zeros(1, N, D), joint)
+    except Exception as exc:
+        raise ValueError(
+            f"objective {name!r} does not fit these models ({spec.env}): {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, N):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"objective {name!r} must give (R, N) = (1, {N}) rewards, got {got}")
