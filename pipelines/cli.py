@@ -670,7 +670,11 @@ def cmd_arena(args: argparse.Namespace) -> None:
     if args.via_http:
         from foresight.serving.remote import http_factories
 
-        factories = http_factories(args.via_http, api_key=os.environ.get("FORESIGHT_API_KEY"))
+        factories = http_factories(
+            args.via_http,
+            api_key=os.environ.get("FORESIGHT_API_KEY"),
+            objective=None if args.objective == "learned" else args.objective,
+        )
     from safetensors import SafetensorError
 
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]

@@ -18,7 +18,7 @@ import numpy as np
 from foresight.serving.client import ForesightClient
 from foresight.serving.recorder import ArenaRecording, EpisodeRecorder, policy_id
 from foresight.serving.schemas import ServedModel
-from foresight.training.agents.arena import EpisodeInfo
+from foresight.training.agents.arena import EpisodeInfo, team_agents
 from foresight.training.agents.planning import JointHistory
 
 
@@ -42,16 +42,27 @@ def history_body(history: JointHistory) -> dict[str, Any]:
 class HttpAnticipatoryController:
     """Asks ``POST /act`` for the actions of the agents it drives."""
 
-    def __init__(self, client: ForesightClient, observer: ArenaRecording | None = None) -> None:
+    def __init__(
+        self,
+        client: ForesightClient,
+        observer: ArenaRecording | None = None,
+        objective: str | None = None,
+    ) -> None:
         self.client = client
         self.observer = observer
+        self.objective = objective
         self.policy_id = "anticipatory"
+        self.team: list[str] | None = None
 
     def reset(self, info: EpisodeInfo) -> None:
-        pass
+        self.team = team_agents(info.team)  # a competitive env's own side
 
     def act(self, history: JointHistory, agents: Sequence[str]) -> Mapping[str, Any]:
         body = history_body(history) | {"egos": list(agents), "start_step": history.start_step}
+        if self.team is not None:
+            body["team"] = self.team
+        if self.objective is not None:
+            body["objective"] = self.objective
         response = self.client.act(body)
         self.policy_id = policy_id("anticipatory", response.world_model, response.behavior_model)
         if self.observer is not None:
@@ -79,9 +90,14 @@ class HttpBehaviorController:
 
 
 def http_factories(
-    url: str, api_key: str | None = None, record: bool = True, dataset: str | None = None
+    url: str,
+    api_key: str | None = None,
+    record: bool = True,
+    dataset: str | None = None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
-    """Arena factories for ``anticipatory`` and ``bc`` that call the service at ``url``.
+    """Arena factories for ``anticipatory`` and ``bc`` that call the service at ``url``
+    (``objective``: what ``/act`` scores plans by, the service's default if None).
 
     ``record``: the episodes they play are posted to the service's ``/episodes`` (into
     ``dataset``'s landing folder; default: the dataset the served world model was trained
@@ -93,7 +109,7 @@ def http_factories(
     served = client.models().models
     return {
         "anticipatory": RemoteFactory(
-            lambda: HttpAnticipatoryController(client, observer), served_specs(served)
+            lambda: HttpAnticipatoryController(client, observer, objective), served_specs(served)
         ),
         "bc": RemoteFactory(
             lambda: HttpBehaviorController(client, observer), served_specs(served, "behavior")

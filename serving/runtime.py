@@ -98,7 +98,22 @@ class ModelSet:
         except ValueError as exc:  # other endpoints still serve; /act says why not
             log.warning("no planner for %s + %s: %s", world.version, behavior.version, exc)
             return cls(world, behavior, None, str(exc))
-        planner.warm_up()  # the first /act does not trace the graphs
+        try:
+            planner.warm_up()  # the first /act does not trace the graphs
+        except Exception as exc:  # plan eagerly rather than not at all
+            log.warning(
+                "planner graphs for %s + %s failed (%s); planning eagerly",
+                world.version,
+                behavior.version,
+                exc,
+            )
+            planner = Planner(
+                world.model,
+                behavior.model,
+                PlannerConfig(traced=False),
+                world_card=world.card,
+                behavior_card=behavior.card,
+            )
         return cls(world, behavior, planner)
 
 
@@ -594,7 +609,7 @@ def act(
     history = joint_history(req, planner.discrete, planner.n_actions)
     started = time.perf_counter()
     try:
-        decisions = planner.decide(history, req.egos)
+        decisions = planner.decide(history, req.egos, team=req.team)
     except ValueError as exc:
         raise ActInputError(f"obs: {exc}") from exc
     if timing is not None:

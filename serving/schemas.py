@@ -512,6 +512,11 @@ class ActRequest(_HistoryFields):
         le=2**31 - 1,
         description="episode step of the first observation; 0 = the history starts the episode",
     )
+    team: Annotated[list[str], Field(min_length=1, max_length=MAX_AGENTS)] | None = Field(
+        default=None,
+        description="agents whose predicted rewards a plan's score sums: a competitive "
+        "env's own side (simple_tag's adversaries); default every agent; each must be in obs",
+    )
     objective: str | None = Field(
         default=None,
         min_length=1,
@@ -532,6 +537,11 @@ class ActRequest(_HistoryFields):
                 raise ValueError(f"egos.{i}: {agent!r} is not in obs")
         if len(set(self.egos)) != len(self.egos):
             raise ValueError(f"egos: agents repeat: {self.egos}")
+        for i, agent in enumerate(self.team or []):
+            if agent not in self.obs:
+                raise ValueError(f"team.{i}: {agent!r} is not in obs")
+        if self.team is not None and len(set(self.team)) != len(self.team):
+            raise ValueError(f"team: agents repeat: {self.team}")
         if T > 1:
             missing = [a for a in self.obs if a not in (self.past_actions or {})]
             if missing:

@@ -180,6 +180,14 @@ def test_act_matches_the_planner_on_the_same_history(store):
         [v for _, v in want.candidate_scores]
     )
     assert models.planner.config.objective == "learned", "the served planner is unchanged"
+    # a team: the plans are scored by its agents' predicted rewards (the planner's next one)
+    req.objective, req.team = None, ["agent_0"]
+    got = runtime.act(models, req).agents["agent_1"]
+    fresh = Planner(models.world.model, models.behavior.model, PlannerConfig())
+    for _ in range(2):  # the service's stream is two decisions on
+        fresh.decide(hist, ["agent_1"])
+    [want] = fresh.decide(hist, ["agent_1"], team=["agent_0"])
+    assert [c.score for c in got.candidates] == pytest.approx([v for _, v in want.candidate_scores])
     # a history that does not begin the episode and is not longer than the context
     C = models.planner.context
     late = ActRequest(obs=history(C), past_actions=past(C), egos=["agent_0"], start_step=3)
@@ -371,6 +379,17 @@ BAD_REQUESTS = [
         {"obs": history(1), "egos": ["agent_0"], "state": [[0.0]]},
         ["state"],
     ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "team": ["agent_0", "agent_8"]},
+        ["team.1", "'agent_8' is not in obs"],
+    ),
+    (
+        "/act",
+        {"obs": history(1), "egos": ["agent_0"], "team": ["agent_1", "agent_1"]},
+        ["team", "repeat"],
+    ),
+    ("/act", {"obs": history(1), "egos": ["agent_0"], "team": []}, ["team", "at least 1"]),
     (
         "/act",
         {"obs": history(1), "egos": ["agent_0"], "objective": "tidy"},

@@ -103,11 +103,13 @@ def test_a_users_objective_comes_in_as_an_entry_point(tmp_path, monkeypatch):
             """
         )
     )
+    (tmp_path / "my_missing_dep.py").write_text("import a_package_nobody_installed\n")
     info = tmp_path / "my_objectives-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-objectives\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[foresight.objectives]\ncloser = my_objectives:closer\nbroken = my_objectives:broken\n"
+        "unloadable = my_missing_dep:objective\nsimple_spread = my_objectives:closer\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = env_spec("simple_spread")
@@ -118,6 +120,39 @@ def test_a_users_objective_comes_in_as_an_entry_point(tmp_path, monkeypatch):
     assert torch.equal(reward(obs, None), torch.tensor([[0.0] * 3, [-1.0] * 3]))
     with pytest.raises(ValueError, match=r"objective 'broken' must give \(R, N\) = \(1, 3\)"):
         resolve_objective("broken", spec)
+    with pytest.raises(ValueError, match=r"entry point 'unloadable' \(my_missing_dep:objective\) "):
+        resolve_objective("unloadable", spec)
+    assert resolve_objective("simple_spread", spec) is spread_reward, "a built-in name wins"
     world, beh = _models(spec)
     Planner(world, beh, PlannerConfig(objective="closer"))  # plans with it
     sys.modules.pop("my_objectives", None)
+
+
+def test_a_roster_objective_reads_rows_in_the_models_order_whatever_the_history_order():
+    """simple_tag's reward tells adversaries from the prey by row: for a history whose
+    agents come in another order (a client's JSON key order) the planner scores each row as
+    the agent it is; one that lacks an agent is refused, naming it."""
+    spec = env_spec("simple_tag")
+    world, beh = _models(spec)
+    roster = list(spec.agents)  # adversary_0..2, agent_0
+    planner = Planner(world, beh, PlannerConfig(objective="simple_tag"))
+    order = [3, 1, 0, 2]  # the prey first
+    ids = [roster[i] for i in order]
+    obs = torch.full((1, 4, 16), 5.0)  # everyone far from everyone, the prey off the arena
+    obs[0, 0, 12:14] = 0.05  # adversary_0 sees the prey touching it, and the prey sees it
+    obs[0, 3, 8:10] = -0.05
+    obs[0, 3, 2:4] = 0.0
+    want = planner.reward_fn(obs, torch.zeros(1, 4, dtype=torch.long))[0]
+    assert want.tolist() == [10.0, 10.0, 10.0, -10.0]
+    reward = planner._scoring(ids, None).reward_fn
+    got = reward(obs[:, order], torch.zeros(1, 4, dtype=torch.long))[0]
+    assert torch.equal(got, want[order]), "each row gets its own agent's reward"
+    assert planner._scoring(roster, None).reward_fn is planner.reward_fn
+    g = np.random.default_rng(1)
+    sizes = dict(spec.agents)
+    obs, prev = g.normal(size=(2, 3, 16)).astype(np.float32), g.integers(0, 5, size=(2, 3))
+    with pytest.raises(ValueError, match=r"lacks \['agent_0'\]"):
+        planner.decide(JointHistory(roster[:3], obs, prev, 0, sizes), roster[:3])
+    full = JointHistory(roster, np.zeros((2, 4, 16), np.float32), np.zeros((2, 4)), 0, sizes)
+    with pytest.raises(ValueError, match="team is empty"):
+        planner.decide(full, roster[:3], team=[])

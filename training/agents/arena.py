@@ -53,7 +53,7 @@ from foresight.datasets.sources.policies import (
     resolve_env_name,
 )
 from foresight.datasets.sources.simulators import SIMULATORS, agent_kwargs
-from foresight.training.agents.objectives import BUILT_IN
+from foresight.training.agents.objectives import BUILT_IN, resolve_objective
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
 from foresight.training.data import check_model_spec
@@ -487,8 +487,9 @@ def _play_episode(
             live = [a for a in members if a in env.agents]
             t0 = time.perf_counter()
             chosen = controllers[name].act(history, live)
-            stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - t0
-            stats.decisions[name] = stats.decisions.get(name, 0) + len(live)
+            if name != OPPONENT:  # a team's speed is its own controllers'
+                stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - t0
+                stats.decisions[name] = stats.decisions.get(name, 0) + len(live)
             for a in live:
                 actions[a] = int(chosen[a])
         seen_obs = obs
@@ -584,6 +585,9 @@ def run_arena(
     for label, model_spec in trained:
         _check_team_size(label, model_spec, spec, name)
         check_model_spec(label, model_spec, spec)
+    planners = any(p.startswith("anticipatory") for p in used)
+    if planners and world is not None and planner_config is not None:  # refused up front
+        resolve_objective(planner_config.objective, DatasetSpec.from_dict(world.config.spec))
     if obs_radius is not None and any(
         "anticipatory-known-reward" in team.split("+") for team in controllers
     ):

@@ -13,7 +13,8 @@ world model's reward head; the models still forecast the world and the others.
 - A user's own: a Python entry point in the group ``foresight.objectives`` (in their
   package's ``pyproject.toml``: ``[project.entry-points."foresight.objectives"]``, ``mine =
   "pkg.module:objective"``), loading an :class:`Objective` or a factory ``spec ->
-  reward_fn``. Objectives are named over HTTP, never sent as code.
+  reward_fn``; loaded when first named. A built-in name wins over an entry point's.
+  Objectives are named over HTTP, never sent as code.
 
 A reward function maps ``(next_obs (R, N, D), joint action (R, N[, A]))`` to ``(R, N)``
 rewards, torch in and out. Before an objective is used it is tried once on zero
@@ -75,35 +76,40 @@ BUILT_IN: dict[str, Objective] = {
 }
 
 
-def _entry_points() -> dict[str, Objective]:
-    found = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+def _load(ep) -> Objective:
+    """The objective behind entry point ``ep``; ValueError naming it when it cannot load."""
+    try:
         loaded = ep.load()
-        if isinstance(loaded, Objective):
-            found[ep.name] = loaded
-        elif callable(loaded):
-            found[ep.name] = Objective(ep.name, loaded, description=f"entry point {ep.value}")
-        else:
-            raise ValueError(
-                f"objective entry point {ep.name!r} ({ep.value}) is neither an Objective nor "
-                "a factory spec -> reward function"
-            )
-    return found
-
-
-def objectives() -> dict[str, Objective]:
-    """Every objective by name: the built-in ones, then the entry points' (which may not
-    take a built-in name)."""
-    found = dict(BUILT_IN)
-    for name, objective in _entry_points().items():
-        if name in found or name == LEARNED:
-            raise ValueError(f"objective entry point {name!r} takes a built-in objective's name")
-        found[name] = objective
-    return found
+    except Exception as exc:
+        raise ValueError(
+            f"objective entry point {ep.name!r} ({ep.value}) does not load: {exc}"
+        ) from exc
+    if isinstance(loaded, Objective):
+        return loaded
+    if callable(loaded):
+        return Objective(ep.name, loaded, description=f"entry point {ep.value}")
+    raise ValueError(
+        f"objective entry point {ep.name!r} ({ep.value}) is neither an Objective nor a "
+        "factory spec -> reward function"
+    )
 
 
 def objective_names() -> list[str]:
-    return [LEARNED, *objectives()]
+    """Every objective's name: ``learned``, the built-in ones, then the entry points'
+    (without loading them)."""
+    names = [LEARNED, *BUILT_IN]
+    return names + [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in names]
+
+
+def find_objective(name: str) -> Objective:
+    """The objective called ``name``: a built-in one, else the entry point of that name
+    (loaded only then). ValueError naming the known ones when there is none."""
+    if name in BUILT_IN:
+        return BUILT_IN[name]
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        raise ValueError(f"unknown objective {name!r}; objectives: {', '.join(objective_names())}")
+    return _load(found[0])
 
 
 def resolve_objective(name: str, spec: DatasetSpec) -> RewardFn | None:
@@ -112,10 +118,7 @@ def resolve_objective(name: str, spec: DatasetSpec) -> RewardFn | None:
     fit the spec's env or view."""
     if name == LEARNED:
         return None
-    known = objectives()
-    if name not in known:
-        raise ValueError(f"unknown objective {name!r}; objectives: {', '.join(objective_names())}")
-    objective = known[name]
+    objective = find_objective(name)
     env = _env_of(spec)
     if objective.env is not None and env != objective.env:
         raise ValueError(

@@ -285,6 +285,8 @@ class Planner:
                 f"pass a reward_fn or PlannerConfig.objective ({self.config.objective!r}), not both"
             )
         self.reward_fn = reward_fn or resolve_objective(self.config.objective, spec)
+        self._objective_reads_roster = reward_fn is None and self.reward_fn is not None
+        """A named objective reads the models' roster, in its order (see _in_roster_order)."""
         self._objectives: dict[str, Callable | None] = {}  # shared by with_objective copies
         self.discrete = spec.action.discrete
         self.n_actions = spec.action.n if self.discrete else spec.action.dim
@@ -363,6 +365,7 @@ class Planner:
         other = copy.copy(self)
         other.config = replace(self.config, objective=name)
         other.reward_fn = self._objectives[name]
+        other._objective_reads_roster = other.reward_fn is not None
         return other
 
     def warm_up(self) -> None:
@@ -381,8 +384,10 @@ class Planner:
             obs_sizes=dict(spec.agents),
         )
         state = self.generator.get_state()
-        self.decide(history, ids)
-        self.generator.set_state(state)
+        try:
+            self.decide(history, ids)
+        finally:
+            self.generator.set_state(state)
 
     # -- deciding ------------------------------------------------------------------------
     def decide(
@@ -392,8 +397,9 @@ class Planner:
         team: Sequence[str] | None = None,
     ) -> list[Decision]:
         """One :class:`Decision` per ego agent, in the order given. ``team``: the agents
-        whose predicted rewards a plan's score sums with ``team_reward`` (a competitive
-        env's own side); None: every agent."""
+        whose predicted rewards a plan's score sums (a competitive env's own side; None:
+        every agent). It applies with ``team_reward``; without it (a decentralized world
+        model) an ego scores by its own reward anyway."""
         with torch.inference_mode():
             return self._decide(history, ego_agents, team)
 
@@ -407,9 +413,7 @@ class Planner:
                     raise ValueError(f"{role} agent {a!r} is not in this episode; agents are {ids}")
         if len(set(ego_agents)) != len(ego_agents):
             raise ValueError(f"ego agents repeat: {list(ego_agents)}")
-        scored = None
-        if team is not None:
-            scored = torch.tensor([a in team for a in ids], device=self.device)
+        scoring = self._scoring(ids, team)
         base = self.window(history)
         stepper = BehaviorStepper(
             self.behavior, base, self.config.incremental_behavior, self.behavior_step
@@ -422,14 +426,26 @@ class Planner:
         if self.config.sequential:
             for a in order:
                 n = ids.index(a)
-                [res] = self._plan([n], base, stepper, chosen, scored)
+                [res] = self._plan([n], base, stepper, chosen, scoring)
                 chosen[n] = res[1]
                 results[a] = self._decision(a, res, ids, mode)
         else:
             idx = [ids.index(a) for a in order]
-            for a, res in zip(order, self._plan(idx, base, stepper, {}, scored), strict=True):
+            for a, res in zip(order, self._plan(idx, base, stepper, {}, scoring), strict=True):
                 results[a] = self._decision(a, res, ids, mode)
         return [results[a] for a in ego_agents]
+
+    def _scoring(self, ids: list[str], team: Sequence[str] | None) -> _Scoring:
+        """How this decision's plans are scored, for a history of agents ``ids``."""
+        mask = None
+        if team is not None:
+            if not team:
+                raise ValueError("team is empty: name the agents whose rewards count, or None")
+            mask = torch.tensor([a in team for a in ids], device=self.device)
+        reward_fn = self.reward_fn
+        if reward_fn is not None and self._objective_reads_roster:
+            reward_fn = _in_roster_order(reward_fn, ids, list(self.spec.agents), self.config)
+        return _Scoring(mask, reward_fn)
 
     def _to_action(self, x: torch.Tensor) -> Action:
         return int(x) if self.discrete else [float(v) for v in x.reshape(-1)]
@@ -447,16 +463,17 @@ class Planner:
             plan=[self._to_action(p) for p in plan],
         )
 
-    def _plan(self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor], scored):
-        """[(score, plan (H[, A]), candidate scores)] for each ego index; ``scored`` (N,)
-        bool: the agents a team score sums (None: all)."""
+    def _plan(
+        self, egos: list[int], base: Window, stepper, fixed: dict[int, torch.Tensor], scoring
+    ):
+        """[(score, plan (H[, A]), candidate scores)] for each ego index."""
         if self.search in ("exhaustive", "pulse"):
             plans = self._exhaustive_plans() if self.search == "exhaustive" else self._pulses()
-            scores = self._score([plans] * len(egos), egos, base, stepper, fixed, scored)
+            scores = self._score([plans] * len(egos), egos, base, stepper, fixed, scoring)
             return [self._best_discrete(plans, s) for s in scores]
         if self.search == "beam":
-            return [self._beam(e, base, stepper, fixed, scored) for e in egos]
-        return [self._cem(e, base, stepper, fixed, scored) for e in egos]
+            return [self._beam(e, base, stepper, fixed, scoring) for e in egos]
+        return [self._cem(e, base, stepper, fixed, scoring) for e in egos]
 
     def _exhaustive_plans(self) -> torch.Tensor:
         H, n = self.config.horizon, self.n_actions
@@ -480,7 +497,7 @@ class Planner:
                 cands.append((a, float(scores[mask].max())))
         return float(scores[best]), plans[best], cands
 
-    def _beam(self, ego: int, base: Window, stepper, fixed, scored):
+    def _beam(self, ego: int, base: Window, stepper, fixed, scoring):
         """Beam search over the whole horizon, keeping ``beam_width`` plans per first action.
 
         Partial plans are extended by every action and re-scored from the start (with the
@@ -490,7 +507,7 @@ class Planner:
         prefixes = torch.arange(n, device=self.device)[:, None]  # (P, 1)
         for d in range(1, H + 1):
             plans = torch.cat([prefixes, prefixes[:, -1:].expand(-1, H - d)], 1)  # (P, H)
-            [scores] = self._score([plans], [ego], base, stepper, fixed, scored)
+            [scores] = self._score([plans], [ego], base, stepper, fixed, scoring)
             if d == H:
                 break
             keep = []
@@ -503,7 +520,7 @@ class Planner:
             prefixes = torch.cat([prefixes.repeat_interleave(n, 0), grow], 1)
         return self._best_discrete(plans, scores)
 
-    def _cem(self, ego: int, base: Window, stepper, fixed, scored):
+    def _cem(self, ego: int, base: Window, stepper, fixed, scoring):
         c = self.config
         H, A = c.horizon, self.n_actions
         mean = torch.zeros(H, A, device=self.device)
@@ -513,7 +530,7 @@ class Planner:
             eps = torch.randn(c.cem_population, H, A, generator=self.generator, device=self.device)
             plans = (mean + std * eps).clamp(self.low, self.high)
             plans[0] = mean.clamp(self.low, self.high)
-            [scores] = self._score([plans], [ego], base, stepper, fixed, scored)
+            [scores] = self._score([plans], [ego], base, stepper, fixed, scoring)
             elite = scores.argsort(descending=True)[: c.cem_elites]
             mean, std = plans[elite].mean(0), plans[elite].std(0).clamp_min(1e-3)
             best_plans, best_scores = plans, scores
@@ -529,7 +546,7 @@ class Planner:
         base: Window,
         stepper: BehaviorStepper,
         fixed: dict[int, torch.Tensor],
-        scored: torch.Tensor | None = None,
+        scoring: _Scoring | None = None,
     ) -> list[torch.Tensor]:
         """Score every plan of every ego in one batched rollout: a (P_e,) tensor per ego."""
         c = self.config
@@ -573,11 +590,12 @@ class Planner:
             sample_of=torch.arange(R, device=dev) % K,
             plans=acts,
             held=held,
-            reward_fn=self.reward_fn,
+            reward_fn=self.reward_fn if scoring is None else scoring.reward_fn,
             sample_next=c.sample_obs,
         )
         if self.team_reward:
-            reward = out.reward if scored is None else out.reward * scored
+            team = None if scoring is None else scoring.team
+            reward = out.reward if team is None else out.reward * team
             per_step = reward.sum(2)  # (R, H)
         else:
             ego_col = self._ego_col(sizes, egos, K)  # (R, 1)
@@ -594,6 +612,38 @@ class Planner:
     def _ego_col(self, sizes, egos, K) -> torch.Tensor:
         cols = [torch.full((s * K,), e, dtype=torch.long) for s, e in zip(sizes, egos, strict=True)]
         return torch.cat(cols).to(self.device)[:, None]
+
+
+@dataclass
+class _Scoring:
+    """What one decision's plans are scored by."""
+
+    team: torch.Tensor | None
+    """(N,) bool: the agents whose rewards a team score sums (None: every agent)."""
+    reward_fn: Callable | None
+    """The objective's rewards of imagined steps (None: the world model's reward head)."""
+
+
+def _in_roster_order(reward_fn: Callable, ids: list[str], roster: list[str], config) -> Callable:
+    """``reward_fn`` of a named objective, made for the models' ``roster`` (its order and
+    agents: simple_tag's tells adversaries from the prey by row), applied to a history of
+    agents ``ids``: the rows are put in roster order and the rewards back. A history
+    without every agent of the roster is refused, naming the missing ones."""
+    if ids == roster:
+        return reward_fn
+    missing = [a for a in roster if a not in ids]
+    if missing or len(ids) != len(roster):
+        raise ValueError(
+            f"objective {config.objective!r} reads every agent of the models' roster "
+            f"{roster}; this history lacks {missing or 'none'} and has {ids}"
+        )
+    to_roster = [ids.index(a) for a in roster]
+    back = [roster.index(a) for a in ids]
+
+    def reordered(next_obs: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+        return reward_fn(next_obs[:, to_roster], joint[:, to_roster])[:, back]
+
+    return reordered
 
 
 def resolve_precision(precision: str, device: torch.device, world=None) -> str:

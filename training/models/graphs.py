@@ -16,6 +16,7 @@ A model is traced as it is when first used; later changes to its weights are not
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ class Graphs:
     def __init__(self, model: torch.nn.Module, fn: Callable[..., tuple]):
         self.model, self.fn = model, fn
         self._graphs: dict[tuple, tuple[torch.jit.ScriptModule, tuple[bool, ...]]] = {}
+        self._tracing = threading.Lock()  # one trace at a time (threads of one service)
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -41,14 +43,19 @@ class Graphs:
         key = tuple(None if a is None else (a.dtype, a.ndim) for a in args)
         key += (tuple(given[0].shape[1:]), given[0].device)
         if key not in self._graphs:
-            flat = _Flat(self.model, self.fn, [a is not None for a in args])
-            with warnings.catch_warnings():  # shapes are traced as values, not baked in
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                traced = torch.jit.trace(flat.eval(), tuple(given), check_trace=False)
-            self._graphs[key] = (torch.jit.freeze(traced), flat.absent)
+            with self._tracing:
+                if key not in self._graphs:
+                    self._graphs[key] = self._trace(args, given)
         graph, absent = self._graphs[key]
         outs = iter(graph(*given))
         return tuple(None if gone else next(outs) for gone in absent)
+
+    def _trace(self, args, given):
+        flat = _Flat(self.model, self.fn, [a is not None for a in args])
+        with warnings.catch_warnings():  # shapes are traced as values, not baked in
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(flat.eval(), tuple(given), check_trace=False)
+        return torch.jit.freeze(traced), flat.absent
 
 
 class _Flat(torch.nn.Module):
