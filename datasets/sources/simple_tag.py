@@ -95,13 +95,15 @@ COLLISION_DISTANCE = 0.075 + 0.05
 """An adversary touches a good agent within the sum of their sizes (mpe2's simple_tag)."""
 
 
-def tag_reward(agents: Sequence[str], obs_sizes: Sequence[int]):
+def tag_reward(agents: Sequence[str], obs_sizes: Sequence[int], shaped: bool = False):
     """simple_tag's reward of each agent from the joint observation reached, as a planner's
     ``reward_fn`` ``(next_obs (R, N, D), action) -> (R, N)`` for the roster ``agents`` (env
     order) with those observation sizes. Each adversary gets +10 per contact between any
     adversary and any good agent; a good agent -10 per adversary touching it and
-    :func:`boundary_cost` of its position. Takes and returns torch tensors without
-    importing torch here."""
+    :func:`boundary_cost` of its position. ``shaped``: mpe2's optional shaping too (off in
+    the env): every adversary -0.1 x the sum over adversaries of the distance to the nearest
+    good agent, a good agent +0.1 x its distance to each adversary. Takes and returns torch
+    tensors without importing torch here."""
     adversary = [a.startswith("adversary") for a in agents]
     A, G = sum(adversary), len(agents) - sum(adversary)
     size = obs_sizes[adversary.index(True)] if A else 0
@@ -120,6 +122,9 @@ def tag_reward(agents: Sequence[str], obs_sizes: Sequence[int]):
         out = next_obs.new_zeros(R, N)
         contacts = near[:, adv_rows, A - 1 :].sum((1, 2))  # (R,) adversary-prey pairs
         out[:, adv_rows] = 10.0 * contacts[:, None].to(out.dtype)
+        if shaped:
+            chase = others[:, adv_rows, A - 1 :].norm(dim=-1).min(-1).values.sum(-1)  # (R,)
+            out[:, adv_rows] -= 0.1 * chase[:, None]
         if good_rows:
             pos = next_obs[:, good_rows, 2:4].abs()  # (R, G, 2)
             edge = (pos - 0.9) * 10
@@ -127,6 +132,8 @@ def tag_reward(agents: Sequence[str], obs_sizes: Sequence[int]):
             bound = edge.where(pos < 1.0, far).where(pos >= 0.9, edge.new_zeros(())).sum(-1)
             touched = near[:, good_rows, :A].sum(-1).to(out.dtype)  # (R, G)
             out[:, good_rows] = -10.0 * touched - bound
+            if shaped:
+                out[:, good_rows] += 0.1 * others[:, good_rows, :A].norm(dim=-1).sum(-1)
         return out
 
     return reward

@@ -156,3 +156,28 @@ def test_a_roster_objective_reads_rows_in_the_models_order_whatever_the_history_
     full = JointHistory(roster, np.zeros((2, 4, 16), np.float32), np.zeros((2, 4)), 0, sizes)
     with pytest.raises(ValueError, match="team is empty"):
         planner.decide(full, roster[:3], team=[])
+
+
+def test_shaped_tag_reward_adds_mpe2s_distance_terms():
+    """simple_tag_shaped is the env's reward plus mpe2's shaping, computed here from the
+    true positions of the env's own agents at every step."""
+    env = make_env("simple_tag", max_cycles=10, checked=False)
+    agents = env.possible_agents
+    sizes = [int(np.prod(env.observation_space(a).shape)) for a in agents]
+    shaped, D = resolve_objective("simple_tag_shaped", env_spec("simple_tag")), max(sizes)
+    policy = make_policy("mixed", "simple_tag")
+    obs, _ = env.reset(seed=3)
+    policy.reset(np.random.default_rng(3), agents)
+    world = env.unwrapped.world
+    while env.agents:
+        obs, rewards, *_ = env.step({a: policy.act(a, obs[a]) for a in env.agents})
+        pos = {a.name: a.state.p_pos for a in world.agents}
+        advs = [a for a in agents if a.startswith("adversary")]
+        chase = sum(min(np.linalg.norm(pos[p] - pos[a]) for p in ["agent_0"]) for a in advs)
+        flee = sum(np.linalg.norm(pos["agent_0"] - pos[a]) for a in advs)
+        want = [rewards[a] - 0.1 * chase for a in advs] + [rewards["agent_0"] + 0.1 * flee]
+        joint = torch.zeros(1, len(agents), D)
+        for n, a in enumerate(agents):
+            joint[0, n, : sizes[n]] = torch.as_tensor(obs[a])
+        assert torch.allclose(shaped(joint, None)[0], torch.tensor(want).float(), atol=1e-4)
+    env.close()

@@ -9,7 +9,9 @@ world model's reward head; the models still forecast the world and the others.
 
 - ``learned`` (the default): the world model's reward head.
 - Built in: the mpe2 rewards computed on imagined observations, one per env
-  (``simple_spread``, ``simple_tag``).
+  (``simple_spread``, ``simple_tag``), and ``simple_tag_shaped``: simple_tag's with mpe2's
+  own optional shaping (a dense term for the distance to the prey, which planning can rank
+  plans by where a reward paid only on contact gives nothing to rank).
 - A user's own: a Python entry point in the group ``foresight.objectives`` (in their
   package's ``pyproject.toml``: ``[project.entry-points."foresight.objectives"]``, ``mine =
   "pkg.module:objective"``), loading an :class:`Objective` or a factory ``spec ->
@@ -71,6 +73,13 @@ BUILT_IN: dict[str, Objective] = {
             env="simple_tag",
             description="mpe2's simple_tag reward: adversaries +10 a contact, prey -10 and "
             "its boundary cost",
+        ),
+        Objective(
+            "simple_tag_shaped",
+            lambda spec: tag_reward(list(spec.agents), list(spec.agents.values()), shaped=True),
+            env="simple_tag",
+            description="simple_tag's reward with mpe2's optional shaping: adversaries pay "
+            "0.1 x the distance to the nearest prey, the prey earns 0.1 x its distance",
         ),
     )
 }
