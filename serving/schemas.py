@@ -523,7 +523,7 @@ class ActRequest(_HistoryFields):
         max_length=100,
         description="what plans are scored by, by name (never code): 'learned' (the world "
         "model's reward head, the default), an env's own reward computed on the imagined "
-        "observations ('simple_spread', 'simple_tag'), or an objective the service's "
+        "observations ('simple_spread', 'simple_tag', 'simple_tag_shaped'), or an objective the service's "
         "installation adds as an entry point of the group foresight.objectives",
     )
 
