@@ -947,9 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         default="learned",
         help="what anticipatory teams score imagined futures by: learned (the world model's "
-        "reward head), an env's own reward (simple_spread, simple_tag, simple_tag_shaped), or an "
-        "entry point of "
-        "foresight.objectives",
+        "reward head), an env's own reward (simple_spread, simple_tag, simple_tag_shaped), "
+        "or an entry point of foresight.objectives",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world", default="world@production")

@@ -87,14 +87,18 @@ class ModelSet:
     @classmethod
     def build(cls, world: LoadedModel, behavior: LoadedModel) -> ModelSet:
         """The set with its :class:`Planner` (default config; /act overrides H and K)."""
-        try:
-            planner = Planner(
+
+        def planner_of(config: PlannerConfig) -> Planner:
+            return Planner(
                 world.model,
                 behavior.model,
-                PlannerConfig(),
+                config,
                 world_card=world.card,
                 behavior_card=behavior.card,
             )
+
+        try:
+            planner = planner_of(PlannerConfig())
         except ValueError as exc:  # other endpoints still serve; /act says why not
             log.warning("no planner for %s + %s: %s", world.version, behavior.version, exc)
             return cls(world, behavior, None, str(exc))
@@ -107,13 +111,7 @@ class ModelSet:
                 behavior.version,
                 exc,
             )
-            planner = Planner(
-                world.model,
-                behavior.model,
-                PlannerConfig(traced=False),
-                world_card=world.card,
-                behavior_card=behavior.card,
-            )
+            planner = planner_of(PlannerConfig(traced=False))
         return cls(world, behavior, planner)
 
 

@@ -667,8 +667,7 @@ def _opponents(env: str, agents: list[str]) -> dict[str, Any] | None:
     if simulator.opponent is None:
         return None
     side = [a for a in agents if simulator.opponent(a)]
-    rule = simulator.controller().rules(side[0])[0]
-    return {"agents": side, "policy": f"greedy-{rule}/eps=0.00"}
+    return {"agents": side, "policy": make_policy("greedy", env).policy_id(side[0])}
 
 
 def _gap(results: dict[str, Any]) -> dict[str, Any]:

@@ -444,7 +444,9 @@ class Planner:
             mask = torch.tensor([a in team for a in ids], device=self.device)
         reward_fn = self.reward_fn
         if reward_fn is not None and self._objective_reads_roster:
-            reward_fn = _in_roster_order(reward_fn, ids, list(self.spec.agents), self.config)
+            reward_fn = _in_roster_order(
+                reward_fn, ids, list(self.spec.agents), self.config.objective
+            )
         return _Scoring(mask, reward_fn)
 
     def _to_action(self, x: torch.Tensor) -> Action:
@@ -624,7 +626,9 @@ class _Scoring:
     """The objective's rewards of imagined steps (None: the world model's reward head)."""
 
 
-def _in_roster_order(reward_fn: Callable, ids: list[str], roster: list[str], config) -> Callable:
+def _in_roster_order(
+    reward_fn: Callable, ids: list[str], roster: list[str], objective: str
+) -> Callable:
     """``reward_fn`` of a named objective, made for the models' ``roster`` (its order and
     agents: simple_tag's tells adversaries from the prey by row), applied to a history of
     agents ``ids``: the rows are put in roster order and the rewards back. A history
@@ -634,7 +638,7 @@ def _in_roster_order(reward_fn: Callable, ids: list[str], roster: list[str], con
     missing = [a for a in roster if a not in ids]
     if missing or len(ids) != len(roster):
         raise ValueError(
-            f"objective {config.objective!r} reads every agent of the models' roster "
+            f"objective {objective!r} reads every agent of the models' roster "
             f"{roster}; this history lacks {missing or 'none'} and has {ids}"
         )
     to_roster = [ids.index(a) for a in roster]
