@@ -175,6 +175,12 @@ class Targets:
     """(B, N) int64 or (B, N, A) float: the action at t (the behavior model's target)."""
     valid: torch.Tensor
     """(B, N) bool, agent present at t (reward, termination and action are defined)."""
+    value: torch.Tensor | None = None
+    """(B, N) the agent's discounted rewards of the ``value_steps`` steps after t (the
+    world model's continuation value target; None unless asked for)."""
+    value_valid: torch.Tensor | None = None
+    """(B, N) bool: ``value`` is complete (those steps are all inside the episode, or the
+    agent's episode terminated before their end)."""
 
 
 def _to_padded(column: pl.Series, width: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -376,13 +382,17 @@ def gather_window(data: TrajectoryTensors, t: torch.Tensor, context: int) -> Win
     return window
 
 
-def gather_targets(data: TrajectoryTensors, t: torch.Tensor) -> Targets:
-    """Targets for flat steps ``t`` (B,): next observation, reward, termination, action."""
+def gather_targets(
+    data: TrajectoryTensors, t: torch.Tensor, value_steps: int = 0, value_discount: float = 1.0
+) -> Targets:
+    """Targets for flat steps ``t`` (B,): next observation, reward, termination, action;
+    with ``value_steps`` > 0 also the value target, ``sum_k value_discount**(k-1) *
+    reward[t+k]`` for k = 1..value_steps (:func:`future_rewards`)."""
     has_next = t < data.ep_end[t]  # (B,)
     nxt = torch.minimum(t + 1, data.ep_end[t])
     valid = data.present[t]  # (B, N)
     next_valid = valid & data.present[nxt] & has_next[:, None]
-    return Targets(
+    tg = Targets(
         next_obs=data.obs[nxt] * next_valid[..., None],
         next_valid=next_valid,
         reward=data.reward[t],
@@ -390,6 +400,31 @@ def gather_targets(data: TrajectoryTensors, t: torch.Tensor) -> Targets:
         action=data.action[t],
         valid=valid,
     )
+    if value_steps > 0:
+        tg.value, complete = future_rewards(data, t, value_steps, value_discount)
+        tg.value_valid = valid & complete
+    return tg
+
+
+def future_rewards(
+    data: TrajectoryTensors, t: torch.Tensor, steps: int, discount: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each agent's discounted rewards of the ``steps`` steps after ``t`` (B,):
+    ``(sum_k discount**(k-1) * reward[t+k] for k = 1..steps (B, N), complete (B, N))``.
+
+    Only steps inside the episode count. ``complete`` is False where the episode was cut
+    (truncated, or the log ends) before ``t + steps``: the sum misses rewards that were
+    never logged. An agent whose episode terminated earns nothing after it, so its sum is
+    complete."""
+    end = data.ep_end[t]  # (B,)
+    idx = t[:, None] + torch.arange(1, steps + 1, device=t.device)  # (B, L)
+    inside = idx <= end[:, None]
+    r = data.reward[torch.minimum(idx, end[:, None])] * inside[..., None]  # (B, L, N)
+    weights = discount ** torch.arange(steps, device=t.device, dtype=r.dtype)  # (L,)
+    total = (r * weights[:, None]).sum(1)  # (B, N)
+    ended = data.terminated[torch.minimum(idx, end[:, None])] & inside[..., None]  # (B, L, N)
+    complete = (t + steps <= end)[:, None] | ended.any(1) | data.terminated[t]
+    return total, complete
 
 
 def sample_rows(data: TrajectoryTensors, episode_ids: list[str]) -> torch.Tensor:

@@ -76,6 +76,8 @@ class ModelFamily:
     records which version (``behavior_model_for_imagination``)."""
     context1_baseline: bool = False
     """The lifecycle trains the same model with a context of 1 step as one more baseline."""
+    older_architectures: tuple[str, ...] = ()
+    """Layouts saved by older code that this code still builds and loads."""
 
     def train_and_register(self) -> Callable[..., dict[str, Any]]:
         """The family's own train, gate and register step (:attr:`trainer`)."""
@@ -100,6 +102,7 @@ WORLD = ModelFamily(
     model_cls=world_model.WorldModel,
     architecture=world_model.ARCHITECTURE,
     legacy_architecture="agent-transformer/1",
+    older_architectures=(world_model.NO_VALUE_HEAD,),
     evaluate=evaluate_world,
     gate_metrics=("mse", "rollout_mse_10"),
     calibrates=True,

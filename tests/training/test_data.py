@@ -113,3 +113,28 @@ def test_build_keeps_every_row_of_many_episodes():
     for k in (0, 123, 399):  # each copy holds the two episodes' rows, in order
         rows = data.rows_of_episodes([f"ep000_{k}", f"ep001_{k}"])
         assert torch.equal(data.obs[rows], one.obs) and torch.equal(data.action[rows], one.action)
+
+
+def test_value_targets_sum_the_discounted_rewards_after_each_step_inside_the_episode(tiny):
+    frame, spec = tiny  # 24 episodes of 12 steps, truncated at their end
+    data = build_tensors(frame, spec)
+    t = torch.tensor([12 + 0, 12 + 8, 12 + 9, 12 + 11])  # episode 1
+    tg = gather_targets(data, t, value_steps=3, value_discount=0.5)
+    r = data.reward
+    by_hand = r[13] + 0.5 * r[14] + 0.25 * r[15]
+    assert torch.allclose(tg.value[0], by_hand)
+    assert torch.allclose(tg.value[1], r[21] + 0.5 * r[22] + 0.25 * r[23])
+    # step 9 of 12 has 2 steps after it, step 11 none: what was logged, and incomplete
+    assert torch.allclose(tg.value[2], r[22] + 0.5 * r[23])
+    assert (tg.value[3] == 0).all()
+    assert tg.value_valid.tolist() == [[True] * 3, [True] * 3, [False] * 3, [False] * 3]
+    assert gather_targets(data, t).value is None, "no value unless asked for"
+
+
+def test_a_value_is_complete_when_the_agent_terminated_before_its_end(tiny):
+    frame, spec = tiny
+    data = build_tensors(frame, spec)
+    data.terminated[12 + 9, 0] = True  # agent 0's episode ends after step 9
+    tg = gather_targets(data, torch.tensor([12 + 8, 12 + 9]), value_steps=5, value_discount=1.0)
+    assert tg.value_valid[:, 0].tolist() == [True, True]
+    assert tg.value_valid[:, 1:].sum() == 0, "the others were cut by the log's end"

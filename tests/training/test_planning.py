@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,37 @@ def test_a_known_reward_function_replaces_the_reward_head():
         world, behavior, PlannerConfig(**FAST), reward_fn=lambda obs, act: (act == 2).float()
     )
     assert [d.action for d in planner.decide(history(), IDS)] == [2, 2, 2]
+
+
+class ValueForLastAction(RewardForAction):
+    """No reward within the horizon; the value head says agent n earns 1 after a step
+    whose action is ``best[n]``."""
+
+    def predict(self, w) -> WorldPrediction:
+        pred = super().predict(w)
+        pred.value, pred.reward = pred.reward, torch.zeros_like(pred.reward)
+        return pred
+
+
+@pytest.mark.parametrize("team_reward", [True, False])
+def test_the_terminal_value_ranks_plans_by_where_they_end(team_reward):
+    _, behavior = models()
+    world = ValueForLastAction(spec(), best=[3, 1, 4])
+    cfg = PlannerConfig(horizon=3, n_samples=2, search="pulse", team_reward=team_reward)
+    decisions = Planner(world, behavior, cfg).decide(history(), IDS)
+    assert [d.action for d in decisions] == [3, 1, 4]
+    for d in decisions:  # the plan holding the action to the end earns discount**H of value
+        scores = dict(d.candidate_scores)
+        gap = scores[d.action] - max(s for a, s in scores.items() if a != d.action)
+        assert gap == pytest.approx(cfg.discount**cfg.horizon, abs=1e-5), scores
+    # without it, or scoring by a known objective, every plan scores the same
+    flat = [
+        Planner(world, behavior, replace(cfg, terminal_value=False)),
+        Planner(world, behavior, cfg, reward_fn=lambda obs, act: torch.zeros(act.shape[:2])),
+    ]
+    for planner in flat:
+        for d in planner.decide(history(), IDS):
+            assert len({round(s, 6) for _, s in d.candidate_scores}) == 1, d.candidate_scores
 
 
 def test_cem_finds_the_best_continuous_action():

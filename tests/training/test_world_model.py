@@ -50,6 +50,42 @@ def test_world_model_beats_persistence_after_a_few_epochs(tmp_path):
     assert model_mse < 0.5 * persistence_mse, (float(model_mse), float(persistence_mse))
 
 
+def test_the_value_head_learns_what_the_agents_earn_after_a_step(tmp_path):
+    """The synthetic reward is minus the distance to the centre, so what an agent earns in
+    the next steps follows from where it is and where it is heading."""
+    frame, spec = make_frame(episodes=120, steps=15, seed=1)
+    config = TrainConfig(epochs=4, batch_size=32, lr=3e-3, seed=0)
+    model_config = WorldModelConfig(value_steps=4, value_discount=0.9, **TINY)
+    result = train("world", frame, spec, config, model_config, tmp_path, progress=False)
+    assert "train/value_mse" in result.history[-1]
+    data = build_tensors(frame, spec)
+    rows = sample_rows(data, result.val_episode_ids)
+    tg = gather_targets(data, rows, *result.model.value_target)
+    assert result.model.value_target == (4, 0.9)
+    predicted = result.model.predict(gather_window(data, rows, result.model.context)).value
+    truth, ok = tg.value[tg.value_valid], predicted[tg.value_valid]
+    mse, spread = float(((ok - truth) ** 2).mean()), float(truth.var())
+    assert mse < 0.2 * spread, (mse, spread)  # in rewards, not normalized units
+
+
+def test_a_world_model_without_a_value_head_predicts_none():
+    model = WorldModel(WorldModelConfig(spec=spec_with(3).to_dict(), value_steps=0, **TINY))
+    frame, spec = make_frame(episodes=2, steps=5)
+    data = build_tensors(frame, spec)
+    rows = sample_rows(data, data.episode_ids)
+    assert model.predict(gather_window(data, rows, 2)).value is None
+    _, parts = model.loss(gather_window(data, rows, 2), gather_targets(data, rows))
+    assert "value_mse" not in parts
+    with pytest.raises(ValueError, match="value_steps must be >= 0"):
+        WorldModel(WorldModelConfig(spec=spec_with(3).to_dict(), value_steps=-1))
+    with pytest.raises(ValueError, match="value_discount must be in"):
+        WorldModel(WorldModelConfig(spec=spec_with(3).to_dict(), value_discount=0.0))
+    with pytest.raises(ValueError, match="targets hold no value"):
+        WorldModel(WorldModelConfig(spec=spec_with(3).to_dict())).loss(
+            gather_window(data, rows, 2), gather_targets(data, rows)
+        )
+
+
 def test_runs_on_more_agents_and_is_permutation_equivariant():
     torch.manual_seed(0)
     model = WorldModel(WorldModelConfig(spec=spec_with(3).to_dict(), **TINY)).eval()

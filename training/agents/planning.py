@@ -8,7 +8,9 @@ For each ego agent, every candidate ego plan (a sequence of ``horizon`` actions)
 through the world model ``n_samples`` times; in each sampled future the other agents'
 actions are drawn from the behavior model step after step (so they react to the imagined
 world), and the plan is scored by the mean discounted predicted reward of the whole team
-(or of the ego alone), minus ``disagreement_penalty`` times the std over samples. The
+(or of the ego alone), plus what the world model's value head expects the team to earn
+after the horizon (``terminal_value``), minus ``disagreement_penalty`` times the std over
+samples. The
 best plan's first action is returned, with the score of the best plan starting with every
 other first action and the behavior model's most likely next action of every other agent.
 
@@ -100,6 +102,13 @@ class PlannerConfig:
     """CEM: best plans the distribution is refit to."""
     discount: float = 0.95
     """Per-step discount of predicted rewards (near steps are predicted better)."""
+    terminal_value: bool = True
+    """Add ``discount ** horizon`` times the world model's value at the last imagined step
+    (the rewards the logged agents went on to earn from such a state:
+    ``WorldModelConfig.value_steps``) to every plan's score, so plans are ranked beyond
+    the horizon too. Only when plans are scored by the learned reward head (a known
+    objective is not the reward the value was learned from), and only with a world model
+    that has a value head."""
     team_reward: bool = True
     """Score by the sum of every present agent's predicted reward (shared tasks) rather
     than the ego's own. Not under a partial view: there a decentralized world model
@@ -570,6 +579,7 @@ class Planner:
                 acts[rows, :, m] = plan
                 held[rows, m] = True
             start += plans.shape[0] * K
+        reward_fn = self.reward_fn if scoring is None else scoring.reward_fn
         # Common random numbers: sample k sees the same noise under every candidate.
         noise = RolloutNoise.draw(
             K,
@@ -592,19 +602,25 @@ class Planner:
             sample_of=torch.arange(R, device=dev) % K,
             plans=acts,
             held=held,
-            reward_fn=self.reward_fn if scoring is None else scoring.reward_fn,
+            reward_fn=reward_fn,
             sample_next=c.sample_obs,
         )
-        if self.team_reward:
-            team = None if scoring is None else scoring.team
-            reward = out.reward if team is None else out.reward * team
-            per_step = reward.sum(2)  # (R, H)
-        else:
-            ego_col = self._ego_col(sizes, egos, K)  # (R, 1)
-            per_step = out.reward.gather(2, ego_col[:, None].expand(R, H, 1))[..., 0]
+        team = None if scoring is None else scoring.team
+        ego_col = None if self.team_reward else self._ego_col(sizes, egos, K)  # (R, 1)
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            """(R, ..., N) per agent -> (R, ...): the team's sum, or the ego's own."""
+            if ego_col is None:
+                return (x if team is None else x * team).sum(-1)
+            col = ego_col.view(R, *([1] * (x.ndim - 1)))
+            return x.gather(-1, col.expand(*x.shape[:-1], 1))[..., 0]
+
+        per_step = counted(out.reward)  # (R, H)
         ret = torch.zeros(R, device=dev)
         for h in range(H):
             ret = ret + (c.discount**h) * per_step[:, h]  # (R,)
+        if c.terminal_value and reward_fn is None and out.value is not None:
+            ret = ret + (c.discount**H) * counted(out.value)
         ret = ret.view(-1, K)  # (P_total, K)
         score = ret.mean(1)
         if c.disagreement_penalty and K > 1:

@@ -255,6 +255,13 @@ def _use_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def targets(model: nn.Module, data: TrajectoryTensors, t: torch.Tensor):
+    """The targets ``model`` trains on at flat steps ``t``: a world model's hold its value
+    target too (``value_target``)."""
+    steps, discount = getattr(model, "value_target", (0, 1.0))
+    return gather_targets(data, t, steps, discount)
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module,
@@ -271,7 +278,7 @@ def evaluate_loss(
     for i in range(0, rows.numel(), batch_size):
         t = rows[i : i + batch_size]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, parts = model.loss(gather_window(data, t, model.context), gather_targets(data, t))
+            loss, parts = model.loss(gather_window(data, t, model.context), targets(model, data, t))
         for k, v in {"loss": loss, **parts}.items():
             totals[k] = totals.get(k, 0.0) + v.item() * t.numel()
         n += t.numel()
@@ -457,13 +464,13 @@ def train(
         for i in range(steps_per_epoch):
             t0 = time.perf_counter()
             t = batches[i]
-            window, targets = gather_window(data, t, model.context), gather_targets(data, t)
+            window, tg = gather_window(data, t, model.context), targets(model, data, t)
             sync()
             data_time += time.perf_counter() - t0
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, config)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss, parts = step_loss(window, targets)
+                loss, parts = step_loss(window, tg)
             optimizer.zero_grad(set_to_none=True)
             if rk.world > 1:
                 # DDP averages the ranks' gradients; weight each rank's mean by its share of

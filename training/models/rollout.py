@@ -12,6 +12,9 @@ mean (one contract for every caller):
 
 - ``reward[h]``: each agent's expected reward for the joint action at h (the world model's
   reward head, or ``reward_fn`` of the sampled next observation).
+- ``value``: what each agent is expected to earn after the last step, from the world
+  model's value head at that step (None from a world without one); zero for an agent
+  whose episode ended.
 - Termination is per agent and absorbing. An agent whose termination is sampled after
   step h keeps its reward and its final observation of h; from h+1 on it is absent, as
   agents that leave are in the data: zero observation, zero reward, its actions have no
@@ -197,6 +200,9 @@ class Rollout:
     """(R, H, N) each agent's reward for the joint action at h; 0 once it has terminated."""
     terminated: torch.Tensor
     """(R, H, N) bool: the agent's episode has ended by the end of step h (absorbing)."""
+    value: torch.Tensor | None = None
+    """(R, N) each agent's predicted earnings after step H-1 (0 once it has terminated);
+    None when the world model has no value head."""
     action: torch.Tensor | None = None
     """(R, H, N[, A]) the joint action at h (recorded with ``record_all``)."""
     obs: torch.Tensor | None = None
@@ -311,6 +317,7 @@ def rollout(
     reward = torch.zeros(R, horizon, N, device=dev)
     terminated = torch.zeros(R, horizon, N, dtype=torch.bool, device=dev)
     acts, obs_out, dists, states = [], [], [], 0
+    value = None
     for h in range(horizon):
         if beh is not None:
             dist = beh.distribution()
@@ -354,6 +361,8 @@ def rollout(
             obs_out.append(nxt[state_of])
             dists.append(pred.obs.index(lambda x, s=state_of: x[s]))
         if last:
+            if pred.value is not None:
+                value = (pred.value * alive)[state_of]
             break
         U = w.batch_size
         step = Window(
@@ -372,7 +381,7 @@ def rollout(
             beh.advance(step)
     # Agents absent at the start never count as terminated; ``~alive`` marks them too.
     terminated &= start.present[:, -1][start_of][:, None]
-    out = Rollout(reward=reward, terminated=terminated, states=states)
+    out = Rollout(reward=reward, terminated=terminated, value=value, states=states)
     if record_all:
         out.action = torch.stack(acts, 1)
         out.obs = torch.stack(obs_out, 1)

@@ -7,7 +7,8 @@ Architecture (one network shared by all agents, attention between them unless de
     optional:     global state history -> MLP -> one extra token
     tokens -> n_layers pre-LN transformer blocks over agents (no positional embedding,
               so the model is permutation-equivariant and runs on any agent count)
-    per agent token -> heads: next-obs delta mixture (per feature), reward, termination
+    per agent token -> heads: next-obs delta mixture (per feature), reward, termination,
+                       continuation value
 
 Under a partial view the model is decentralized (``WorldModelConfig.decentralized``): the
 same layers, but each agent's token goes through the blocks alone, so what it predicts for
@@ -17,6 +18,12 @@ the uncertainty of what the agent will see.
 The observation head predicts the change ``obs[t+1] - obs[t]`` in units of its training
 std, as a per-feature mixture of ``n_mixture`` Gaussians. Features that never change in
 the training data (e.g. silent communication slots) are copied forward.
+
+The value head predicts what an agent earns after the step: its discounted rewards over the
+next ``value_steps`` steps, as the logged agents went on to earn them (a Monte Carlo target,
+so the value of the logged behavior). A planner adds it at the end of its horizon, so a
+plan that ends close to a payoff scores above one that ends far from it even when neither
+reaches it within the horizon.
 :mod:`.rollout` samples futures from it step after step, with some agents' actions fixed
 and the others drawn from a behavior model.
 """
@@ -40,8 +47,10 @@ from foresight.training.models.layers import (
     resolve_decentralized,
 )
 
-ARCHITECTURE = "agent-transformer/3"
+ARCHITECTURE = "agent-transformer/4"
 """Layout of the weights this module builds; a saved model of another layout cannot load."""
+NO_VALUE_HEAD = "agent-transformer/3"
+"""The layout before the value head: models saved by that code load, without a value."""
 
 
 @dataclass
@@ -79,6 +88,15 @@ class WorldModelConfig:
     """Weight of the (normalized) reward MSE in the loss."""
     term_weight: float = 0.1
     """Weight of the termination BCE in the loss."""
+    value_steps: int = 10
+    """Steps of reward after the current one that the value head predicts (0: no value
+    head). simple_tag's reward is a contact or nothing, so a planner's 6-step horizon
+    often sees no reward at all to rank plans by; 10 more steps of the logged behavior's
+    rewards tell it which ending states lead to contact."""
+    value_discount: float = 0.95
+    """Per-step discount inside the value target (the planner's default discount)."""
+    value_weight: float = 1.0
+    """Weight of the (normalized) value MSE in the loss."""
     state_dropout: float = 0.25
     """Probability of hiding the global state while training, so imagination (which
     cannot predict the state) still works when it is missing."""
@@ -90,6 +108,10 @@ class WorldModelConfig:
     False there is refused."""
     architecture: str = ARCHITECTURE
     """Weights layout (set by the code, saved in cards; checked when a model is loaded)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture == NO_VALUE_HEAD:
+            self.value_steps = 0  # saved before the value head: its config names none
 
     def dataset_spec(self) -> DatasetSpec:
         if self.spec is None:
@@ -183,6 +205,9 @@ class WorldPrediction:
     """(B, N) probability that the episode terminates after this step."""
     dim_mask: torch.Tensor
     """(N, D) bool: features the distribution describes (exist and change over time)."""
+    value: torch.Tensor | None = None
+    """(B, N) what each agent is expected to earn after this step (the world model's value
+    head, in rewards); None from a predictor without one."""
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -205,7 +230,8 @@ class ResidualMLP(nn.Module):
 class WorldModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
-        check_architecture("world model", config.architecture, ARCHITECTURE)
+        if config.architecture != NO_VALUE_HEAD:
+            check_architecture("world model", config.architecture, ARCHITECTURE)
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete
@@ -247,16 +273,29 @@ class WorldModel(nn.Module):
         self.obs_head = nn.Sequential(nn.Linear(d, d), act(), nn.Linear(d, D * K * 3))
         self.reward_head = nn.Linear(d, 1)
         self.term_head = nn.Linear(d, 1)
+        if config.value_steps < 0:
+            raise ValueError(f"value_steps must be >= 0, got {config.value_steps}")
+        if not 0 < config.value_discount <= 1:
+            raise ValueError(f"value_discount must be in (0, 1], got {config.value_discount}")
+        self.value_head = nn.Linear(d, 1) if config.value_steps else None
+        steps = torch.arange(config.value_steps, dtype=torch.float32)
+        self.value_scale = float((config.value_discount**steps).sum())
+        """What a value is in rewards: the discount weights summed, so the value head's
+        units are the reward head's (a mean reward at every step is ``value_scale``)."""
+
+    @property
+    def value_target(self) -> tuple[int, float]:
+        """``(value_steps, value_discount)``: what the training targets hold for the value
+        head (:func:`~foresight.training.data.gather_targets`)."""
+        return self.config.value_steps, self.config.value_discount
 
     def set_normalizer(self, norm: Normalizer) -> None:
         for name in ("obs_mean", "obs_std", "delta_std", "dynamic", "reward_mean", "reward_std"):
             getattr(self, name).copy_(getattr(norm, name))
 
-    def forward(
-        self, w: Window
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, w: Window) -> tuple[torch.Tensor, ...]:
         """Raw head outputs in normalized units: mixture logits, mu, std (B, N, D, K) each,
-        reward (B, N), termination logit (B, N)."""
+        reward (B, N), termination logit (B, N), value (B, N; zeros without a value head)."""
         self.check_window(w)
         return self.network(w.obs, w.feat_mask, w.present, w.action, w.state, w.state_valid)
 
@@ -276,7 +315,7 @@ class WorldModel(nn.Module):
         action: torch.Tensor,
         state: torch.Tensor | None = None,
         state_valid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         """:meth:`forward` on the only parts of a window the network reads, as tensors (a
         planner traces it into a graph: :class:`~.graphs.TracedWorld`)."""
         B, T, N, D = obs.shape
@@ -316,12 +355,17 @@ class WorldModel(nn.Module):
         std = self.config.min_std + F.softplus(raw_std.contiguous())  # (B, N, D, K)
         reward = self.reward_head(x).squeeze(-1).float()  # (B, N)
         term_logit = self.term_head(x).squeeze(-1).float()  # (B, N)
-        return logits, mu, std, reward, term_logit
+        if self.value_head is None:
+            value = torch.zeros_like(reward)
+        else:
+            value = self.value_head(x).squeeze(-1).float()  # (B, N)
+        return logits, mu, std, reward, term_logit, value
 
     def loss(self, w: Window, tg: Targets) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its parts: obs NLL per feature (normalized units), reward MSE
-        (normalized), termination BCE."""
-        logits, mu, std, reward, term_logit = self(w)
+        (normalized), termination BCE, value MSE (normalized; where the targets hold
+        complete values: ``tg.value_valid``)."""
+        logits, mu, std, reward, term_logit, value = self(w)
         last = w.obs[:, -1]  # (B, N, D)
         delta = (tg.next_obs - last) / self.delta_std  # (B, N, D)
         dist = ObsDistribution(logits, mu, std)
@@ -337,7 +381,23 @@ class WorldModel(nn.Module):
         bce = F.binary_cross_entropy_with_logits(term_logit, tg.terminated, reduction="none")
         term = (bce * valid).sum() / valid.sum().clamp_min(1)
         total = fit + self.config.reward_weight * r_mse + self.config.term_weight * term
-        return total, {"nll": nll, "reward_mse": r_mse, "term_bce": term}
+        parts = {"nll": nll, "reward_mse": r_mse, "term_bce": term}
+        if self.value_head is not None:
+            if tg.value is None:
+                raise ValueError(
+                    "targets hold no value: gather them with the model's value_target "
+                    f"{self.value_target} (gather_targets(..., value_steps, value_discount))"
+                )
+            v_valid = tg.value_valid.float()
+            v_err = (value - self._normalized_value(tg.value)) ** 2
+            parts["value_mse"] = (v_err * v_valid).sum() / v_valid.sum().clamp_min(1)
+            total = total + self.config.value_weight * parts["value_mse"]
+        return total, parts
+
+    def _normalized_value(self, value: torch.Tensor) -> torch.Tensor:
+        """A value in rewards -> the value head's units (the reward normalization,
+        scaled by the sum of the discount weights)."""
+        return (value - self.reward_mean * self.value_scale) / (self.reward_std * self.value_scale)
 
     @torch.no_grad()
     def calibrate(self, batches, level: float = 0.9) -> torch.Tensor:
@@ -349,7 +409,7 @@ class WorldModel(nn.Module):
         self.eval()
         parts, masks = [], []
         for w, tg in batches:
-            logits, mu, std, _, _ = self(w.last(self.context))
+            logits, mu, std, *_ = self(w.last(self.context))
             delta = (tg.next_obs - w.obs[:, -1]) / self.delta_std  # (B, N, D)
             parts.append((logits, mu, std, delta))
             masks.append((tg.next_valid[..., None] & w.feat_mask & self.dynamic).float())
@@ -376,7 +436,7 @@ class WorldModel(nn.Module):
         """The distribution of the next step, in raw units. ``forward``: what computes the
         raw heads of the window (default: this module; a planner's
         :class:`~.graphs.TracedWorld` passes its graphs)."""
-        logits, mu, std, reward, term_logit = (forward or self)(w.last(self.context))
+        logits, mu, std, reward, term_logit, value = (forward or self)(w.last(self.context))
         last = w.obs[:, -1].float()[..., None]  # (B, N, D, 1)
         dyn = (self.dynamic & w.feat_mask)[..., None]  # (N, D, 1)
         dstd = self.delta_std[:, None]  # (D, 1)
@@ -387,4 +447,7 @@ class WorldModel(nn.Module):
             reward=reward * self.reward_std + self.reward_mean,
             term_prob=torch.sigmoid(term_logit),
             dim_mask=self.dynamic & w.feat_mask,
+            value=None
+            if self.value_head is None
+            else (value * self.reward_std + self.reward_mean) * self.value_scale,
         )

@@ -142,7 +142,7 @@ def check_architecture(mv: ModelVersion) -> None:
     if fam is None or not isinstance(config, dict):
         return  # not a model of a family in the table: nothing to build, nothing to check
     found, expected = config.get("architecture", fam.legacy_architecture), fam.architecture
-    if found != expected:
+    if found != expected and found not in fam.older_architectures:
         raise RegistryError(
             f"model {mv.ref} is a {kind} model of architecture {found!r}, but this code "
             f"builds {kind} models of architecture {expected!r}; its weights cannot be "
