@@ -141,6 +141,7 @@ def train_models(
         dataset=dataset,
         gate_episodes=arena_episodes,
         train=demo_train_options(fast, epochs),
+        offline_rl=demo_peer_options(fast),
     )
     latest = f"{dataset}@{catalog_latest(store, dataset)}"
     job = run_train_job(
@@ -193,10 +194,13 @@ def train_models(
 QUIET = "CRITICAL"
 """Console log level of the demo's train and flywheel runs: a refused gate is an answer the
 demo prints, not an error to dump; other failures are printed from the run's events."""
-HEADLINE_TEAMS = ("random", "greedy", "bc", "anticipatory", "scripted-anticipation")
+HEADLINE_TEAMS = ("random", "greedy", "bc", "offline-rl", "anticipatory", "scripted-anticipation")
 DEMO_FLYWHEEL_EPOCHS = 5
 """Epochs of the demo's flywheel round, which fine-tunes the production models (to stay
 within the demo's ~12 minutes; `foresight flywheel` retrains with the defaults)."""
+DEMO_FLYWHEEL_PEER_STEPS = 10_000
+"""Optimizer steps of the offline-RL peer the demo's flywheel round trains for its gate (a
+quarter of the default, to stay within the demo's time; the headline's peer has them all)."""
 DEMO_FLYWHEEL_EPISODES = 20
 """Episodes the demo's flywheel round plays through the service (its gates play as many as
 the headline: with 20 a better candidate's interval still overlapped greedy's)."""
@@ -238,6 +242,7 @@ def flywheel_round(
                         "episodes": episodes,
                         "gate_episodes": gate_episodes or episodes,
                         "train": train,
+                        "offline_rl": demo_peer_options(fast, DEMO_FLYWHEEL_PEER_STEPS),
                         "fine_tune": True,
                         "log_level": QUIET,
                     }
@@ -305,11 +310,15 @@ def headline(store, models: dict[str, str], episodes: int) -> dict:
     """The arena: reactive teams against the anticipatory one, with 95% intervals."""
     from foresight.pipelines.cli import arena_text
     from foresight.training.loop.workflow import run_arena_registered
+    from foresight.training.registry import ModelRegistry
 
+    teams = list(HEADLINE_TEAMS)
+    if not ModelRegistry(store).version_numbers("offline-rl"):  # the run stopped before it
+        teams.remove("offline-rl")
     result = run_arena_registered(
         "simple_spread",
         episodes,
-        list(HEADLINE_TEAMS),
+        teams,
         store=store,
         world_ref=models["world"],
         behavior_ref=models["behavior"],
@@ -328,6 +337,14 @@ def demo_train_options(fast: bool, epochs: int | None = None) -> dict:
     elif epochs:
         options["epochs"] = epochs
     return options
+
+
+def demo_peer_options(fast: bool, steps: int | None = None) -> dict:
+    """The offline-RL peer's options in the demo's train_job: the defaults of `foresight
+    train offline-rl` (``steps`` overrides them; ``fast``: a few steps, for tests)."""
+    if fast:
+        return {"steps": 20, "eval_every": 20, "eval_episodes": 0, "device": "cpu"}
+    return {} if steps is None else {"steps": steps}
 
 
 def history_from_episode(store, dataset: str, steps: int) -> dict:

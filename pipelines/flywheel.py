@@ -72,6 +72,9 @@ class FlywheelConfig:
     """Overrides of train_job's model configs (epochs, max_steps_per_epoch, ...)."""
     train_by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per model family (``world``, ``behavior``), overrides on top of ``train``."""
+    offline_rl: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the offline-RL peer's config (``OfflineRLTrainConfig``: steps, ...); the
+    peer is trained afresh on each round's dataset version, for the closed-loop gate."""
     fine_tune: bool = False
     """Retrain each model starting from its production version (``TrainConfig.init_from``)
     instead of a fresh initialization: a round then needs far fewer epochs."""
@@ -201,15 +204,15 @@ def _ingest(config: FlywheelConfig, store: Store, instance, resources) -> str:
     return f"{config.dataset}@{DatasetTable(store, config.dataset).latest_version()}"
 
 
-GATE_TEAMS = ("greedy", "bc", TEAM)
+GATE_TEAMS = ("greedy", "bc", "offline-rl", TEAM)
 """The teams of a round's closed-loop gate: the anticipatory team must beat the others."""
 
 
 def train_run_config(
     config: FlywheelConfig, ref: str, controllers: tuple[str, ...] = GATE_TEAMS
 ) -> dict[str, Any]:
-    """``train_job``'s run config: both models on ``ref``, the closed-loop gates' sizes and
-    the teams of the first one."""
+    """``train_job``'s run config: both models and the offline-RL peer on ``ref``, the
+    closed-loop gates' sizes and the teams of the first one."""
 
     def model(kind: str) -> dict[str, Any]:
         start = {"init_from": f"{kind}@production"} if config.fine_tune else {}
@@ -220,6 +223,7 @@ def train_run_config(
         "ops": {
             "behavior_model": {"config": model("behavior")},
             "world_model": {"config": model("world")},
+            "offline_rl_model": {"config": {"dataset": ref, **config.offline_rl}},
             "closed_loop_evaluation": {"config": arena | {"controllers": list(controllers)}},
             f"closed_loop_evaluation_{PRODUCTION_CHECK}": {"config": arena},
         }

@@ -21,6 +21,7 @@ ASSETS = [
     trajectory_dataset,
     m.behavior_model,
     m.world_model,
+    m.offline_rl_model,
     m.staging_models,
     m.closed_loop_evaluation,
     m.production_models,

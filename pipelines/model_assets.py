@@ -8,6 +8,12 @@ failed check stops the run before ``staging_models``: a model that fails is neve
 Its run config is :class:`TrainAssetConfig`, derived from ``TrainConfig`` (same fields,
 defaults and descriptions).
 
+``offline_rl_model`` trains the offline-RL peer, whose family has its own loop, on the same
+dataset (run config :class:`OfflineRLAssetConfig`, from ``OfflineRLTrainConfig``).
+``closed_loop_evaluation`` plays the staging models' anticipatory team against greedy, bc
+and that peer; its blocking check ``beats_reactive`` lets only a team that beats all three
+with disjoint 95% intervals reach production.
+
 (No ``from __future__ import annotations``: Dagster reads these annotations at import.)
 """
 
@@ -21,6 +27,7 @@ import pydantic
 from foresight.pipelines.assets import trajectory_dataset
 from foresight.pipelines.resources import ForesightStore
 from foresight.training.families import FAMILIES, ModelFamily
+from foresight.training.loop.config import OfflineRLTrainConfig
 from foresight.training.loop.options import options
 from foresight.training.loop.train import TrainConfig
 from foresight.training.loop.workflow import (
@@ -154,6 +161,50 @@ MODEL_ASSETS: dict[str, dg.AssetsDefinition] = {  # the shared loop's families
 behavior_model = MODEL_ASSETS["behavior"]
 world_model = MODEL_ASSETS["world"]
 
+OfflineRLAssetConfig = pydantic.create_model(
+    "OfflineRLAssetConfig",
+    __base__=dg.Config,
+    __doc__="The dataset and every OfflineRLTrainConfig field (same defaults).",
+    dataset=(str, pydantic.Field("spread", description="name (latest), name@N or name@tag")),
+    **{o.name: config_field(o) for o in options(OfflineRLTrainConfig)},
+)
+
+
+@dg.asset(
+    name=asset_name("offline-rl"),
+    group_name="models",
+    deps=[trajectory_dataset],
+    kinds={"pytorch"},
+    description="The offline-RL peer (TorchRL's discrete CQL, one network shared by the "
+    "agents) on the same dataset: a team the staging models must beat in "
+    "closed_loop_evaluation; registered as offline-rl@N.",
+)
+def offline_rl_model(
+    context: dg.AssetExecutionContext, config: OfflineRLAssetConfig, foresight_store: ForesightStore
+) -> dg.Output:
+    train = OfflineRLTrainConfig(
+        **{f.name: getattr(config, f.name) for f in fields(OfflineRLTrainConfig)}
+    )
+    result = FAMILIES["offline-rl"].train_and_register()(
+        config.dataset, store=foresight_store.store(), config=train, progress=False
+    )
+    gate = result["quality_gate"]
+    # Its own gate (finite losses, a closed-loop return above random's) does not stop the
+    # run: it decides nothing about the world and behavior models. A weak peer would make
+    # the closed-loop gate easier, so its metrics and gate are in the metadata.
+    context.log.info(f"registered {result['model']} from {result['dataset']}; gate {gate}")
+    return dg.Output(
+        result["model"],
+        metadata={
+            "model": result["model"],
+            "dataset": result["dataset"],
+            "train_seconds": result["training"]["seconds"],
+            "metrics": dg.MetadataValue.json(result["metrics"]),
+            "baselines": dg.MetadataValue.json(result["baselines"]),
+            "quality_gate": dg.MetadataValue.json(gate),
+        },
+    )
+
 
 @dg.asset(
     group_name="models",
@@ -183,19 +234,30 @@ class ArenaAssetConfig(dg.Config):
     env: str = "simple_spread"
     episodes: int = 200
     seed: int = 0
-    controllers: list[str] = ["random", "greedy", "bc", "anticipatory", "scripted-anticipation"]
+    controllers: list[str] = [
+        "random",
+        "greedy",
+        "bc",
+        "offline-rl",
+        "anticipatory",
+        "scripted-anticipation",
+    ]
 
 
 @dg.asset(
     group_name="models",
     deps=[staging_models],
+    ins={"offline_rl_model": dg.AssetIn()},
     check_specs=[
         dg.AssetCheckSpec("beats_reactive", asset="closed_loop_evaluation", blocking=True)
     ],
     description="Arena episodes with the staging models: anticipatory against reactive teams.",
 )
 def closed_loop_evaluation(
-    context: dg.AssetExecutionContext, config: ArenaAssetConfig, foresight_store: ForesightStore
+    context: dg.AssetExecutionContext,
+    config: ArenaAssetConfig,
+    foresight_store: ForesightStore,
+    offline_rl_model: str,
 ):
     result = run_arena_registered(
         config.env,
@@ -205,6 +267,7 @@ def closed_loop_evaluation(
         world_ref="world@staging",
         behavior_ref="behavior@staging",
         seed=config.seed,
+        offline_rl_ref=offline_rl_model,
     )
     passed, failures = beats_reactive(result)
     table = {
@@ -217,8 +280,9 @@ def closed_loop_evaluation(
         for t, r in result["controllers"].items()
     }
     context.log.info(f"arena: {table}")
+    staged = {role: ref for role, ref in result["models"].items() if role != "offline-rl"}
     yield dg.Output(
-        result["models"],
+        staged,  # what production_models promotes: the peer is a yardstick, never served
         metadata={
             "env": config.env,
             "episodes": config.episodes,
@@ -256,7 +320,12 @@ def production_models(
 train_job = dg.define_asset_job(
     "train_job",
     selection=dg.AssetSelection.assets(
-        behavior_model, world_model, staging_models, closed_loop_evaluation, production_models
+        behavior_model,
+        world_model,
+        offline_rl_model,
+        staging_models,
+        closed_loop_evaluation,
+        production_models,
     ),
 )
 

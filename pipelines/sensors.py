@@ -165,7 +165,8 @@ def retrain_sensor(context: dg.SensorEvaluationContext, foresight_store: Foresig
         run_key=f"retrain:{ref}",
         run_config={
             "ops": {
-                asset: {"config": {"dataset": ref}} for asset in ("behavior_model", "world_model")
+                asset: {"config": {"dataset": ref}}
+                for asset in ("behavior_model", "world_model", "offline_rl_model")
             }
         },
         tags={

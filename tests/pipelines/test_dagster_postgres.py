@@ -21,6 +21,7 @@ from foresight.datasets.sources.generate import generate_episodes
 from foresight.datasets.storage import Store
 from foresight.training.agents import arena
 from foresight.training.loop import workflow
+from tests.pipelines.test_model_assets import TINY_PEER
 
 URL = os.environ.get("FORESIGHT_TEST_POSTGRES")
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,8 +128,12 @@ def test_ingest_and_train_with_the_instance_on_postgres(postgres_db, tmp_path, m
             "ops": {
                 "behavior_model": {"config": tiny},
                 "world_model": {"config": tiny},
+                "offline_rl_model": {"config": TINY_PEER},
                 "closed_loop_evaluation": {
-                    "config": {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
+                    "config": {
+                        "episodes": 30,
+                        "controllers": ["greedy", "bc", "offline-rl", "anticipatory"],
+                    }
                 },
             }
         },

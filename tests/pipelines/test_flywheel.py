@@ -70,6 +70,7 @@ def test_served_episodes_are_ingested_and_growth_triggers_a_retrain(store, monke
     assert request.run_key == "retrain:spread@1"
     assert request.run_config["ops"]["world_model"]["config"] == {"dataset": "spread@1"}
     assert request.run_config["ops"]["behavior_model"]["config"] == {"dataset": "spread@1"}
+    assert request.run_config["ops"]["offline_rl_model"]["config"] == {"dataset": "spread@1"}
     assert dg.validate_run_config(defs.resolve_job_def("train_job"), request.run_config)
     assert isinstance(loop.retrain(first.cursor), dg.SkipReason)  # requested once
 

@@ -24,7 +24,7 @@ from foresight.pipelines.resources import ForesightStore
 from foresight.training.agents import arena
 from foresight.training.loop import workflow
 from foresight.training.registry import ModelRegistry
-from tests.pipelines.test_model_assets import TINY
+from tests.pipelines.test_model_assets import TINY, TINY_PEER
 from tests.serving.helpers import TINY_BEHAVIOR, TINY_WORLD, register_untrained, spread_spec
 
 
@@ -78,6 +78,7 @@ def test_rounds_promote_a_better_candidate_refuse_a_worse_one_and_reload(
         "gate_episodes": 6,
         "dataset": "spread",
         "train": TINY,
+        "offline_rl": TINY_PEER,
         "reload_seconds": 0.5,
     }
     run = flywheel_job.execute_in_process(

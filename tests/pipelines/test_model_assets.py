@@ -10,6 +10,7 @@ from foresight.datasets.sources.generate import generate_episodes
 from foresight.pipelines.model_assets import (
     behavior_model,
     closed_loop_evaluation,
+    offline_rl_model,
     production_models,
     staging_models,
     world_model,
@@ -28,6 +29,8 @@ TINY = {
     "eval_max_starts": 32,
     "eval_samples": 2,
 }
+TINY_PEER = {"steps": 20, "eval_every": 20, "eval_episodes": 0, "device": "cpu"}
+"""The offline-RL peer's config in a test: a few optimizer steps, no closed-loop episodes."""
 
 
 @pytest.fixture
@@ -97,7 +100,7 @@ def test_the_world_model_is_evaluated_with_the_same_runs_behavior_model(spread, 
     assert registry.resolve("world@2").card.evaluation["n_samples"] == TINY["eval_samples"]
 
 
-ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "anticipatory"]}
+ARENA = {"episodes": 30, "controllers": ["greedy", "bc", "offline-rl", "anticipatory"]}
 
 
 @pytest.mark.slow
@@ -114,13 +117,15 @@ def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (True, []))
     player = "scripted-anticipation" if wins else "random"
     monkeypatch.setitem(arena.DEFAULT_FACTORIES, "anticipatory", arena.DEFAULT_FACTORIES[player])
+    assets = [behavior_model, world_model, offline_rl_model, staging_models]
     result = dg.materialize(
-        [behavior_model, world_model, staging_models, closed_loop_evaluation, production_models],
+        [*assets, closed_loop_evaluation, production_models],
         resources={"foresight_store": ForesightStore(root=spread.root)},
         run_config={
             "ops": {
                 "behavior_model": {"config": TINY},
                 "world_model": {"config": TINY},
+                "offline_rl_model": {"config": TINY_PEER},
                 "closed_loop_evaluation": {"config": ARENA},
             }
         },
@@ -140,7 +145,11 @@ def test_checked_models_reach_staging_and_production_needs_the_closed_loop_win(
     checks = {e.asset_key.path[0]: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"behavior_model": True, "world_model": True, "closed_loop_evaluation": wins}
     meta = result.asset_materializations_for_node("closed_loop_evaluation")[0].metadata
-    assert set(meta["teams"].value) == {"greedy", "bc", "anticipatory"}
+    assert set(meta["teams"].value) == {"greedy", "bc", "offline-rl", "anticipatory"}
+    # the peer the gate played: trained in the same run, on the same dataset version
+    assert meta["models"].value["offline-rl"] == "offline-rl@1"
+    assert registry.resolve("offline-rl@1").card.dataset.resolved == "spread@0"
+    assert "production" not in registry.aliases("offline-rl")
     teams = meta["teams"].value
     assert (teams["anticipatory"]["ci95"][0] > teams["greedy"]["ci95"][1]) is wins
     if wins:

@@ -112,6 +112,10 @@ def test_the_behavior_gate_reads_nll_against_every_baseline():
         quality_gate("planner", behavior_result())  # type: ignore[arg-type]
 
 
+PEER = (-70, -60, -50)
+"""The offline-RL peer's (low, mean, high) where a test is about another team."""
+
+
 def arena(**teams: tuple[float, float, float]) -> dict:
     """An arena result: team -> (low, mean, high)."""
     return {
@@ -122,8 +126,20 @@ def arena(**teams: tuple[float, float, float]) -> dict:
 
 
 def test_disjoint_intervals_above_every_reactive_team_pass():
-    result = arena(anticipatory=(-40, -35, -30), greedy=(-60, -55, -50), bc=(-70, -60, -50))
+    result = arena(
+        anticipatory=(-40, -35, -30),
+        greedy=(-60, -55, -50),
+        bc=(-70, -60, -50),
+        **{"offline-rl": (-45, -43, -41)},
+    )
     assert beats_reactive(result) == (True, [])
+    result["controllers"]["offline-rl"]["ci95"] = (-45, -30)  # the peer is not beaten
+    assert beats_reactive(result) == (
+        False,
+        [
+            "anticipatory -35.00 (95% CI low -40.00) does not beat offline-rl -43.00 (95% CI high -30.00)"
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,7 +152,9 @@ def test_disjoint_intervals_above_every_reactive_team_pass():
     ],
 )
 def test_overlapping_intervals_are_no_win_even_with_a_better_mean(greedy, beaten):
-    result = arena(anticipatory=(-30, -20, -10), greedy=greedy, bc=(-90, -80, -70))
+    result = arena(
+        anticipatory=(-30, -20, -10), greedy=greedy, bc=(-90, -80, -70), **{"offline-rl": PEER}
+    )
     passed, failures = beats_reactive(result)
     assert passed is beaten
     assert len(failures) == (0 if beaten else 1), failures
@@ -146,20 +164,30 @@ def test_overlapping_intervals_are_no_win_even_with_a_better_mean(greedy, beaten
         )
 
 
-@pytest.mark.parametrize("missing", ["anticipatory", "greedy", "bc"])
+@pytest.mark.parametrize("missing", ["anticipatory", "greedy", "bc", "offline-rl"])
 def test_a_team_that_did_not_play_is_refused(missing):
-    teams = {"anticipatory": (-30, -20, -10), "greedy": (-60, -50, -40), "bc": (-60, -50, -40)}
+    teams = {
+        "anticipatory": (-30, -20, -10),
+        "greedy": (-60, -50, -40),
+        "bc": (-60, -50, -40),
+        "offline-rl": PEER,
+    }
     del teams[missing]
     passed, failures = beats_reactive(arena(**teams))
     assert not passed and failures == [f"{missing} did not play"]
 
 
 def test_nan_returns_or_intervals_are_refused():
-    good = {"greedy": (-60, -50, -40), "bc": (-60, -50, -40)}
+    good = {"greedy": (-60, -50, -40), "bc": (-60, -50, -40), "offline-rl": PEER}
     passed, failures = beats_reactive(arena(anticipatory=(NAN, NAN, NAN), **good))
     assert not passed and failures == ["anticipatory has a NaN return or interval: cannot compare"]
     passed, failures = beats_reactive(
-        arena(anticipatory=(-30, -20, -10), greedy=(-60, -50, NAN), bc=(-60, -50, -40))
+        arena(
+            anticipatory=(-30, -20, -10),
+            greedy=(-60, -50, NAN),
+            bc=(-60, -50, -40),
+            **{"offline-rl": PEER},
+        )
     )
     assert not passed and failures == ["greedy has a NaN return or interval: cannot compare"]
 
@@ -168,8 +196,13 @@ def test_nan_returns_or_intervals_are_refused():
 def test_the_gate_on_a_real_arena(anticipation, wins):
     # A small real arena: the "anticipatory" team is played by a scripted controller that
     # does anticipate the others (it beats greedy), or by a random one that does not.
-    factories = {"anticipatory": DEFAULT_FACTORIES[anticipation], "bc": DEFAULT_FACTORIES["random"]}
-    result = run_arena("simple_spread", 30, ["greedy", "bc", "anticipatory"], factories=factories)
+    factories = {
+        "anticipatory": DEFAULT_FACTORIES[anticipation],
+        "bc": DEFAULT_FACTORIES["random"],
+        "offline-rl": DEFAULT_FACTORIES["random"],
+    }
+    teams = ["greedy", "bc", "offline-rl", "anticipatory"]
+    result = run_arena("simple_spread", 30, teams, factories=factories)
     passed, failures = beats_reactive(result)
     assert passed is wins, failures
     if not wins:

@@ -7,7 +7,8 @@ In a deployment the objective is often known while the dynamics and the others a
 An objective turns the imagined observations into each agent's reward, in place of the
 world model's reward head; the models still forecast the world and the others.
 
-- ``learned`` (the default): the world model's reward head.
+- ``learned`` (the default): the world model's reward head, and its value head after
+  the planner's horizon (``PlannerConfig.terminal_value``).
 - Built in: the mpe2 rewards computed on imagined observations, one per env
   (``simple_spread``, ``simple_tag``), and ``simple_tag_shaped``: simple_tag's with mpe2's
   own optional shaping (a dense term for the distance to the prey, which planning can rank

@@ -129,9 +129,10 @@ class PlannerConfig:
     decision (~0.5 s). False runs them eagerly."""
     objective: str = "learned"
     """What imagined futures are scored by (:mod:`foresight.training.agents.objectives`):
-    "learned", the world model's reward head; a built-in objective (the env's own reward
-    computed on imagined observations: "simple_spread", "simple_tag"); or a user's, from
-    the ``foresight.objectives`` entry points."""
+    "learned", the world model's reward head (and its value head: ``terminal_value``); a
+    built-in objective (the env's own reward computed on imagined observations:
+    "simple_spread", "simple_tag"); or a user's, from the ``foresight.objectives`` entry
+    points."""
     sample_obs: bool = True
     """Sample the world model's next observations; False rolls its mean forward."""
     incremental_behavior: bool = True

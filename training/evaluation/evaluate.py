@@ -74,8 +74,10 @@ def _batches(rows: torch.Tensor, size: int):
 def _one_step(pred_fn, data, rows, dyn, kin, batch_size) -> dict[str, float]:
     fm = data.feat_mask  # (N, D)
     s = dict.fromkeys(["se", "n", "nll", "nd", "cov", "rse", "nr", "vse", "nv"], 0.0)
+    values: list[tuple[torch.Tensor, torch.Tensor]] = []  # (predicted, target) complete ones
+    value_target = getattr(pred_fn, "value_target", (0, 1.0))
     for t in _batches(rows, batch_size):
-        tg = gather_targets(data, t)
+        tg = gather_targets(data, t, *value_target)
         p = pred_fn.predict(gather_window(data, t, pred_fn.context))
         m_all = tg.next_valid[..., None] & fm  # (B, N, D)
         m_dyn = (m_all & dyn).float()
@@ -91,6 +93,8 @@ def _one_step(pred_fn, data, rows, dyn, kin, batch_size) -> dict[str, float]:
         v = tg.valid.float()
         s["rse"] += (((p.reward - tg.reward) ** 2) * v).sum().item()
         s["nr"] += v.sum().item()
+        if p.value is not None and tg.value is not None:
+            values.append((p.value[tg.value_valid], tg.value[tg.value_valid]))
         if kin is not None and kin.velocity:
             mv = m_all[..., kin.velocity]
             s["vse"] += (se[..., kin.velocity] * mv).sum().item()
@@ -101,6 +105,11 @@ def _one_step(pred_fn, data, rows, dyn, kin, batch_size) -> dict[str, float]:
         "coverage_90": _ratio(s["cov"], s["nd"]),
         "reward_mse": _ratio(s["rse"], s["nr"]),
     }
+    if values:  # the value head: its error, and the share of the targets' variance it explains
+        predicted, target = (torch.cat(x) for x in zip(*values, strict=True))
+        if target.numel() > 1:
+            out["value_mse"] = float(((predicted - target) ** 2).mean())
+            out["value_r2"] = 1 - out["value_mse"] / max(float(target.var()), 1e-12)
     if kin is not None and kin.velocity:
         out["mse_vel"] = _ratio(s["vse"], s["nv"])
     return out

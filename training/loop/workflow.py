@@ -444,8 +444,9 @@ def run_arena_registered(
     return result
 
 
-REACTIVE = ("greedy", "bc")
-"""The reactive teams the anticipatory team must beat on the way to production."""
+REACTIVE = ("greedy", "bc", "offline-rl")
+"""The teams the anticipatory team must beat on the way to production: the reactive ones,
+and the offline-RL peer trained on the same logs."""
 
 
 def beats_reactive(
