@@ -170,6 +170,12 @@ OfflineRLAssetConfig = pydantic.create_model(
 )
 
 
+def _peer_config(config: OfflineRLAssetConfig) -> OfflineRLTrainConfig:
+    return OfflineRLTrainConfig(
+        **{f.name: getattr(config, f.name) for f in fields(OfflineRLTrainConfig)}
+    )
+
+
 @dg.asset(
     name=asset_name("offline-rl"),
     group_name="models",
@@ -182,11 +188,8 @@ OfflineRLAssetConfig = pydantic.create_model(
 def offline_rl_model(
     context: dg.AssetExecutionContext, config: OfflineRLAssetConfig, foresight_store: ForesightStore
 ) -> dg.Output:
-    train = OfflineRLTrainConfig(
-        **{f.name: getattr(config, f.name) for f in fields(OfflineRLTrainConfig)}
-    )
     result = FAMILIES["offline-rl"].train_and_register()(
-        config.dataset, store=foresight_store.store(), config=train, progress=False
+        config.dataset, store=foresight_store.store(), config=_peer_config(config), progress=False
     )
     gate = result["quality_gate"]
     # Its own gate (finite losses, a closed-loop return above random's) does not stop the

@@ -8,7 +8,12 @@ from dataclasses import asdict, fields
 import pytest
 
 from foresight.pipelines.cli import build_parser, config_from_flags
-from foresight.pipelines.model_assets import TrainAssetConfig, _train_config
+from foresight.pipelines.model_assets import (
+    OfflineRLAssetConfig,
+    TrainAssetConfig,
+    _peer_config,
+    _train_config,
+)
 from foresight.training.loop.config import TRAIN_OPTIONS, OfflineRLTrainConfig, TrainConfig
 from foresight.training.loop.options import field_docs, options
 
@@ -78,6 +83,15 @@ def test_the_dagster_defaults_are_the_dataclass_defaults():
         assert getattr(config, o.name) == o.default, o.name
         assert schema[o.name]["description"] == o.help, o.name
     assert set(asdict(TrainConfig())) < set(TrainAssetConfig.model_fields)
+
+
+def test_the_offline_rl_peers_dagster_config_is_its_dataclass():
+    assert _peer_config(OfflineRLAssetConfig()) == OfflineRLTrainConfig()
+    schema = OfflineRLAssetConfig.model_json_schema()["properties"]
+    for o in options(OfflineRLTrainConfig):
+        assert schema[o.name]["description"] == o.help, o.name
+    given = OfflineRLAssetConfig(dataset="spread@3", steps=7, cql_alpha=0.5)
+    assert _peer_config(given) == OfflineRLTrainConfig(steps=7, cql_alpha=0.5)
 
 
 def test_dagster_run_config_reaches_the_train_config():
