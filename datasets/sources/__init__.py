@@ -19,7 +19,12 @@ from foresight.datasets.sources.policies import (
     make_policy,
 )
 from foresight.datasets.sources.recorder import EpisodeStats, TrajectoryRecorder
-from foresight.datasets.sources.simulators import SIMULATORS, SUPPORTED_ENVS, resolve_env_name
+from foresight.datasets.sources.simulators import (
+    SIMULATORS,
+    SUPPORTED_ENVS,
+    resolve_env_name,
+    simulator_of,
+)
 
 __all__ = [
     "POLICY_NAMES",
@@ -36,4 +41,5 @@ __all__ = [
     "make_env",
     "make_policy",
     "resolve_env_name",
+    "simulator_of",
 ]

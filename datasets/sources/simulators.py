@@ -31,11 +31,16 @@ CONTROLLERS: dict[str, type[Controller]] = {s.name: s.controller for s in SIMULA
 """Short env name -> the class of its scripted rules."""
 
 
+def simulator_of(env: str) -> str | None:
+    """The short name (``simple_spread``) of an env given by its short or versioned name
+    (a dataset spec's ``env``), None when it is not one of the simulators'."""
+    return next((short for short, v in SUPPORTED_ENVS.items() if env in (short, v)), None)
+
+
 def resolve_env_name(env: str) -> str:
     """The short name (``simple_spread``) of an env given by its short or versioned name."""
-    for short, versioned in SUPPORTED_ENVS.items():
-        if env in (short, versioned):
-            return short
+    if (short := simulator_of(env)) is not None:
+        return short
     raise ValueError(
         f"unknown env {env!r}; choose one of {', '.join(SUPPORTED_ENVS)} "
         f"(or {', '.join(SUPPORTED_ENVS.values())})"

@@ -52,7 +52,7 @@ from foresight.datasets.sources.policies import (
     make_policy,
     resolve_env_name,
 )
-from foresight.datasets.sources.simulators import SIMULATORS, agent_kwargs
+from foresight.datasets.sources.simulators import SIMULATORS, agent_kwargs, simulator_of
 from foresight.training.agents.objectives import BUILT_IN, resolve_objective
 from foresight.training.agents.offline_rl import OfflineRLController
 from foresight.training.agents.planning import JointHistory, Planner, PlannerConfig, history_window
@@ -317,7 +317,7 @@ def env_spec(
 def _trained_here(trained: dict, name: str) -> DatasetSpec | None:
     """The spec a model was trained on, when it is one of env ``name``'s (else None)."""
     was = DatasetSpec.from_dict(trained)
-    return was if was.env in (name, SUPPORTED_ENVS[name]) else None
+    return was if simulator_of(was.env) == name else None
 
 
 def _first_trained_here(name: str, specs: Sequence[dict]) -> DatasetSpec | None:

@@ -36,7 +36,7 @@ import torch
 from foresight.datasets.schema import DatasetSpec, describe_view, view_of
 from foresight.datasets.sources.simple_spread import spread_reward
 from foresight.datasets.sources.simple_tag import tag_reward
-from foresight.datasets.sources.simulators import SUPPORTED_ENVS
+from foresight.datasets.sources.simulators import simulator_of
 
 LEARNED = "learned"
 """The world model's own reward head."""
@@ -129,7 +129,7 @@ def resolve_objective(name: str, spec: DatasetSpec) -> RewardFn | None:
     if name == LEARNED:
         return None
     objective = find_objective(name)
-    env = _env_of(spec)
+    env = simulator_of(spec.env)
     if objective.env is not None and env != objective.env:
         raise ValueError(
             f"objective {name!r} reads {objective.env} observations; the models are of {spec.env}"
@@ -141,11 +141,6 @@ def resolve_objective(name: str, spec: DatasetSpec) -> RewardFn | None:
     reward = objective.make(spec)
     _try(name, reward, spec)
     return reward
-
-
-def _env_of(spec: DatasetSpec) -> str | None:
-    """The short name of the spec's env, None for one that is not a simulator's."""
-    return next((s for s, v in SUPPORTED_ENVS.items() if spec.env in (s, v)), None)
 
 
 def _try(name: str, reward: RewardFn, spec: DatasetSpec) -> None:

@@ -155,16 +155,16 @@ def closed_loop(
     model: SharedQNetwork, spec: DatasetSpec, episodes: int, seed: int, baselines: bool = False
 ) -> dict[str, dict[str, float]] | None:
     """Team returns in the dataset's env (None when it is not a supported mpe2 env)."""
-    from foresight.datasets.sources.policies import SUPPORTED_ENVS, resolve_env_name
+    from foresight.datasets.sources.simulators import simulator_of
     from foresight.training.agents.arena import run_arena
 
-    env = next((short for short, full in SUPPORTED_ENVS.items() if spec.env in (short, full)), None)
+    env = simulator_of(spec.env)
     if env is None or episodes <= 0:
         return None
     teams = [KIND, "random", "greedy"] if baselines else [KIND]
     was = model.training
     # the model's own team size and view (run_arena reads them from the model's spec)
-    result = run_arena(resolve_env_name(env), episodes, teams, seed, offline_rl=model)
+    result = run_arena(env, episodes, teams, seed, offline_rl=model)
     model.train(was)
     return {
         team: {"return": r["mean_return"], "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1]}
