@@ -4,13 +4,15 @@
 2. Let the landing sensor see the new files and run the ingest job in process, on a local
    Dagster instance kept under the store (``<store>/dagster``), so ``dagster dev`` shows it.
 3. Print the dataset's versions and stats.
-4. Run ``train_job`` in process on the same instance: both models with the defaults of
-   ``foresight train``, each model's gate, staging, the closed-loop arena and production.
+4. Run ``train_job`` in process on the same instance: both models and the offline-RL peer
+   with the defaults of ``foresight train``, each model's gate, staging, the closed-loop
+   arena (the gate: beat greedy, bc and the peer) and production.
 5. Print the arena (the headline): reactive teams against the anticipatory one.
 6. Serve those models (production, or the candidates where no production models are yet)
    and call every endpoint through the client.
 7. Run one round of ``flywheel_job``: the served anticipatory team plays and records
-   episodes through the service, they are ingested, both models retrained and gated, and
+   episodes through the service, they are ingested, both models retrained (and the peer)
+   and gated, and
    the service reloads what was promoted. Print what changed.
 
 Every run, materialization and check lands in that instance: ``dagster dev`` afterwards

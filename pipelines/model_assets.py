@@ -24,6 +24,7 @@ from typing import Optional
 import dagster as dg
 import pydantic
 
+from foresight.datasets.catalog import resolve_ref
 from foresight.pipelines.assets import trajectory_dataset
 from foresight.pipelines.resources import ForesightStore
 from foresight.training.families import FAMILIES, ModelFamily
@@ -31,6 +32,7 @@ from foresight.training.loop.config import OfflineRLTrainConfig
 from foresight.training.loop.options import options
 from foresight.training.loop.train import TrainConfig
 from foresight.training.loop.workflow import (
+    REACTIVE,
     beats_reactive,
     run_arena_registered,
     train_and_register,
@@ -188,6 +190,11 @@ def _peer_config(config: OfflineRLAssetConfig) -> OfflineRLTrainConfig:
 def offline_rl_model(
     context: dg.AssetExecutionContext, config: OfflineRLAssetConfig, foresight_store: ForesightStore
 ) -> dg.Output:
+    table, version = resolve_ref(config.dataset, foresight_store.store())
+    spec = table.spec(version)
+    if spec is not None and not spec.action.discrete:  # its Q-network needs discrete actions
+        context.log.info(f"no offline-RL peer for {spec.action.describe()} actions")
+        return dg.Output(None, metadata={"skipped": f"{spec.action.describe()} actions"})
     result = FAMILIES["offline-rl"].train_and_register()(
         config.dataset, store=foresight_store.store(), config=_peer_config(config), progress=False
     )
@@ -260,19 +267,23 @@ def closed_loop_evaluation(
     context: dg.AssetExecutionContext,
     config: ArenaAssetConfig,
     foresight_store: ForesightStore,
-    offline_rl_model: str,
+    offline_rl_model: Optional[str],  # noqa: UP045 (Dagster reads it)
 ):
+    # A dataset without a peer (continuous actions) is gated against the reactive teams.
+    without = () if offline_rl_model else ("offline-rl",)
     result = run_arena_registered(
         config.env,
         config.episodes,
-        list(config.controllers),
+        [t for t in config.controllers if t not in without],
         store=foresight_store.store(),
         world_ref="world@staging",
         behavior_ref="behavior@staging",
         seed=config.seed,
         offline_rl_ref=offline_rl_model,
     )
-    passed, failures = beats_reactive(result)
+    passed, failures = beats_reactive(
+        result, against=tuple(t for t in REACTIVE if t not in without)
+    )
     table = {
         t: {
             "mean_return": r["mean_return"],
@@ -337,5 +348,6 @@ retrain_schedule = dg.ScheduleDefinition(
     job=train_job,
     cron_schedule=os.environ.get("FORESIGHT_RETRAIN_CRON", "0 3 * * *"),
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Retrains both models on the latest dataset version (cron: FORESIGHT_RETRAIN_CRON).",
+    description="Retrains both models and the offline-RL peer on the latest dataset version "
+    "(cron: FORESIGHT_RETRAIN_CRON).",
 )

@@ -562,7 +562,8 @@ class EgoDecision(BaseModel):
 
     action: Action = Field(description="the chosen next action")
     predicted_return: float = Field(
-        description="mean discounted predicted team return of the best plan"
+        description="score of the best plan: its mean discounted predicted team return, "
+        "plus the world model's value after the horizon with the learned objective"
     )
     candidates: list[CandidateScore] = Field(
         description="every first action considered (the chosen one included) with its score; "

@@ -406,25 +406,37 @@ def gather_targets(
     return tg
 
 
+def targets_for(model, data: TrajectoryTensors, t: torch.Tensor) -> Targets:
+    """The targets ``model`` is trained and scored on at flat steps ``t``: with its value
+    target where it has one (a world model's ``value_target``)."""
+    steps, discount = getattr(model, "value_target", (0, 1.0))
+    return gather_targets(data, t, steps, discount)
+
+
 def future_rewards(
     data: TrajectoryTensors, t: torch.Tensor, steps: int, discount: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each agent's discounted rewards of the ``steps`` steps after ``t`` (B,):
     ``(sum_k discount**(k-1) * reward[t+k] for k = 1..steps (B, N), complete (B, N))``.
 
-    Only steps inside the episode count. ``complete`` is False where the episode was cut
-    (truncated, or the log ends) before ``t + steps``: the sum misses rewards that were
-    never logged. An agent whose episode terminated earns nothing after it, so its sum is
+    Only steps inside the episode count. ``complete`` is False where the sum misses rewards
+    that were never logged: the episode was cut (truncated, or the log ends) before
+    ``t + steps``, or the agent has no row at one of those steps (it left) without having
+    terminated. An agent whose episode terminated earns nothing after it, so its sum is
     complete."""
     end = data.ep_end[t]  # (B,)
     idx = t[:, None] + torch.arange(1, steps + 1, device=t.device)  # (B, L)
-    inside = idx <= end[:, None]
-    r = data.reward[torch.minimum(idx, end[:, None])] * inside[..., None]  # (B, L, N)
+    inside = (idx <= end[:, None])[..., None]  # (B, L, 1)
+    at = torch.minimum(idx, end[:, None])
+    r = data.reward[at] * inside  # (B, L, N)
     weights = discount ** torch.arange(steps, device=t.device, dtype=r.dtype)  # (L,)
     total = (r * weights[:, None]).sum(1)  # (B, N)
-    ended = data.terminated[torch.minimum(idx, end[:, None])] & inside[..., None]  # (B, L, N)
-    complete = (t + steps <= end)[:, None] | ended.any(1) | data.terminated[t]
-    return total, complete
+    # by_then[:, j]: terminated at one of the steps t..t+j (the agent's episode is over)
+    term = torch.cat([data.terminated[t][:, None], data.terminated[at] & inside], 1)
+    by_then = term.cummax(1).values  # (B, L+1, N)
+    owed = inside & ~by_then[:, :-1]  # (B, L, N): step t+k is in its episode and the agent's
+    complete = (t + steps <= end)[:, None] | by_then[:, -1]  # nothing cut off at the end
+    return total, complete & (data.present[at] | ~owed).all(1)  # and no row missing
 
 
 def sample_rows(data: TrajectoryTensors, episode_ids: list[str]) -> torch.Tensor:

@@ -184,3 +184,29 @@ def test_each_family_of_the_table_has_its_model_asset():
     assert MODEL_ASSETS["world"].keys_by_input_name["behavior_model"] == dg.AssetKey(
         "behavior_model"
     )
+
+
+def test_no_peer_is_trained_for_continuous_actions_and_nothing_is_registered(tmp_path):
+    import polars as pl
+
+    from foresight.datasets.schema import ActionSpec, DatasetSpec
+    from foresight.datasets.storage import Store
+    from tests.training.conftest import make_frame
+
+    frame, spec = make_frame(episodes=3)
+    frame = frame.with_columns(
+        pl.col("action").map_elements(lambda a: [float(a), 0.0], return_dtype=pl.List(pl.Float32))
+    )
+    spec = DatasetSpec(env="synthetic", agents=spec.agents, action=ActionSpec("continuous", dim=2))
+    frame.write_parquet(tmp_path / "c.parquet")
+    store = Store(str(tmp_path / "store"))
+    ingest_logs([str(tmp_path / "c.parquet")], "cont", store, spec=spec)
+    result = dg.materialize(
+        [offline_rl_model],
+        resources={"foresight_store": ForesightStore(root=store.root)},
+        run_config={"ops": {"offline_rl_model": {"config": {**TINY_PEER, "dataset": "cont"}}}},
+    )
+    assert result.success and result.output_for_node("offline_rl_model") is None
+    meta = result.asset_materializations_for_node("offline_rl_model")[0].metadata
+    assert "continuous" in meta["skipped"].value
+    assert ModelRegistry(store).names() == []

@@ -96,6 +96,26 @@ def test_models_registered_by_older_code_load_with_the_same_loss(old_store):
         assert got == pytest.approx(expected[kind], rel=1e-5), kind
 
 
+def test_a_world_model_trained_from_one_of_before_the_value_head_gains_one(old_store, tmp_path):
+    from foresight.training.loop.train import TrainConfig, train
+    from foresight.training.models.world_model import ARCHITECTURE, NO_VALUE_HEAD
+
+    old, _ = load_registered("world@1", old_store)
+    assert old.config.architecture == NO_VALUE_HEAD and old.value_head is None
+    frame, spec = make_frame(episodes=12, steps=14, seed=5)
+    config = TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, lr=1e-9, seed=0)
+    new = train("world", frame, spec, config, workdir=tmp_path, progress=False, init=old).model
+    assert new.config.architecture == ARCHITECTURE and new.value_head is not None
+    assert "train/value_mse" in train_history(tmp_path)
+    kept = {k: v for k, v in new.state_dict().items() if not k.startswith("value_head.")}
+    for name, weights in old.state_dict().items():  # lr 1e-9: what it had, it still has
+        assert torch.allclose(kept[name], weights, atol=1e-6), name
+
+
+def train_history(workdir) -> dict:
+    return json.loads((Path(workdir) / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_unknown_and_absent_keys_survive_a_registration(store):
     """A card with keys this code does not know, and without some it does, registers as
     it was given (plus the registry's fields) and reads back the same."""

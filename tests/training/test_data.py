@@ -138,3 +138,13 @@ def test_a_value_is_complete_when_the_agent_terminated_before_its_end(tiny):
     tg = gather_targets(data, torch.tensor([12 + 8, 12 + 9]), value_steps=5, value_discount=1.0)
     assert tg.value_valid[:, 0].tolist() == [True, True]
     assert tg.value_valid[:, 1:].sum() == 0, "the others were cut by the log's end"
+
+
+def test_a_value_is_incomplete_when_the_agent_left_without_terminating():
+    frame, spec = make_frame(episodes=2, steps=12, absent={"agent_2": (5, 6)})
+    data = build_tensors(frame, spec)
+    n2 = data.agent_ids.index("agent_2")
+    tg = gather_targets(data, torch.tensor([2, 6, 7]), value_steps=3, value_discount=1.0)
+    # from step 2 the next three are 3, 4, 5: agent_2 has no row at 5, so its sum misses one
+    assert tg.value_valid[:, n2].tolist() == [False, False, True]
+    assert tg.value_valid[0, 0] and tg.value_valid[0, 1]

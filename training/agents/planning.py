@@ -10,9 +10,9 @@ actions are drawn from the behavior model step after step (so they react to the 
 world), and the plan is scored by the mean discounted predicted reward of the whole team
 (or of the ego alone), plus what the world model's value head expects the team to earn
 after the horizon (``terminal_value``), minus ``disagreement_penalty`` times the std over
-samples. The
-best plan's first action is returned, with the score of the best plan starting with every
-other first action and the behavior model's most likely next action of every other agent.
+samples. The best plan's first action is returned, with the score of the best plan
+starting with every other first action and the behavior model's most likely next action
+of every other agent.
 
 Candidates for discrete actions: "pulse" plans (default: each first action held for 1, 3
 or all ``horizon`` steps, then ``idle_action``; 13 plans for MPE's 5 moves), exhaustive
@@ -105,8 +105,8 @@ class PlannerConfig:
     terminal_value: bool = True
     """Add ``discount ** horizon`` times the world model's value at the last imagined step
     (the rewards the logged agents went on to earn from such a state:
-    ``WorldModelConfig.value_steps``) to every plan's score, so plans are ranked beyond
-    the horizon too. Only when plans are scored by the learned reward head (a known
+    ``WorldModelConfig.value_steps``, discounted inside by the world model's
+    ``value_discount``) to every plan's score, so plans are ranked beyond the horizon too. Only when plans are scored by the learned reward head (a known
     objective is not the reward the value was learned from), and only with a world model
     that has a value head."""
     team_reward: bool = True
@@ -195,7 +195,8 @@ class Decision:
     action: Action
     """Best first action: an int (discrete) or a list of floats (continuous)."""
     predicted_return: float
-    """Score of the best plan: mean discounted predicted return (minus the penalty)."""
+    """Score of the best plan: mean discounted predicted return, plus the value after the
+    horizon (``terminal_value``), minus the penalty."""
     candidate_scores: list[tuple[Action, float]]
     """(first action, score of the best plan that starts with it); discrete: every action
     in index order; continuous: the final CEM population's best, best first."""

@@ -45,6 +45,7 @@ from foresight.training.data import (
     gather_targets,
     gather_window,
     sample_rows,
+    targets_for,
 )
 from foresight.training.device import select_device
 from foresight.training.evaluation.baselines import (
@@ -75,9 +76,8 @@ def _one_step(pred_fn, data, rows, dyn, kin, batch_size) -> dict[str, float]:
     fm = data.feat_mask  # (N, D)
     s = dict.fromkeys(["se", "n", "nll", "nd", "cov", "rse", "nr", "vse", "nv"], 0.0)
     values: list[tuple[torch.Tensor, torch.Tensor]] = []  # (predicted, target) complete ones
-    value_target = getattr(pred_fn, "value_target", (0, 1.0))
     for t in _batches(rows, batch_size):
-        tg = gather_targets(data, t, *value_target)
+        tg = targets_for(pred_fn, data, t)
         p = pred_fn.predict(gather_window(data, t, pred_fn.context))
         m_all = tg.next_valid[..., None] & fm  # (B, N, D)
         m_dyn = (m_all & dyn).float()

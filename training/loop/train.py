@@ -46,6 +46,7 @@ from foresight.training.data import (
     gather_window,
     sample_rows,
     split_episodes,
+    targets_for,
 )
 from foresight.training.device import select_device  # (also imported from here)
 from foresight.training.families import ModelFamily, family
@@ -244,22 +245,27 @@ def _init_config(fam: ModelFamily, init: nn.Module, model_config, spec: DatasetS
         )
     check_model_spec(f"{fam.name} model to start from", init.config.spec, spec)
     mc = copy.deepcopy(init.config)
+    if hasattr(fam.model_cls, "upgraded"):  # an older layout trains on in the latest one
+        mc = fam.model_cls.upgraded(mc)
     if config.context is not None:
         mc.context = config.context
     return mc
+
+
+def _load_initial(model: nn.Module, init: nn.Module) -> None:
+    """``init``'s weights into ``model``; only weights new in the latest layout
+    (the model's ``fresh_when_upgraded``) may be missing, and they stay fresh."""
+    new = getattr(model, "fresh_when_upgraded", ())
+    missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+    wrong = [k for k in missing if not k.startswith(new)] + list(unexpected)
+    if wrong:
+        raise RuntimeError(f"weights that do not fit: {wrong[:5]}")
 
 
 def _use_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
     return sys.stderr.isatty() and not os.environ.get("CI")
-
-
-def targets(model: nn.Module, data: TrajectoryTensors, t: torch.Tensor):
-    """The targets ``model`` trains on at flat steps ``t``: a world model's hold its value
-    target too (``value_target``)."""
-    steps, discount = getattr(model, "value_target", (0, 1.0))
-    return gather_targets(data, t, steps, discount)
 
 
 @torch.no_grad()
@@ -278,7 +284,9 @@ def evaluate_loss(
     for i in range(0, rows.numel(), batch_size):
         t = rows[i : i + batch_size]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss, parts = model.loss(gather_window(data, t, model.context), targets(model, data, t))
+            loss, parts = model.loss(
+                gather_window(data, t, model.context), targets_for(model, data, t)
+            )
         for k, v in {"loss": loss, **parts}.items():
             totals[k] = totals.get(k, 0.0) + v.item() * t.numel()
         n += t.numel()
@@ -395,7 +403,7 @@ def train(
     model = fam.model_cls(model_config).to(device)
     if init is not None and ckpt is None:  # its normalizer too: the weights expect it
         try:
-            model.load_state_dict(init.state_dict())
+            _load_initial(model, init)
         except RuntimeError as exc:
             raise ValueError(
                 f"cannot start from that {kind} model with context {model_config.context}: "
@@ -464,7 +472,7 @@ def train(
         for i in range(steps_per_epoch):
             t0 = time.perf_counter()
             t = batches[i]
-            window, tg = gather_window(data, t, model.context), targets(model, data, t)
+            window, tg = gather_window(data, t, model.context), targets_for(model, data, t)
             sync()
             data_time += time.perf_counter() - t0
             for group in optimizer.param_groups:

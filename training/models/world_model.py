@@ -18,21 +18,21 @@ the uncertainty of what the agent will see.
 The observation head predicts the change ``obs[t+1] - obs[t]`` in units of its training
 std, as a per-feature mixture of ``n_mixture`` Gaussians. Features that never change in
 the training data (e.g. silent communication slots) are copied forward.
+:mod:`.rollout` samples futures from it step after step, with some agents' actions fixed
+and the others drawn from a behavior model.
 
 The value head predicts what an agent earns after the step: its discounted rewards over the
 next ``value_steps`` steps, as the logged agents went on to earn them (a Monte Carlo target,
 so the value of the logged behavior). A planner adds it at the end of its horizon, so a
 plan that ends close to a payoff scores above one that ends far from it even when neither
 reaches it within the horizon.
-:mod:`.rollout` samples futures from it step after step, with some agents' actions fixed
-and the others drawn from a behavior model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -48,9 +48,11 @@ from foresight.training.models.layers import (
 )
 
 ARCHITECTURE = "agent-transformer/4"
-"""Layout of the weights this module builds; a saved model of another layout cannot load."""
+"""Layout of the weights this module builds (and of ``NO_VALUE_HEAD``, which it loads too);
+a saved model of another layout cannot load."""
 NO_VALUE_HEAD = "agent-transformer/3"
-"""The layout before the value head: models saved by that code load, without a value."""
+"""The layout before the value head: models saved by that code load, without a value;
+a model trained from one (``TrainConfig.init_from``) gains one (:meth:`WorldModel.upgraded`)."""
 
 
 @dataclass
@@ -282,6 +284,24 @@ class WorldModel(nn.Module):
         self.value_scale = float((config.value_discount**steps).sum())
         """What a value is in rewards: the discount weights summed, so the value head's
         units are the reward head's (a mean reward at every step is ``value_scale``)."""
+
+    fresh_when_upgraded = ("value_head.",)
+    """Weights of the latest layout that a ``NO_VALUE_HEAD`` model lacks: a model trained
+    from one starts them fresh."""
+
+    @staticmethod
+    def upgraded(config: WorldModelConfig) -> WorldModelConfig:
+        """The config of a model that starts from one of ``config``: the same, in the latest
+        layout (a ``NO_VALUE_HEAD`` model gains the default value head, still untrained)."""
+        if config.architecture != NO_VALUE_HEAD:
+            return config
+        latest = WorldModelConfig()
+        return replace(
+            config,
+            architecture=ARCHITECTURE,
+            value_steps=latest.value_steps,
+            value_discount=latest.value_discount,
+        )
 
     @property
     def value_target(self) -> tuple[int, float]:
