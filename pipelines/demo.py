@@ -136,8 +136,9 @@ def train_models(
     from foresight.training.registry import ModelRegistry
 
     _banner(
-        f"4. train_job (Dagster, in process): behavior and world models on {dataset} with "
-        "the defaults of `foresight train`, their gates, then the closed-loop arena"
+        f"4. train_job (Dagster, in process): behavior and world models and the offline-RL "
+        f"peer on {dataset} with the defaults of `foresight train`, their gates, then the "
+        "closed-loop arena"
     )
     config = FlywheelConfig(
         dataset=dataset,
