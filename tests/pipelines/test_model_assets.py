@@ -187,20 +187,9 @@ def test_each_family_of_the_table_has_its_model_asset():
 
 
 def test_no_peer_is_trained_for_continuous_actions_and_nothing_is_registered(tmp_path):
-    import polars as pl
+    from tests.training.conftest import continuous_store
 
-    from foresight.datasets.schema import ActionSpec, DatasetSpec
-    from foresight.datasets.storage import Store
-    from tests.training.conftest import make_frame
-
-    frame, spec = make_frame(episodes=3)
-    frame = frame.with_columns(
-        pl.col("action").map_elements(lambda a: [float(a), 0.0], return_dtype=pl.List(pl.Float32))
-    )
-    spec = DatasetSpec(env="synthetic", agents=spec.agents, action=ActionSpec("continuous", dim=2))
-    frame.write_parquet(tmp_path / "c.parquet")
-    store = Store(str(tmp_path / "store"))
-    ingest_logs([str(tmp_path / "c.parquet")], "cont", store, spec=spec)
+    store = continuous_store(tmp_path)
     result = dg.materialize(
         [offline_rl_model],
         resources={"foresight_store": ForesightStore(root=store.root)},

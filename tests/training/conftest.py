@@ -79,3 +79,19 @@ def make_frame(
 @pytest.fixture(scope="session")
 def tiny():
     return make_frame()
+
+
+def continuous_store(tmp_path, name: str = "cont"):
+    """A store holding dataset ``name``: :func:`make_frame`'s episodes with 2-float
+    continuous actions (for the paths that take only discrete ones)."""
+    from foresight.datasets import Store, ingest_logs
+
+    frame, spec = make_frame(episodes=3)
+    frame = frame.with_columns(
+        pl.col("action").map_elements(lambda a: [float(a), 0.0], return_dtype=pl.List(pl.Float32))
+    )
+    spec = DatasetSpec(env="synthetic", agents=spec.agents, action=ActionSpec("continuous", dim=2))
+    frame.write_parquet(tmp_path / f"{name}.parquet")
+    store = Store(str(tmp_path / "store"))
+    ingest_logs([str(tmp_path / f"{name}.parquet")], name, store, spec=spec)
+    return store

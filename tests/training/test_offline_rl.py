@@ -30,7 +30,7 @@ from foresight.training.loop.workflow import evaluate_registered
 from foresight.training.models.offline_rl import OfflineRLConfig, SharedQNetwork
 from foresight.training.registry import ModelRegistry, RegistryError, load_registered
 
-from .conftest import make_frame
+from .conftest import continuous_store, make_frame
 
 FAST = dict(batch_size=64, eval_every=50, eval_episodes=0, device="cpu")
 
@@ -224,14 +224,7 @@ def test_registered_with_its_lineage_and_loaded_back(tmp_path, store: Store):
 
 
 def test_a_dataset_with_continuous_actions_is_refused_before_training(tmp_path):
-    frame, spec = make_frame(episodes=3)
-    frame = frame.with_columns(
-        pl.col("action").map_elements(lambda a: [float(a), 0.0], return_dtype=pl.List(pl.Float32))
-    )
-    spec = DatasetSpec(env="synthetic", agents=spec.agents, action=ActionSpec("continuous", dim=2))
-    frame.write_parquet(tmp_path / "c.parquet")
-    store = Store(str(tmp_path / "store"))
-    ingest_logs([str(tmp_path / "c.parquet")], "cont", store, spec=spec)
+    store = continuous_store(tmp_path)
     with pytest.raises(ValueError, match=r"offline-rl needs discrete actions"):
         train_and_register_offline_rl("cont", store, OfflineRLTrainConfig(steps=1))
     assert ModelRegistry(store).names() == []  # nothing registered
