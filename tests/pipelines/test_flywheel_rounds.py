@@ -41,7 +41,7 @@ def production_store(store, tmp_path):
 
 def rigged_gates(monkeypatch, good: set[int]) -> None:
     monkeypatch.setattr(workflow, "quality_gate", lambda kind, result: (True, []))
-    monkeypatch.setattr(model_assets, "beats_reactive", lambda result: (True, []))
+    monkeypatch.setattr(model_assets, "beats_reactive", lambda result, against: (True, []))
     scripted = arena.DEFAULT_FACTORIES["scripted-anticipation"]
     random = arena.DEFAULT_FACTORIES["random"]
 
