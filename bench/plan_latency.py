@@ -107,12 +107,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--repeats", type=int, default=30, help="timed decisions per setting")
     p.add_argument("--precision", default="auto", help="PlannerConfig.precision")
+    p.add_argument("--samples", type=int, default=None, help="PlannerConfig.n_samples (K)")
     p.add_argument("--baseline", default=None, help="git revision whose planner to time too")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     baseline = load_baseline(args.baseline) if args.baseline else None
     print(f"threads {torch.get_num_threads()}  load average {os.getloadavg()[0]:.2f} (start)")
-    print(f"precision {args.precision}; baseline {args.baseline or '-'}")
+    print(
+        f"precision {args.precision}; K {args.samples or 'default'}; baseline {args.baseline or '-'}"
+    )
     print(
         "| world | N | median ms | p90 ms | ms per agent | CPU ms | baseline median ms "
         "| baseline CPU ms | speed-up (wall) | speed-up (CPU) |"
@@ -121,6 +124,8 @@ def main() -> None:
     for name in args.worlds.split(","):
         for n in (int(x) for x in args.agents.split(",")):
             cfg = {"precision": args.precision}
+            if args.samples is not None:
+                cfg["n_samples"] = args.samples
             now, before = measure(n, WORLDS[name], args.repeats, cfg, baseline)
             wall, cpu = (1000 * np.array(x) for x in zip(*now, strict=True))
             med, cmed = float(np.median(wall)), float(np.median(cpu))
