@@ -12,8 +12,7 @@
    and call every endpoint through the client.
 7. Run one round of ``flywheel_job``: the served anticipatory team plays and records
    episodes through the service, they are ingested, both models retrained (and the peer)
-   and gated, and
-   the service reloads what was promoted. Print what changed.
+   and gated, and the service reloads what was promoted. Print what changed.
 
 Every run, materialization and check lands in that instance: ``dagster dev`` afterwards
 shows them with their metadata. (When a model's gate stops ``train_job`` before the world

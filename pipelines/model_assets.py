@@ -48,11 +48,14 @@ def config_field(option) -> tuple:
     return kind, pydantic.Field(default=option.default, description=option.help or None)
 
 
+DATASET = (str, pydantic.Field("spread", description="name (latest), name@N or name@tag"))
+"""The ``dataset`` field of a training asset's run config."""
+
 TrainAssetConfig = pydantic.create_model(
     "TrainAssetConfig",
     __base__=dg.Config,
     __doc__="The dataset, every TrainConfig field (same defaults), and the evaluation's size.",
-    dataset=(str, pydantic.Field("spread", description="name (latest), name@N or name@tag")),
+    dataset=DATASET,
     **{o.name: config_field(o) for o in options(TrainConfig)},
     eval_max_starts=(
         int,
@@ -62,8 +65,13 @@ TrainAssetConfig = pydantic.create_model(
 )
 
 
+def _as(cls: type, config: dg.Config):
+    """The dataclass ``cls`` from the run config that mirrors its fields."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
 def _train_config(config: TrainAssetConfig) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
+    return _as(TrainConfig, config)
 
 
 def _metadata(result: dict) -> dict:
@@ -167,15 +175,13 @@ OfflineRLAssetConfig = pydantic.create_model(
     "OfflineRLAssetConfig",
     __base__=dg.Config,
     __doc__="The dataset and every OfflineRLTrainConfig field (same defaults).",
-    dataset=(str, pydantic.Field("spread", description="name (latest), name@N or name@tag")),
+    dataset=DATASET,
     **{o.name: config_field(o) for o in options(OfflineRLTrainConfig)},
 )
 
 
 def _peer_config(config: OfflineRLAssetConfig) -> OfflineRLTrainConfig:
-    return OfflineRLTrainConfig(
-        **{f.name: getattr(config, f.name) for f in fields(OfflineRLTrainConfig)}
-    )
+    return _as(OfflineRLTrainConfig, config)
 
 
 @dg.asset(
@@ -190,13 +196,14 @@ def _peer_config(config: OfflineRLAssetConfig) -> OfflineRLTrainConfig:
 def offline_rl_model(
     context: dg.AssetExecutionContext, config: OfflineRLAssetConfig, foresight_store: ForesightStore
 ) -> dg.Output:
-    table, version = resolve_ref(config.dataset, foresight_store.store())
+    store = foresight_store.store()
+    table, version = resolve_ref(config.dataset, store)
     spec = table.spec(version)
     if spec is not None and not spec.action.discrete:  # its Q-network needs discrete actions
         context.log.info(f"no offline-RL peer for {spec.action.describe()} actions")
         return dg.Output(None, metadata={"skipped": f"{spec.action.describe()} actions"})
     result = FAMILIES["offline-rl"].train_and_register()(
-        config.dataset, store=foresight_store.store(), config=_peer_config(config), progress=False
+        config.dataset, store=store, config=_peer_config(config), progress=False
     )
     gate = result["quality_gate"]
     # Its own gate (finite losses, a closed-loop return above random's) does not stop the

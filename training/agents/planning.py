@@ -106,9 +106,10 @@ class PlannerConfig:
     """Add ``discount ** horizon`` times the world model's value at the last imagined step
     (the rewards the logged agents went on to earn from such a state:
     ``WorldModelConfig.value_steps``, discounted inside by the world model's
-    ``value_discount``) to every plan's score, so plans are ranked beyond the horizon too. Only when plans are scored by the learned reward head (a known
-    objective is not the reward the value was learned from), and only with a world model
-    that has a value head."""
+    ``value_discount``) to every plan's score, so plans are ranked beyond the horizon too.
+    Only when plans are scored by the learned reward head (a known objective is not the
+    reward the value was learned from), and only with a world model that has a value
+    head."""
     team_reward: bool = True
     """Score by the sum of every present agent's predicted reward (shared tasks) rather
     than the ego's own. Not under a partial view: there a decentralized world model

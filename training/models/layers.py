@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from foresight.datasets.schema import DatasetSpec, describe_view, view_of
 
 
-def check_architecture(label: str, found: str, built: str) -> None:
-    """ValueError when a config records another weights layout than this code builds."""
-    if found != built:
+def check_architecture(label: str, found: str, built: str, *older: str) -> None:
+    """ValueError when a config records another weights layout than this code builds (or
+    one of the ``older`` layouts it still builds)."""
+    if found != built and found not in older:
         raise ValueError(
             f"{label} config has architecture {found!r}, this code builds {built!r}: "
             "retrain the model with this code version"

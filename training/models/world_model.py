@@ -232,8 +232,7 @@ class ResidualMLP(nn.Module):
 class WorldModel(nn.Module):
     def __init__(self, config: WorldModelConfig):
         super().__init__()
-        if config.architecture != NO_VALUE_HEAD:
-            check_architecture("world model", config.architecture, ARCHITECTURE)
+        check_architecture("world model", config.architecture, ARCHITECTURE, NO_VALUE_HEAD)
         spec = config.dataset_spec()
         self.config = config
         self.discrete = spec.action.discrete
